@@ -1,0 +1,121 @@
+"""Settings for every process, from ``ATLAS_*`` environment variables (or a ``.env`` file).
+
+Unset connection settings fall back to the local stack that ``atlas up`` started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.local.processes import StackError
+
+PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATLAS_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".atlas",
+        description="Local stack state, data and logs (ATLAS_HOME).",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "atlas-stream",
+        description="Downloads reused across runs: Kafka jars, converted models.",
+    )
+    config_dir: Path = Field(default=PROJECT_CONFIGS, description="Folder of the YAML configs.")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Your own cluster's bootstrap servers; unset = the local stack."
+    )
+    kafka_security_protocol: str | None = Field(default=None, description="e.g. SASL_SSL")
+    kafka_sasl_mechanism: str | None = Field(default=None, description="e.g. SCRAM-SHA-512")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible registry; unset = fingerprinted Avro."
+    )
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="http://user:pass@host:8123/db or chdb:///path; unset = the local store.",
+    )
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
+
+    def local_stack(self) -> dict[str, Any]:
+        import json
+
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text())
+
+    def bootstrap(self) -> str:
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        kafka = self.local_stack().get("kafka")
+        if not kafka:
+            raise StackError(
+                "no Kafka configured: run `atlas up` or set ATLAS_KAFKA_BOOTSTRAP"
+            )
+        return str(kafka["bootstrap"])
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka configuration for confluent-kafka clients."""
+        config = {"bootstrap.servers": self.bootstrap()}
+        optional = {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            ),
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+        }
+        config.update({k: v for k, v in optional.items() if v})
+        return config
+
+    def store_url(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        store = self.local_stack().get("store")
+        if not store:
+            raise StackError("no ClickHouse configured: run `atlas up` or set ATLAS_CLICKHOUSE_URL")
+        return str(store["url"])
+
+
+class TopicSpec(BaseModel):
+    partitions: int = Field(ge=1)
+    replication_factor: int = Field(ge=1)
+    config: dict[str, str]
+
+
+def topic_specs(config_dir: Path) -> dict[str, TopicSpec]:
+    """configs/topics.yaml merged over its defaults, one spec per contract topic."""
+    from schemas.topics import TOPICS
+
+    path = config_dir / "topics.yaml"
+    raw = yaml.safe_load(path.read_text()) or {}
+    defaults = raw.get("defaults", {})
+    listed = raw.get("topics", {}) or {}
+    unknown = sorted(set(listed) - set(TOPICS))
+    if unknown:
+        raise StackError(f"{path}: unknown topics {', '.join(unknown)}")
+    specs = {}
+    for name in TOPICS:
+        own = listed.get(name) or {}
+        specs[name] = TopicSpec(
+            partitions=own.get("partitions", defaults.get("partitions", 1)),
+            replication_factor=own.get("replication_factor", defaults.get("replication_factor", 1)),
+            config={
+                k: str(v)
+                for k, v in {**defaults.get("config", {}), **own.get("config", {})}.items()
+            },
+        )
+    return specs

@@ -1,0 +1,199 @@
+"""The local stack: a real Kafka broker and the local ClickHouse store, as processes we own.
+
+``up`` starts both (reusing data and ports from the last run), creates the topics from
+``configs/topics.yaml``, applies the store's migrations and records PIDs and addresses in
+``$ATLAS_HOME/stack.json``; ``down`` stops them by PID. The test suite uses this same code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from atlas.settings import Settings, topic_specs
+from deploy.local.kafka import KAFKA_MAIN, KafkaNode, fetch_jars, require_tool
+from deploy.local.processes import (
+    StackError,
+    free_port,
+    log_tail,
+    pid_alive,
+    port_is_free,
+    require_free_port,
+    stop_pid,
+)
+from store.client import connect
+from store.migrations import migrate
+
+STORE_MAIN = "deploy.local.store_server"
+
+
+@dataclass
+class KafkaState:
+    pid: int
+    bootstrap: str
+    broker_port: int
+    controller_port: int
+    data_dir: str
+    log: str
+
+
+@dataclass
+class StoreState:
+    pid: int
+    url: str
+    port: int
+    path: str
+    log: str
+
+
+@dataclass
+class StackStatus:
+    kafka: KafkaState | None
+    store: StoreState | None
+    kafka_running: bool
+    store_running: bool
+
+
+def read_status(settings: Settings) -> StackStatus:
+    raw = settings.local_stack()
+    kafka = KafkaState(**raw["kafka"]) if raw.get("kafka") else None
+    store = StoreState(**raw["store"]) if raw.get("store") else None
+    return StackStatus(
+        kafka=kafka,
+        store=store,
+        kafka_running=bool(kafka and pid_alive(kafka.pid, KAFKA_MAIN)),
+        store_running=bool(store and pid_alive(store.pid, STORE_MAIN)),
+    )
+
+
+def _pick_port(requested: int | None, previous: int | None, what: str) -> int:
+    if requested:
+        return require_free_port(requested, what)
+    if previous and port_is_free(previous):
+        return previous
+    return free_port()
+
+
+def ensure_topics(kafka_config: dict[str, str], config_dir: Path, timeout: float = 30.0) -> list[str]:
+    """Create the missing contract topics; return the names created now."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({**kafka_config, "log_level": 0})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [
+        NewTopic(name, num_partitions=spec.partitions, replication_factor=spec.replication_factor,
+                 config=spec.config)
+        for name, spec in topic_specs(config_dir).items()
+        if name not in existing
+    ]
+    if not missing:
+        return []
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"cannot create topic {name}: {exc}") from exc
+    return [topic.topic for topic in missing]
+
+
+def _start_store(path: Path, port: int, log: Path) -> int:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", STORE_MAIN, "--path", str(path), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return process.pid
+
+
+def _wait_store(pid: int, url: str, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, STORE_MAIN):
+            raise StackError(f"the local store exited during start-up: {log_tail(log, 3)}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise StackError(f"the local store did not answer within {timeout:.0f}s; see {log}")
+
+
+def up(
+    settings: Settings,
+    kafka_port: int | None = None,
+    controller_port: int | None = None,
+    store_port: int | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> StackStatus:
+    current = read_status(settings)
+    if current.kafka_running or current.store_running:
+        where = []
+        if current.kafka_running and current.kafka:
+            where.append(f"Kafka {current.kafka.bootstrap} pid {current.kafka.pid}")
+        if current.store_running and current.store:
+            where.append(f"store {current.store.url} pid {current.store.pid}")
+        raise StackError(
+            f"the local stack is already running ({', '.join(where)}); `atlas down` stops it"
+        )
+    require_tool("java", "apt-get install -y default-jdk-headless")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    say("fetching Kafka jars (cached after the first run)")
+    libs = fetch_jars(settings.cache_dir)
+
+    previous_kafka = current.kafka
+    node = KafkaNode(
+        data_dir=settings.home / "kafka",
+        broker_port=_pick_port(kafka_port, previous_kafka and previous_kafka.broker_port, "Kafka"),
+        controller_port=0,
+    )
+    node.controller_port = _pick_port(
+        controller_port, previous_kafka and previous_kafka.controller_port, "the controller"
+    )
+    if node.controller_port == node.broker_port:
+        raise StackError("the Kafka broker and controller ports must differ")
+    previous_store = current.store
+    port = _pick_port(store_port, previous_store and previous_store.port, "the store")
+    if port in (node.broker_port, node.controller_port):
+        raise StackError(f"port {port} is already used by Kafka; choose another for the store")
+    store_path = settings.home / "store"
+    store_log = settings.home / "store.out"
+    store_url = f"http://127.0.0.1:{port}"
+
+    say(f"starting Kafka on {node.bootstrap} and the store on {store_url}")
+    kafka_pid = node.start(libs)
+    store_pid = _start_store(store_path, port, store_log)
+    try:
+        node.wait_ready(kafka_pid)
+        _wait_store(store_pid, store_url, store_log)
+        say("creating topics and applying store migrations")
+        ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
+        migrate(connect(store_url))
+    except BaseException:
+        stop_pid(kafka_pid, KAFKA_MAIN)
+        stop_pid(store_pid, STORE_MAIN)
+        raise
+    kafka = KafkaState(kafka_pid, node.bootstrap, node.broker_port, node.controller_port,
+                       str(node.data_dir), str(node.log_file))
+    store = StoreState(store_pid, store_url, port, str(store_path), str(store_log))
+    settings.state_file.write_text(json.dumps({"kafka": asdict(kafka), "store": asdict(store)}, indent=2))
+    return StackStatus(kafka, store, True, True)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what ``up`` started, by PID; return what was stopped."""
+    status = read_status(settings)
+    stopped = []
+    if status.store and stop_pid(status.store.pid, STORE_MAIN):
+        stopped.append(f"store (pid {status.store.pid})")
+    if status.kafka and stop_pid(status.kafka.pid, KAFKA_MAIN):
+        stopped.append(f"Kafka (pid {status.kafka.pid})")
+    return stopped

@@ -1,0 +1,245 @@
+"""One Avro codec for every event, in one of two wire formats.
+
+* Without a schema registry: Avro *single-object encoding* (``C3 01`` + the writer schema's
+  8-byte CRC-64-AVRO fingerprint + the binary body). A reader resolves the writer schema by
+  fingerprint among the versions it ships (``schemas/avro`` and ``schemas/avro/history``).
+  A payload from a *newer* writer (unknown fingerprint) is read with the reader's own schema:
+  correct because our contracts only ever evolve by appending optional fields at the end of
+  the top-level record (``tests/test_schema_evolution.py`` enforces it), so the old reader
+  reads the prefix it knows.
+* With ``registry_url``: Confluent's wire format (``00`` + 4-byte schema id + body) through
+  confluent-kafka's Avro serializers, subject ``<topic>-value``, so any Confluent-ecosystem
+  consumer can read our topics. Either format is decoded in either mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fastavro
+import fastavro.schema
+from pydantic import ValidationError
+
+from schemas.models import EVENT_TYPES, Event
+from schemas.topics import topic_of
+
+SCHEMA_DIR = Path(__file__).parent / "avro"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+E = TypeVar("E", bound=Event)
+
+
+class SchemaError(Exception):
+    """A contract file cannot be loaded."""
+
+
+class DecodeError(Exception):
+    """Bytes that are not a valid event of the expected type; the message says why."""
+
+
+def _fingerprint(parsed: dict[str, Any]) -> bytes:
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    value = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16)
+    return value.to_bytes(8, "little")
+
+
+NAMED_KINDS = ("record", "enum", "fixed")
+
+
+def _fullname(node: dict[str, Any], namespace: str | None) -> str:
+    name = node["name"]
+    ns = node.get("namespace", namespace)
+    return name if "." in name or not ns else f"{ns}.{name}"
+
+
+def _collect_named(node: Any, namespace: str | None, found: dict[str, Any]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _collect_named(item, namespace, found)
+    elif isinstance(node, dict):
+        if node.get("type") in NAMED_KINDS and "name" in node:
+            fullname = _fullname(node, namespace)
+            found[fullname] = node
+            namespace = fullname.rpartition(".")[0] or None
+        for key in ("type", "fields", "items", "values"):
+            if key in node:
+                _collect_named(node[key], namespace, found)
+
+
+def _inline(node: Any, named: dict[str, Any], defined: set[str], namespace: str | None) -> Any:
+    """Replace references to types defined in other contract files by their definitions,
+    so every event's schema stands alone (as a registry and a fingerprint need it)."""
+    if isinstance(node, str):
+        fullname = node if "." in node or not namespace else f"{namespace}.{node}"
+        if fullname in named and fullname not in defined:
+            return _inline(named[fullname], named, defined, namespace)
+        return node
+    if isinstance(node, list):
+        return [_inline(item, named, defined, namespace) for item in node]
+    if isinstance(node, dict):
+        out = dict(node)
+        if node.get("type") in NAMED_KINDS and "name" in node:
+            fullname = _fullname(node, namespace)
+            defined.add(fullname)
+            namespace = fullname.rpartition(".")[0] or None
+        for key in ("type", "fields", "items", "values"):
+            if key in node:
+                out[key] = _inline(node[key], named, defined, namespace)
+        return out
+    return node
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise SchemaError(f"{path}: contract file missing")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path.name}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("type") != "record" or "name" not in raw:
+        raise SchemaError(f"{path.name}: an event contract must be an Avro record with a name")
+    return raw
+
+
+def _parse(path: Path, raw: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return fastavro.schema.parse_schema(
+            _inline(raw, named, set(), None), _write_hint=False, _force=True
+        )
+    except (fastavro.schema.SchemaParseException, KeyError, TypeError, ValueError) as exc:
+        raise SchemaError(f"{path.name}: invalid Avro schema: {exc}") from exc
+    except fastavro.schema.UnknownType as exc:
+        raise SchemaError(f"{path.name}: refers to unknown type {exc.name}") from exc
+
+
+@dataclass
+class SchemaCatalog:
+    """The contracts, parsed: the current schema per event and every known writer version."""
+
+    current: dict[str, dict[str, Any]] = field(default_factory=dict)
+    writers: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path = SCHEMA_DIR) -> SchemaCatalog:
+        raws = {t.schema_name: _read(directory / f"{t.schema_name}.avsc") for t in EVENT_TYPES}
+        named: dict[str, Any] = {}
+        _collect_named(list(raws.values()), None, named)
+        catalog = cls()
+        for name, raw in raws.items():
+            parsed = _parse(directory / f"{name}.avsc", raw, named)
+            catalog.current[name] = parsed
+            catalog.writers[_fingerprint(parsed)] = parsed
+        for path in sorted((directory / "history").glob("*.avsc")):
+            parsed = _parse(path, _read(path), named)
+            catalog.writers.setdefault(_fingerprint(parsed), parsed)
+        return catalog
+
+    def fingerprint(self, schema_name: str) -> bytes:
+        return _fingerprint(self.current[schema_name])
+
+    def schema_json(self, schema_name: str) -> str:
+        return json.dumps(self.current[schema_name])
+
+
+class AvroCodec:
+    def __init__(
+        self,
+        registry_url: str | None = None,
+        registry_config: dict[str, str] | None = None,
+        catalog: SchemaCatalog | None = None,
+    ):
+        self.catalog = catalog or SchemaCatalog.load()
+        self._fingerprints = {name: self.catalog.fingerprint(name) for name in self.catalog.current}
+        self._registry = None
+        self._serializers: dict[str, Any] = {}
+        self._deserializers: dict[str, Any] = {}
+        if registry_url:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            self._registry = SchemaRegistryClient({"url": registry_url, **(registry_config or {})})
+
+    @property
+    def uses_registry(self) -> bool:
+        return self._registry is not None
+
+    def encode(self, event: Event) -> bytes:
+        record = event.model_dump()
+        name = event.schema_name
+        if self._registry is not None:
+            return self._registry_encode(name, record, topic_of(event))
+        body = io.BytesIO()
+        body.write(SINGLE_OBJECT_MAGIC + self._fingerprints[name])
+        try:
+            fastavro.schemaless_writer(body, self.catalog.current[name], record, strict=True)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from exc
+        return body.getvalue()
+
+    def decode(self, data: bytes, event_type: type[E]) -> E:
+        if not data:
+            raise DecodeError(f"empty message, expected {event_type.__name__}")
+        if data[:1] == CONFLUENT_MAGIC:
+            record = self._registry_decode(data, event_type)
+        elif data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
+            record = self._local_decode(data, event_type)
+        else:
+            raise DecodeError(
+                f"not an atlas Avro message (starts with {data[:4].hex() or 'nothing'}),"
+                f" expected {event_type.__name__}"
+            )
+        try:
+            return event_type.model_validate(record)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            raise DecodeError(f"invalid {event_type.__name__}: {problems}") from exc
+
+    def _local_decode(self, data: bytes, event_type: type[Event]) -> dict[str, Any]:
+        reader = self.catalog.current[event_type.schema_name]
+        writer = self.catalog.writers.get(data[2:10], reader)
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+        except fastavro.read.SchemaResolutionError as exc:
+            raise DecodeError(
+                f"message is a {writer['name']}, not a {event_type.schema_name}"
+            ) from exc
+        except Exception as exc:  # truncated or corrupt bodies raise anything from EOF up
+            raise DecodeError(
+                f"corrupt {event_type.__name__} body: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _registry_encode(self, name: str, record: dict[str, Any], topic: str) -> bytes:
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        serializer = self._serializers.get(name)
+        if serializer is None:
+            serializer = AvroSerializer(
+                self._registry, self.catalog.schema_json(name), lambda obj, _ctx: obj
+            )
+            self._serializers[name] = serializer
+        return serializer(record, SerializationContext(topic, MessageField.VALUE))
+
+    def _registry_decode(self, data: bytes, event_type: type[Event]) -> dict[str, Any]:
+        if self._registry is None:
+            raise DecodeError(
+                "message is in Confluent wire format but no schema registry is configured"
+                " (set ATLAS_SCHEMA_REGISTRY_URL)"
+            )
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        name = event_type.schema_name
+        deserializer = self._deserializers.get(name)
+        if deserializer is None:
+            deserializer = AvroDeserializer(self._registry, self.catalog.schema_json(name))
+            self._deserializers[name] = deserializer
+        try:
+            return deserializer(data, SerializationContext(topic_of(event_type), MessageField.VALUE))
+        except Exception as exc:
+            raise DecodeError(f"cannot decode {event_type.__name__} from registry format: {exc}") from exc

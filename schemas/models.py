@@ -1,0 +1,234 @@
+"""Typed mirrors of the Avro contracts in ``schemas/avro``.
+
+Field names, order and optionality match the ``.avsc`` files exactly (a test holds them
+together); the ``.avsc`` files are the contract, these classes are how Python code touches it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["auto", "paired", "coach"]
+FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
+PromptSource = Literal["seed", "gepa", "manual", "rollback"]
+CheckpointSource = Literal["grpo", "manual", "rollback"]
+JobKind = Literal["gepa", "grpo"]
+JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
+TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
+
+
+def utcnow() -> datetime:
+    """Now, truncated to the millisecond the Avro timestamps carry."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Event(Record):
+    """A top-level event; ``schema_name`` is the Avro full name of its contract."""
+
+    schema_name: ClassVar[str]
+
+
+class PromptRef(Record):
+    role: str
+    version: int
+
+
+class Step(Record):
+    index: int
+    role: str
+    kind: str
+    content: str
+    verdict: str | None = None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+
+
+class Usage(Record):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class InteractionEvent(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.InteractionEvent"
+
+    event_id: str = Field(default_factory=new_id)
+    trace_id: str = Field(default_factory=new_id)
+    agent_id: str
+    created_at: datetime = Field(default_factory=utcnow)
+    task_id: str
+    task_family: str | None = None
+    task_input: str
+    reference: str | None = None
+    mode: Mode
+    prompt_versions: list[PromptRef] = Field(default_factory=list)
+    models: dict[str, str] = Field(default_factory=dict)
+    steps: list[Step] = Field(default_factory=list)
+    final_answer: str
+    baseline_answer: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: float = 0.0
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class FeedbackEvent(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.FeedbackEvent"
+
+    event_id: str = Field(default_factory=new_id)
+    trace_id: str
+    agent_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    kind: FeedbackKind
+    edited_text: str | None = None
+    rating: float | None = None
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    tool_name: str | None = None
+    tool_success: bool | None = None
+    user_id: str | None = None
+    comment: str | None = None
+
+
+class JudgeScore(Record):
+    judge: str
+    score: float | None = None
+    rationale: str = ""
+    uncertainty: float | None = None
+    escalated: bool = False
+    samples: int = 1
+    error: str | None = None
+
+
+class ScoredTrace(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.ScoredTrace"
+
+    trace_id: str
+    agent_id: str
+    revision: int
+    scored_at: datetime = Field(default_factory=utcnow)
+    interaction: InteractionEvent
+    reward: float
+    judge_scores: list[JudgeScore] = Field(default_factory=list)
+    rationale: str = ""
+    uncertainty: float = 0.0
+    escalated: bool = False
+    human_score: float | None = None
+    feedback_count: int = 0
+    baseline_reward: float | None = None
+    errors: list[str] = Field(default_factory=list)
+
+
+class PromptVersion(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
+
+    agent_id: str
+    role: str
+    version: int
+    parent_version: int | None = None
+    text: str
+    source: PromptSource
+    created_at: datetime = Field(default_factory=utcnow)
+    job_id: str | None = None
+    trigger_id: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    heldout_reward: float | None = None
+    baseline_reward: float | None = None
+    non_degradation: float | None = None
+
+
+class CheckpointEvent(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.CheckpointEvent"
+
+    agent_id: str
+    role: str
+    version: int
+    parent_version: int | None = None
+    uri: str
+    base_model: str
+    sha256: dict[str, str] = Field(default_factory=dict)
+    source: CheckpointSource
+    created_at: datetime = Field(default_factory=utcnow)
+    job_id: str | None = None
+    trigger_id: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    heldout_reward: float | None = None
+    baseline_reward: float | None = None
+    non_degradation: float | None = None
+
+
+class RetrainTrigger(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.RetrainTrigger"
+
+    trigger_id: str = Field(default_factory=new_id)
+    kind: JobKind
+    agent_id: str
+    reason: str
+    requested_by: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    budget: int | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class JobStatus(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.JobStatus"
+
+    job_id: str
+    trigger_id: str
+    kind: JobKind
+    agent_id: str
+    state: JobState
+    seq: int
+    updated_at: datetime = Field(default_factory=utcnow)
+    progress: float | None = None
+    message: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    result_version: int | None = None
+    worker: str | None = None
+
+
+class DeadLetter(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.DeadLetter"
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None = None
+    original: bytes
+    reason: str
+    error_type: str
+    processor: str
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    InteractionEvent,
+    FeedbackEvent,
+    ScoredTrace,
+    PromptVersion,
+    CheckpointEvent,
+    RetrainTrigger,
+    JobStatus,
+    DeadLetter,
+)

@@ -1,0 +1,72 @@
+"""The topics of atlas-stream: which event each carries and how it is keyed.
+
+Partition counts, retention and cleanup policies are deployment choices and live in
+``configs/topics.yaml``; the names, value types and keys here are the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from schemas.models import (
+    CheckpointEvent,
+    DeadLetter,
+    Event,
+    FeedbackEvent,
+    InteractionEvent,
+    JobStatus,
+    PromptVersion,
+    RetrainTrigger,
+    ScoredTrace,
+)
+
+
+@dataclass(frozen=True)
+class TopicContract:
+    name: str
+    event_type: type[Event]
+    key_of: Callable[[Event], str]
+    key_doc: str
+
+
+def _attr(name: str) -> Callable[[Event], str]:
+    return lambda event: str(getattr(event, name))
+
+
+def _agent_role(event: Event) -> str:
+    return f"{event.agent_id}/{event.role}"  # type: ignore[attr-defined]
+
+
+INTERACTIONS = "atlas.interactions.v1"
+FEEDBACK = "atlas.feedback.v1"
+REWARDS = "atlas.rewards.v1"
+PROMPTS = "atlas.prompts.v1"
+CHECKPOINTS = "atlas.checkpoints.v1"
+TRIGGERS = "atlas.triggers.v1"
+JOBS = "atlas.jobs.v1"
+DEADLETTER = "atlas.deadletter.v1"
+
+TOPICS: dict[str, TopicContract] = {
+    contract.name: contract
+    for contract in (
+        TopicContract(INTERACTIONS, InteractionEvent, _attr("trace_id"), "trace_id"),
+        TopicContract(FEEDBACK, FeedbackEvent, _attr("trace_id"), "trace_id"),
+        TopicContract(REWARDS, ScoredTrace, _attr("trace_id"), "trace_id"),
+        TopicContract(PROMPTS, PromptVersion, _agent_role, "agent_id/role"),
+        TopicContract(CHECKPOINTS, CheckpointEvent, _agent_role, "agent_id/role"),
+        TopicContract(TRIGGERS, RetrainTrigger, _attr("agent_id"), "agent_id"),
+        TopicContract(JOBS, JobStatus, _attr("job_id"), "job_id"),
+        TopicContract(DEADLETTER, DeadLetter, _attr("source_topic"), "source topic"),
+    )
+}
+TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}
+
+
+def topic_of(event: Event | type[Event]) -> str:
+    event_type = event if isinstance(event, type) else type(event)
+    return TOPIC_OF_EVENT[event_type]
+
+
+def key_of(event: Event) -> bytes:
+    return TOPICS[topic_of(event)].key_of(event).encode()

@@ -1,0 +1,231 @@
+"""The store's tables, applied in order and exactly once (``migrate`` is idempotent).
+
+Every table is a ReplacingMergeTree keyed so that replaying an insert converges to one row,
+and carries ``non_replicated_deduplication_window`` so an insert retried with the same
+``insert_deduplication_token`` is dropped at once. ORDER BY keys start with the agent and the
+hour, which every monitoring query filters and groups on. On a ClickHouse cluster, run the
+same DDL with Replicated* engines and ON CLUSTER (see README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+DEDUP = "SETTINGS non_replicated_deduplication_window = 10000"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "core tables",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS scored_traces (
+                trace_id String,
+                revision UInt32,
+                agent_id LowCardinality(String),
+                created_at DateTime64(3, 'UTC'),
+                scored_at DateTime64(3, 'UTC'),
+                task_id String,
+                task_family LowCardinality(String),
+                task_input String,
+                reference Nullable(String),
+                mode LowCardinality(String),
+                prompt_versions Map(String, Int32),
+                models Map(String, String),
+                steps_json String,
+                final_answer String,
+                baseline_answer Nullable(String),
+                reward Float64,
+                baseline_reward Nullable(Float64),
+                human_score Nullable(Float64),
+                uncertainty Float64,
+                escalated Bool,
+                rationale String,
+                feedback_count UInt32,
+                errors Array(String),
+                prompt_tokens UInt64,
+                completion_tokens UInt64,
+                latency_ms Float64,
+                metadata Map(String, String)
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(created_at)
+            ORDER BY (agent_id, toStartOfHour(created_at), trace_id, revision)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS judge_scores (
+                trace_id String,
+                revision UInt32,
+                agent_id LowCardinality(String),
+                created_at DateTime64(3, 'UTC'),
+                judge LowCardinality(String),
+                score Nullable(Float64),
+                uncertainty Nullable(Float64),
+                escalated Bool,
+                samples UInt16,
+                error Nullable(String),
+                rationale String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(created_at)
+            ORDER BY (agent_id, judge, toStartOfHour(created_at), trace_id, revision)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS feedback (
+                event_id String,
+                trace_id String,
+                agent_id LowCardinality(String),
+                created_at DateTime64(3, 'UTC'),
+                kind LowCardinality(String),
+                edited_text Nullable(String),
+                rating Nullable(Float64),
+                rating_min Float64,
+                rating_max Float64,
+                tool_name Nullable(String),
+                tool_success Nullable(Bool),
+                user_id Nullable(String),
+                comment Nullable(String)
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(created_at)
+            ORDER BY (agent_id, trace_id, event_id)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS prompt_versions (
+                agent_id LowCardinality(String),
+                role LowCardinality(String),
+                version Int32,
+                parent_version Nullable(Int32),
+                text String,
+                source LowCardinality(String),
+                created_at DateTime64(3, 'UTC'),
+                job_id Nullable(String),
+                trigger_id Nullable(String),
+                window_start Nullable(DateTime64(3, 'UTC')),
+                window_end Nullable(DateTime64(3, 'UTC')),
+                heldout_reward Nullable(Float64),
+                baseline_reward Nullable(Float64),
+                non_degradation Nullable(Float64)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (agent_id, role, version)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS checkpoints (
+                agent_id LowCardinality(String),
+                role LowCardinality(String),
+                version Int32,
+                parent_version Nullable(Int32),
+                uri String,
+                base_model String,
+                sha256 Map(String, String),
+                source LowCardinality(String),
+                created_at DateTime64(3, 'UTC'),
+                job_id Nullable(String),
+                trigger_id Nullable(String),
+                window_start Nullable(DateTime64(3, 'UTC')),
+                window_end Nullable(DateTime64(3, 'UTC')),
+                heldout_reward Nullable(Float64),
+                baseline_reward Nullable(Float64),
+                non_degradation Nullable(Float64)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (agent_id, role, version)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS triggers (
+                trigger_id String,
+                kind LowCardinality(String),
+                agent_id LowCardinality(String),
+                reason String,
+                requested_by Nullable(String),
+                created_at DateTime64(3, 'UTC'),
+                window_start Nullable(DateTime64(3, 'UTC')),
+                window_end Nullable(DateTime64(3, 'UTC')),
+                budget Nullable(Int32),
+                params Map(String, String)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (agent_id, trigger_id)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS jobs (
+                job_id String,
+                trigger_id String,
+                kind LowCardinality(String),
+                agent_id LowCardinality(String),
+                state LowCardinality(String),
+                seq UInt32,
+                updated_at DateTime64(3, 'UTC'),
+                progress Nullable(Float64),
+                message String,
+                metrics Map(String, Float64),
+                result_version Nullable(Int32),
+                worker Nullable(String)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (job_id, seq)
+            {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS dead_letters (
+                source_topic LowCardinality(String),
+                source_partition Int32,
+                source_offset Int64,
+                key Nullable(String),
+                original String,
+                reason String,
+                error_type LowCardinality(String),
+                processor LowCardinality(String),
+                failed_at DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (source_topic, source_partition, source_offset, processor)
+            {DEDUP}
+            """,
+            """
+            CREATE VIEW IF NOT EXISTS latest_traces AS
+            SELECT * FROM scored_traces FINAL
+            ORDER BY trace_id, revision DESC
+            LIMIT 1 BY trace_id
+            """,
+        ),
+    ),
+)
+
+LEDGER = """
+CREATE TABLE IF NOT EXISTS atlas_migrations (
+    version UInt32,
+    name String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree ORDER BY version
+"""
+
+
+def applied_versions(client: Client) -> set[int]:
+    client.command(LEDGER)
+    return {row[0] for row in client.query("SELECT version FROM atlas_migrations FINAL").result_rows}
+
+
+def migrate(client: Client) -> list[Migration]:
+    """Apply every migration not yet recorded; return those applied now."""
+    done = applied_versions(client)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert(
+            "atlas_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
+        )
+        applied.append(migration)
+    return applied

@@ -1,0 +1,147 @@
+"""Batch inserts of events into the store, idempotent under replay.
+
+Each event type maps to one table (a ScoredTrace to two: the trace and its judge scores).
+Inserts are columnar batches; with a ``dedup_token`` (the sink passes one per Kafka offset
+range) a retried batch is dropped by ClickHouse instead of written twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from schemas.models import (
+    CheckpointEvent,
+    DeadLetter,
+    Event,
+    FeedbackEvent,
+    JobStatus,
+    PromptVersion,
+    RetrainTrigger,
+    ScoredTrace,
+)
+
+SCORED_TRACE_COLUMNS = [
+    "trace_id", "revision", "agent_id", "created_at", "scored_at", "task_id", "task_family",
+    "task_input", "reference", "mode", "prompt_versions", "models", "steps_json",
+    "final_answer", "baseline_answer", "reward", "baseline_reward", "human_score",
+    "uncertainty", "escalated", "rationale", "feedback_count", "errors", "prompt_tokens",
+    "completion_tokens", "latency_ms", "metadata",
+]
+JUDGE_SCORE_COLUMNS = [
+    "trace_id", "revision", "agent_id", "created_at", "judge", "score", "uncertainty",
+    "escalated", "samples", "error", "rationale",
+]
+
+
+@dataclass(frozen=True)
+class TableBatch:
+    table: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def _scored_trace_row(trace: ScoredTrace) -> list[Any]:
+    event = trace.interaction
+    return [
+        trace.trace_id, trace.revision, trace.agent_id, event.created_at, trace.scored_at,
+        event.task_id, event.task_family or "", event.task_input, event.reference, event.mode,
+        {ref.role: ref.version for ref in event.prompt_versions}, event.models,
+        json.dumps([step.model_dump() for step in event.steps]), event.final_answer,
+        event.baseline_answer, trace.reward, trace.baseline_reward, trace.human_score,
+        trace.uncertainty, trace.escalated, trace.rationale, trace.feedback_count, trace.errors,
+        event.usage.prompt_tokens, event.usage.completion_tokens, event.latency_ms,
+        event.metadata,
+    ]
+
+
+def _judge_rows(trace: ScoredTrace) -> Iterable[list[Any]]:
+    created = trace.interaction.created_at
+    for score in trace.judge_scores:
+        yield [
+            trace.trace_id, trace.revision, trace.agent_id, created, score.judge, score.score,
+            score.uncertainty, score.escalated, score.samples, score.error, score.rationale,
+        ]
+
+
+def _fields_row(columns: list[str]) -> Callable[[Event], list[Any]]:
+    def row(event: Event) -> list[Any]:
+        values = event.model_dump()
+        if isinstance(event, FeedbackEvent):
+            values["agent_id"] = values["agent_id"] or ""
+        return [values[column] for column in columns]
+
+    return row
+
+
+# Tables whose columns are exactly the event's fields.
+PLAIN_TABLES: dict[type[Event], str] = {
+    FeedbackEvent: "feedback",
+    PromptVersion: "prompt_versions",
+    CheckpointEvent: "checkpoints",
+    RetrainTrigger: "triggers",
+    JobStatus: "jobs",
+    DeadLetter: "dead_letters",
+}
+
+
+def batches_for(events: Sequence[Event]) -> list[TableBatch]:
+    by_table: dict[str, TableBatch] = {}
+
+    def batch(table: str, columns: list[str]) -> TableBatch:
+        if table not in by_table:
+            by_table[table] = TableBatch(table, columns, [])
+        return by_table[table]
+
+    grouped: dict[type[Event], list[Event]] = defaultdict(list)
+    for event in events:
+        grouped[type(event)].append(event)
+    for event_type, group in grouped.items():
+        if event_type is ScoredTrace:
+            traces = batch("scored_traces", SCORED_TRACE_COLUMNS)
+            judges = batch("judge_scores", JUDGE_SCORE_COLUMNS)
+            for trace in group:
+                assert isinstance(trace, ScoredTrace)
+                traces.rows.append(_scored_trace_row(trace))
+                judges.rows.extend(_judge_rows(trace))
+        elif event_type in PLAIN_TABLES:
+            columns = list(event_type.model_fields)
+            to_row = _fields_row(columns)
+            target = batch(PLAIN_TABLES[event_type], columns)
+            target.rows.extend(to_row(event) for event in group)
+        else:
+            raise TypeError(f"no table stores {event_type.__name__}")
+    return [b for b in by_table.values() if b.rows]
+
+
+class StoreWriter:
+    """Writes events in batches of at most ``batch_size`` rows per insert."""
+
+    def __init__(self, client: Client, batch_size: int = 50_000):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.client = client
+        self.batch_size = batch_size
+
+    def write(self, events: Sequence[Event], dedup_token: str | None = None) -> int:
+        """Insert the events; with ``dedup_token`` a repeated call with the same events and
+        token writes nothing the second time. Returns the number of rows sent."""
+        sent = 0
+        for table_batch in batches_for(events):
+            for start in range(0, len(table_batch.rows), self.batch_size):
+                chunk = table_batch.rows[start : start + self.batch_size]
+                settings = {}
+                if dedup_token is not None:
+                    settings["insert_deduplication_token"] = (
+                        f"{dedup_token}:{table_batch.table}:{start}"
+                    )
+                self.client.insert(
+                    table_batch.table, chunk, column_names=table_batch.columns, settings=settings
+                )
+                sent += len(chunk)
+        return sent
