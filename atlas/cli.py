@@ -45,7 +45,9 @@ def clear_errors(command: F) -> F:
 @app.command()
 @clear_errors
 def up(
-    kafka_port: Annotated[int | None, typer.Option(help="Broker port (default: a free one).")] = None,
+    kafka_port: Annotated[
+        int | None, typer.Option(help="Broker port (default: a free one).")
+    ] = None,
     controller_port: Annotated[
         int | None, typer.Option(help="KRaft controller port (default: a free one).")
     ] = None,
@@ -83,7 +85,9 @@ def status() -> None:
     settings = Settings()
     _print_status(stack.read_status(settings))
     if settings.kafka_bootstrap:
-        console.print(f"ATLAS_KAFKA_BOOTSTRAP overrides the local broker: {settings.kafka_bootstrap}")
+        console.print(
+            f"ATLAS_KAFKA_BOOTSTRAP overrides the local broker: {settings.kafka_bootstrap}"
+        )
     if settings.clickhouse_url:
         console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.clickhouse_url}")
 
@@ -92,15 +96,21 @@ def _print_status(current: stack.StackStatus) -> None:
     table = Table("service", "state", "address", "pid", "data")
     if current.kafka:
         table.add_row(
-            "kafka", "running" if current.kafka_running else "stopped",
-            current.kafka.bootstrap, str(current.kafka.pid), current.kafka.data_dir,
+            "kafka",
+            "running" if current.kafka_running else "stopped",
+            current.kafka.bootstrap,
+            str(current.kafka.pid),
+            current.kafka.data_dir,
         )
     else:
         table.add_row("kafka", "never started", "", "", "")
     if current.store:
         table.add_row(
-            "store", "running" if current.store_running else "stopped",
-            current.store.url, str(current.store.pid), current.store.path,
+            "store",
+            "running" if current.store_running else "stopped",
+            current.store.url,
+            str(current.store.pid),
+            current.store.path,
         )
     else:
         table.add_row("store", "never started", "", "", "")

@@ -61,9 +61,7 @@ class Settings(BaseSettings):
             return self.kafka_bootstrap
         kafka = self.local_stack().get("kafka")
         if not kafka:
-            raise StackError(
-                "no Kafka configured: run `atlas up` or set ATLAS_KAFKA_BOOTSTRAP"
-            )
+            raise StackError("no Kafka configured: run `atlas up` or set ATLAS_KAFKA_BOOTSTRAP")
         return str(kafka["bootstrap"])
 
     def kafka_config(self) -> dict[str, str]:

@@ -80,15 +80,21 @@ def _pick_port(requested: int | None, previous: int | None, what: str) -> int:
     return free_port()
 
 
-def ensure_topics(kafka_config: dict[str, str], config_dir: Path, timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    kafka_config: dict[str, str], config_dir: Path, timeout: float = 30.0
+) -> list[str]:
     """Create the missing contract topics; return the names created now."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({**kafka_config, "log_level": 0})
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [
-        NewTopic(name, num_partitions=spec.partitions, replication_factor=spec.replication_factor,
-                 config=spec.config)
+        NewTopic(
+            name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=spec.config,
+        )
         for name, spec in topic_specs(config_dir).items()
         if name not in existing
     ]
@@ -107,7 +113,9 @@ def _start_store(path: Path, port: int, log: Path) -> int:
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", STORE_MAIN, "--path", str(path), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     return process.pid
@@ -181,10 +189,18 @@ def up(
         stop_pid(kafka_pid, KAFKA_MAIN)
         stop_pid(store_pid, STORE_MAIN)
         raise
-    kafka = KafkaState(kafka_pid, node.bootstrap, node.broker_port, node.controller_port,
-                       str(node.data_dir), str(node.log_file))
+    kafka = KafkaState(
+        kafka_pid,
+        node.bootstrap,
+        node.broker_port,
+        node.controller_port,
+        str(node.data_dir),
+        str(node.log_file),
+    )
     store = StoreState(store_pid, store_url, port, str(store_path), str(store_log))
-    settings.state_file.write_text(json.dumps({"kafka": asdict(kafka), "store": asdict(store)}, indent=2))
+    settings.state_file.write_text(
+        json.dumps({"kafka": asdict(kafka), "store": asdict(store)}, indent=2)
+    )
     return StackStatus(kafka, store, True, True)
 
 

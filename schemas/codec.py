@@ -240,6 +240,27 @@ class AvroCodec:
             deserializer = AvroDeserializer(self._registry, self.catalog.schema_json(name))
             self._deserializers[name] = deserializer
         try:
-            return deserializer(data, SerializationContext(topic_of(event_type), MessageField.VALUE))
+            return deserializer(
+                data, SerializationContext(topic_of(event_type), MessageField.VALUE)
+            )
         except Exception as exc:
-            raise DecodeError(f"cannot decode {event_type.__name__} from registry format: {exc}") from exc
+            raise DecodeError(
+                f"cannot decode {event_type.__name__} from registry format: {exc}"
+            ) from exc
+
+
+def evolution_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why ``new`` is not a safe evolution of ``old`` under our rule (empty when it is):
+    the old fields stay, unchanged and in order, and every added field comes after them
+    with a default, so old readers can read new messages and new readers old ones."""
+    problems = []
+    old_fields, new_fields = old["fields"], new["fields"]
+    for position, field_def in enumerate(old_fields):
+        if position >= len(new_fields) or new_fields[position]["name"] != field_def["name"]:
+            problems.append(f"field {field_def['name']!r} moved or removed")
+        elif new_fields[position]["type"] != field_def["type"]:
+            problems.append(f"field {field_def['name']!r} changed type")
+    for field_def in new_fields[len(old_fields) :]:
+        if "default" not in field_def:
+            problems.append(f"added field {field_def['name']!r} has no default")
+    return problems

@@ -212,7 +212,9 @@ CREATE TABLE IF NOT EXISTS atlas_migrations (
 
 def applied_versions(client: Client) -> set[int]:
     client.command(LEDGER)
-    return {row[0] for row in client.query("SELECT version FROM atlas_migrations FINAL").result_rows}
+    return {
+        row[0] for row in client.query("SELECT version FROM atlas_migrations FINAL").result_rows
+    }
 
 
 def migrate(client: Client) -> list[Migration]:
@@ -225,7 +227,9 @@ def migrate(client: Client) -> list[Migration]:
         for statement in migration.statements:
             client.command(statement)
         client.insert(
-            "atlas_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
+            "atlas_migrations",
+            [[migration.version, migration.name]],
+            column_names=["version", "name"],
         )
         applied.append(migration)
     return applied

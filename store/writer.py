@@ -27,15 +27,46 @@ from schemas.models import (
 )
 
 SCORED_TRACE_COLUMNS = [
-    "trace_id", "revision", "agent_id", "created_at", "scored_at", "task_id", "task_family",
-    "task_input", "reference", "mode", "prompt_versions", "models", "steps_json",
-    "final_answer", "baseline_answer", "reward", "baseline_reward", "human_score",
-    "uncertainty", "escalated", "rationale", "feedback_count", "errors", "prompt_tokens",
-    "completion_tokens", "latency_ms", "metadata",
+    "trace_id",
+    "revision",
+    "agent_id",
+    "created_at",
+    "scored_at",
+    "task_id",
+    "task_family",
+    "task_input",
+    "reference",
+    "mode",
+    "prompt_versions",
+    "models",
+    "steps_json",
+    "final_answer",
+    "baseline_answer",
+    "reward",
+    "baseline_reward",
+    "human_score",
+    "uncertainty",
+    "escalated",
+    "rationale",
+    "feedback_count",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "metadata",
 ]
 JUDGE_SCORE_COLUMNS = [
-    "trace_id", "revision", "agent_id", "created_at", "judge", "score", "uncertainty",
-    "escalated", "samples", "error", "rationale",
+    "trace_id",
+    "revision",
+    "agent_id",
+    "created_at",
+    "judge",
+    "score",
+    "uncertainty",
+    "escalated",
+    "samples",
+    "error",
+    "rationale",
 ]
 
 
@@ -49,13 +80,32 @@ class TableBatch:
 def _scored_trace_row(trace: ScoredTrace) -> list[Any]:
     event = trace.interaction
     return [
-        trace.trace_id, trace.revision, trace.agent_id, event.created_at, trace.scored_at,
-        event.task_id, event.task_family or "", event.task_input, event.reference, event.mode,
-        {ref.role: ref.version for ref in event.prompt_versions}, event.models,
-        json.dumps([step.model_dump() for step in event.steps]), event.final_answer,
-        event.baseline_answer, trace.reward, trace.baseline_reward, trace.human_score,
-        trace.uncertainty, trace.escalated, trace.rationale, trace.feedback_count, trace.errors,
-        event.usage.prompt_tokens, event.usage.completion_tokens, event.latency_ms,
+        trace.trace_id,
+        trace.revision,
+        trace.agent_id,
+        event.created_at,
+        trace.scored_at,
+        event.task_id,
+        event.task_family or "",
+        event.task_input,
+        event.reference,
+        event.mode,
+        {ref.role: ref.version for ref in event.prompt_versions},
+        event.models,
+        json.dumps([step.model_dump() for step in event.steps]),
+        event.final_answer,
+        event.baseline_answer,
+        trace.reward,
+        trace.baseline_reward,
+        trace.human_score,
+        trace.uncertainty,
+        trace.escalated,
+        trace.rationale,
+        trace.feedback_count,
+        trace.errors,
+        event.usage.prompt_tokens,
+        event.usage.completion_tokens,
+        event.latency_ms,
         event.metadata,
     ]
 
@@ -64,8 +114,17 @@ def _judge_rows(trace: ScoredTrace) -> Iterable[list[Any]]:
     created = trace.interaction.created_at
     for score in trace.judge_scores:
         yield [
-            trace.trace_id, trace.revision, trace.agent_id, created, score.judge, score.score,
-            score.uncertainty, score.escalated, score.samples, score.error, score.rationale,
+            trace.trace_id,
+            trace.revision,
+            trace.agent_id,
+            created,
+            score.judge,
+            score.score,
+            score.uncertainty,
+            score.escalated,
+            score.samples,
+            score.error,
+            score.rationale,
         ]
 
 
@@ -115,7 +174,10 @@ def batches_for(events: Sequence[Event]) -> list[TableBatch]:
             target = batch(PLAIN_TABLES[event_type], columns)
             target.rows.extend(to_row(event) for event in group)
         else:
-            raise TypeError(f"no table stores {event_type.__name__}")
+            raise TypeError(
+                f"no table stores a bare {event_type.__name__}; interactions are stored"
+                " inside the ScoredTrace that scores them"
+            )
     return [b for b in by_table.values() if b.rows]
 
 

@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka (KRaft, combined broker+controller) run from Maven Central jars."""
+"""A real single-node Apache Kafka (KRaft, combined broker+controller) from Maven Central jars."""
 
 from __future__ import annotations
 
@@ -40,9 +40,19 @@ def fetch_jars(cache_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         detail = (result.stdout + result.stderr).strip().splitlines()[-5:]
@@ -111,9 +121,16 @@ class KafkaNode:
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         java = require_tool("java", "apt-get install -y default-jdk-headless")
         return [
-            java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
-            "-cp", f"{libs}/*", main, *args,
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
         ]
 
     def format_storage(self, libs: Path) -> None:
@@ -121,9 +138,18 @@ class KafkaNode:
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                       "-c", str(self.properties_file)),
-            capture_output=True, text=True, check=False,
+            self._java(
+                libs,
+                "kafka.tools.StorageTool",
+                "format",
+                # '=' form: a base64url id may start with '-', which would read as an option
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(self.properties_file),
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
@@ -134,7 +160,9 @@ class KafkaNode:
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
                 self._java(libs, KAFKA_MAIN, str(self.properties_file)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         return process.pid

@@ -12,6 +12,7 @@ Run: ``python -m deploy.local.store_server --path DIR --port PORT`` (127.0.0.1 o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -155,10 +156,9 @@ class ChdbEngine:
     def _restore(self, previous: dict[str, str | None]) -> None:
         for name, value in previous.items():
             restore = "DEFAULT" if value is None else _quote(value)
-            try:
+            # an unknown custom setting never took effect: nothing to restore
+            with contextlib.suppress(StoreError):
                 self._run(f"SET {name} = {restore}", "TabSeparated")
-            except StoreError:
-                pass  # an unknown custom setting never took effect, nothing to restore
 
     def close(self) -> None:
         with self._lock:
@@ -246,7 +246,9 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
         output_format = params.get("default_format") or "TabSeparated"
         bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
         settings = {
-            k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")
+            k: v
+            for k, v in params.items()
+            if k not in TRANSPORT_PARAMS and not k.startswith("param_")
         }
         for name in settings:
             if not SETTING_NAME.match(name):

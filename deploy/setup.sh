@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for atlas-stream, and is safe to re-run (everything is cached):
+#   - a JDK, Maven and kcat from apt when missing (the local Kafka runs on the JVM),
+#   - a virtualenv in .venv with atlas-stream and its extras (pip's cache keeps the wheels),
+#   - Apache Kafka's jars from Maven Central into ~/.cache/atlas-stream.
+# ATLAS_EXTRAS adds pip extras (e.g. ATLAS_EXTRAS=gpu). PYTHON picks the interpreter (>= 3.11).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing with apt-get: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "atlas-stream needs Python >= 3.11; set PYTHON to one" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
+.venv/bin/python - <<'PY'
+from atlas.settings import Settings
+from deploy.local.kafka import fetch_jars
+print("Kafka jars:", fetch_jars(Settings().cache_dir))
+PY
+echo "set up: .venv/bin/atlas --help"

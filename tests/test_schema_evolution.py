@@ -1,0 +1,76 @@
+"""Contracts evolve by appending optional fields: old readers read new messages, new readers
+old ones, in the codec's fingerprinted format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas.codec import SCHEMA_DIR, AvroCodec, SchemaCatalog, evolution_problems
+from schemas.models import FeedbackEvent
+
+FEEDBACK_FILE = "io.atlas_stream.FeedbackEvent.avsc"
+
+
+class FeedbackEventV2(FeedbackEvent):
+    """What FeedbackEvent would look like after adding one optional field."""
+
+    channel: str | None = None
+
+
+def _evolve(schema_dir: Path) -> None:
+    """Turn a copy of the contracts into 'v2': FeedbackEvent gains `channel`, and the v1
+    schema is kept in history so v2 readers still resolve v1 messages."""
+    path = schema_dir / FEEDBACK_FILE
+    v1 = json.loads(path.read_text())
+    (schema_dir / "history").mkdir(exist_ok=True)
+    (schema_dir / "history" / "io.atlas_stream.FeedbackEvent.v1.avsc").write_text(json.dumps(v1))
+    v2 = dict(
+        v1, fields=[*v1["fields"], {"name": "channel", "type": ["null", "string"], "default": None}]
+    )
+    path.write_text(json.dumps(v2))
+
+
+def test_old_reader_reads_a_new_writers_message(schema_dir_copy: Path) -> None:
+    _evolve(schema_dir_copy)
+    new_writer = AvroCodec(catalog=SchemaCatalog.load(schema_dir_copy))
+    old_reader = AvroCodec()
+    sent = FeedbackEventV2(trace_id="t-1", kind="rating", rating=4.0, comment="ok", channel="slack")
+    received = old_reader.decode(new_writer.encode(sent), FeedbackEvent)
+    assert received == FeedbackEvent(**sent.model_dump(exclude={"channel"}))
+
+
+def test_new_reader_reads_an_old_writers_message(schema_dir_copy: Path) -> None:
+    _evolve(schema_dir_copy)
+    old_writer = AvroCodec()
+    new_reader = AvroCodec(catalog=SchemaCatalog.load(schema_dir_copy))
+    sent = FeedbackEvent(trace_id="t-2", kind="edit", edited_text="Paris", user_id="u7")
+    received = new_reader.decode(old_writer.encode(sent), FeedbackEventV2)
+    assert received.channel is None
+    assert received.model_dump(exclude={"channel"}) == sent.model_dump()
+
+
+def test_the_evolution_rule_catches_unsafe_changes() -> None:
+    v1 = json.loads((SCHEMA_DIR / FEEDBACK_FILE).read_text())
+    fields = v1["fields"]
+    appended = dict(
+        v1, fields=[*fields, {"name": "x", "type": ["null", "string"], "default": None}]
+    )
+    no_default = dict(v1, fields=[*fields, {"name": "x", "type": "string"}])
+    removed = dict(v1, fields=fields[1:])
+    retyped = dict(v1, fields=[{**fields[0], "type": "int"}, *fields[1:]])
+    assert evolution_problems(v1, appended) == []
+    assert evolution_problems(v1, no_default) == ["added field 'x' has no default"]
+    assert "moved or removed" in evolution_problems(v1, removed)[0]
+    assert evolution_problems(v1, retyped) == ["field 'event_id' changed type"]
+
+
+@pytest.mark.parametrize(
+    "old_path", sorted((SCHEMA_DIR / "history").glob("*.avsc")), ids=lambda p: p.name
+)
+def test_every_shipped_history_schema_evolves_safely(old_path: Path) -> None:
+    old = json.loads(old_path.read_text())
+    current = json.loads((SCHEMA_DIR / f"{old['namespace']}.{old['name']}.avsc").read_text())
+    assert evolution_problems(old, current) == []

@@ -1,0 +1,145 @@
+"""The Avro contracts, their Python mirrors and the codec's errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, SchemaCatalog, SchemaError
+from schemas.models import EVENT_TYPES, FeedbackEvent, InteractionEvent, ScoredTrace
+from tests.factories import interaction, one_of_each
+
+
+def _avro_record_fields(schema: Any) -> dict[str, Any] | None:
+    """The record schema inside a field type (through unions and arrays), if any."""
+    if isinstance(schema, list):
+        for branch in schema:
+            found = _avro_record_fields(branch)
+            if found:
+                return found
+    if isinstance(schema, dict):
+        if schema.get("type") == "record":
+            return schema
+        if schema.get("type") == "array":
+            return _avro_record_fields(schema["items"])
+    return None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _assert_mirrors(model: type[BaseModel], record: dict[str, Any], path: str) -> None:
+    avro_names = [f["name"] for f in record["fields"]]
+    assert list(model.model_fields) == avro_names, f"{path}: fields differ from the .avsc"
+    for avro_field in record["fields"]:
+        field = model.model_fields[avro_field["name"]]
+        nested_avro = _avro_record_fields(avro_field["type"])
+        nested_model = _model_of(field.annotation)
+        if nested_avro is not None:
+            assert nested_model is not None, f"{path}.{avro_field['name']} should be a model"
+            _assert_mirrors(nested_model, nested_avro, f"{path}.{avro_field['name']}")
+        optional = isinstance(avro_field["type"], list) and "null" in avro_field["type"]
+        if optional:
+            assert not field.is_required(), f"{path}.{avro_field['name']} is optional in Avro"
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_models_mirror_the_avro_contracts(event_type: type) -> None:
+    catalog = SchemaCatalog.load()
+    _assert_mirrors(event_type, catalog.current[event_type.schema_name], event_type.__name__)
+
+
+def test_every_event_type_round_trips_through_the_codec() -> None:
+    codec = AvroCodec()
+    events = one_of_each(random.Random(1))
+    assert {type(e) for e in events} == set(EVENT_TYPES)
+    for event in events:
+        data = codec.encode(event)
+        assert data.startswith(SINGLE_OBJECT_MAGIC)
+        assert codec.decode(data, type(event)) == event
+
+
+def test_decoding_the_wrong_type_names_both_types() -> None:
+    codec = AvroCodec()
+    data = codec.encode(interaction(random.Random(2)))
+    with pytest.raises(
+        DecodeError, match=r"InteractionEvent, not a io\.atlas_stream\.FeedbackEvent"
+    ):
+        codec.decode(data, FeedbackEvent)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty message"),
+        (b"random bytes here", "not an atlas Avro message"),
+        (b"\x00\x00\x00\x00\x01abc", "no schema registry is configured"),
+    ],
+)
+def test_undecodable_bytes_give_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        AvroCodec().decode(payload, InteractionEvent)
+
+
+def test_truncated_body_is_a_decode_error() -> None:
+    codec = AvroCodec()
+    data = codec.encode(interaction(random.Random(3)))
+    with pytest.raises(DecodeError, match="corrupt InteractionEvent body"):
+        codec.decode(data[: len(data) // 2], InteractionEvent)
+
+
+def test_event_missing_a_required_field_is_rejected_when_built() -> None:
+    with pytest.raises(ValidationError, match="trace_id"):
+        FeedbackEvent(kind="approve")  # type: ignore[call-arg]
+
+
+def test_message_missing_a_required_field_is_a_decode_error(schema_dir_copy: Path) -> None:
+    """A producer whose schema lacks a required field (no default) cannot be read."""
+    codec = AvroCodec()
+    contract = json.loads((schema_dir_copy / "io.atlas_stream.FeedbackEvent.avsc").read_text())
+    contract["fields"] = [f for f in contract["fields"] if f["name"] != "trace_id"]
+    writer = fastavro.parse_schema(contract)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, writer, {"event_id": "e", "created_at": 0, "kind": "approve"})
+    # Unknown fingerprint, so the reader reads with its own schema and finds no valid trace_id.
+    data = SINGLE_OBJECT_MAGIC + b"\x01" * 8 + body.getvalue()
+    with pytest.raises(DecodeError):
+        codec.decode(data, FeedbackEvent)
+
+
+def test_broken_avsc_is_a_one_line_schema_error(schema_dir_copy: Path) -> None:
+    path = schema_dir_copy / "io.atlas_stream.ScoredTrace.avsc"
+    path.write_text(path.read_text().replace('"type": "double"', '"type": "dubble"', 1))
+    with pytest.raises(SchemaError) as info:
+        SchemaCatalog.load(schema_dir_copy)
+    message = str(info.value)
+    assert "ScoredTrace.avsc" in message and "dubble" in message and "\n" not in message
+
+
+def test_avsc_that_is_not_json_is_a_schema_error(schema_dir_copy: Path) -> None:
+    (schema_dir_copy / "io.atlas_stream.JobStatus.avsc").write_text("{ not json")
+    with pytest.raises(SchemaError, match=r"JobStatus\.avsc: not valid JSON"):
+        SchemaCatalog.load(schema_dir_copy)
+
+
+def test_scored_trace_embeds_the_whole_interaction() -> None:
+    codec = AvroCodec()
+    rng = random.Random(4)
+    event = interaction(rng)
+    from tests.factories import scored
+
+    trace = scored(event, rng)
+    decoded = codec.decode(codec.encode(trace), ScoredTrace)
+    assert decoded.interaction.steps == event.steps
+    assert decoded.judge_scores[1].samples == 3
