@@ -26,7 +26,9 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
+# llama-cpp-python compiles llama.cpp on first install (~6 min on 2 cores); pip caches the wheel.
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+.venv/bin/python -m pip install -q -e ".[dev,local${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
 .venv/bin/python - <<'PY'
 from atlas.settings import Settings
 from deploy.local.kafka import fetch_jars

