@@ -14,6 +14,8 @@ from rich.table import Table
 from atlas import stack
 from atlas.settings import Settings
 from deploy.local.processes import StackError
+from runtime.backends.base import BackendError
+from runtime.producer import ProducerError
 from schemas.codec import DecodeError, SchemaError
 from store.client import StoreUnavailable
 
@@ -25,7 +27,14 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (StackError, StoreUnavailable, SchemaError, DecodeError)
+EXPECTED_ERRORS = (
+    StackError,
+    StoreUnavailable,
+    SchemaError,
+    DecodeError,
+    BackendError,
+    ProducerError,
+)
 
 
 def clear_errors(command: F) -> F:
@@ -90,6 +99,87 @@ def status() -> None:
         )
     if settings.clickhouse_url:
         console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.clickhouse_url}")
+
+
+agent_app = typer.Typer(help="Run agents on the local stack.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.command("run")
+@clear_errors
+def agent_run(
+    task: Annotated[
+        str, typer.Option(help="Built-in task family: arithmetic, two_step or extraction.")
+    ] = "arithmetic",
+    n: Annotated[int, typer.Option(min=1, help="Number of tasks.")] = 50,
+    agent_id: Annotated[str, typer.Option("--agent", help="The agent's id.")] = "demo-agent",
+    mode: Annotated[
+        str, typer.Option(help="auto, paired, coach, or policy (let the mode policy choose).")
+    ] = "policy",
+    split: Annotated[str, typer.Option(help="Task split: train, validation or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
+    batch: Annotated[int, typer.Option(min=1, help="Tasks run together per batched step.")] = 8,
+) -> None:
+    """Run a local agent (student + teacher through the closed loop) on built-in tasks,
+    produce every interaction to Kafka, and print accuracy, modes and tokens."""
+    from rich.progress import Progress
+
+    from atlas.agent import build_backends, load_agent_config
+    from runtime.core import Runtime
+    from runtime.policy import ModePolicy
+    from runtime.producer import EventProducer
+    from runtime.prompts import PromptSubscriber, StaticPrompts
+    from runtime.tasks import generate, is_correct
+    from store.client import connect
+    from store.queries import StoreRecentRewards
+
+    if mode not in ("auto", "paired", "coach", "policy"):
+        raise typer.BadParameter("choose auto, paired, coach or policy", param_hint="--mode")
+    try:
+        tasks = generate(task, split, n, seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = Settings()
+    config = load_agent_config(settings.config_dir)
+    kafka = settings.kafka_config()
+    rewards = None
+    try:
+        rewards = StoreRecentRewards(connect(settings.store_url()), config.recent_reward_hours)
+    except (StackError, StoreUnavailable) as exc:
+        err.print(f"[yellow]no recent rewards (the policy uses probes only):[/] {exc}")
+    with console.status("loading models and prompts"):
+        student, teacher = build_backends(settings)
+        prompts = PromptSubscriber(kafka, StaticPrompts(config.prompts)).start()
+    runtime = Runtime(
+        agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
+    )
+    forced = None if mode == "policy" else mode
+    events = []
+    try:
+        with EventProducer(kafka) as producer, Progress(console=console) as progress:
+            bar = progress.add_task(f"{agent_id} on {task}", total=len(tasks))
+            for start in range(0, len(tasks), batch):
+                for event in runtime.run_many(tasks[start : start + batch], forced):  # type: ignore[arg-type]
+                    producer.record_interaction(event)
+                    events.append(event)
+                progress.advance(bar, min(batch, len(tasks) - start))
+    finally:
+        prompts.close()
+    by_id = {t.task_id: t for t in tasks}
+    table = Table("tasks", "accuracy", "baseline acc.", "modes", "tokens/task", "delivered")
+    correct = sum(is_correct(by_id[e.task_id], e.final_answer) for e in events)
+    baseline = sum(is_correct(by_id[e.task_id], e.baseline_answer or "") for e in events)
+    modes = {m: sum(e.mode == m for e in events) for m in ("auto", "paired", "coach")}
+    tokens = sum(e.usage.total_tokens for e in events) / len(events)
+    table.add_row(
+        str(len(events)),
+        f"{correct / len(events):.3f}",
+        f"{baseline / len(events):.3f}",
+        ", ".join(f"{m} {c}" for m, c in modes.items() if c),
+        f"{tokens:.0f}",
+        str(producer.delivered),
+    )
+    console.print(table)
 
 
 def _print_status(current: stack.StackStatus) -> None:

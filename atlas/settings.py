@@ -6,7 +6,7 @@ Unset connection settings fall back to the local stack that ``atlas up`` started
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr
@@ -40,6 +40,20 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset = fingerprinted Avro."
     )
+    student_backend: Literal["local", "openai"] = Field(
+        default="local", description="local = in-process transformers; openai = an endpoint."
+    )
+    student_model: str | None = Field(
+        default=None,
+        description="local: a model folder (default SmolLM2-135M-Instruct); openai: a model name.",
+    )
+    teacher_backend: Literal["local", "openai"] = "local"
+    teacher_model: str | None = None
+    openai_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (vLLM, llama.cpp); unset = OpenAI."
+    )
+    openai_api_key: SecretStr | None = None
+    local_max_batch: int = Field(default=8, ge=1, description="Prompts per local generate call.")
     clickhouse_url: str | None = Field(
         default=None,
         description="http://user:pass@host:8123/db or chdb:///path; unset = the local store.",

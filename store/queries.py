@@ -37,3 +37,25 @@ def rows_as_dicts(client: Client, sql: str, parameters: dict[str, Any]) -> list[
 
 def reward_by_agent(client: Client, since: Any) -> list[dict[str, Any]]:
     return rows_as_dicts(client, REWARD_BY_AGENT, {"since": since})
+
+
+RECENT_REWARD_BY_MODE = """
+SELECT mode, avg(reward) AS mean_reward, count() AS traces
+FROM latest_traces
+WHERE agent_id = {agent_id:String} AND created_at >= now64(3) - INTERVAL {hours:UInt32} HOUR
+GROUP BY mode
+"""
+
+
+class StoreRecentRewards:
+    """The runtime's ``RecentRewards`` source, answered from the agent's scored traces."""
+
+    def __init__(self, client: Client, hours: int = 24):
+        self.client = client
+        self.hours = hours
+
+    def recent_by_mode(self, agent_id: str) -> dict[str, tuple[float, int]]:
+        rows = self.client.query(
+            RECENT_REWARD_BY_MODE, parameters={"agent_id": agent_id, "hours": self.hours}
+        ).result_rows
+        return {mode: (float(mean), int(count)) for mode, mean, count in rows}

@@ -42,3 +42,35 @@ def schema_dir_copy(tmp_path: Path) -> Path:
     target = tmp_path / "avro"
     shutil.copytree(SCHEMA_DIR, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """SmolLM2-135M-Instruct as safetensors (converted from the wheel's GGUF once, cached)."""
+    from runtime.backends.local import default_model_dir
+
+    return default_model_dir(Settings().cache_dir)
+
+
+@pytest.fixture(scope="session")
+def local_backend(model_dir: Path):  # type: ignore[no-untyped-def]
+    from runtime.backends.local import LocalBackend
+
+    return LocalBackend(model_dir, model_name="SmolLM2-135M-Instruct", max_batch=8)
+
+
+LLAMA_API_KEY = "atlas-test-key"
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """llama.cpp's OpenAI-compatible server on the same GGUF, requiring an API key."""
+    from deploy.local.llama_server import start_llama_server
+    from runtime.backends.local import smollm2_gguf
+
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    server = start_llama_server(smollm2_gguf(), log, api_key=LLAMA_API_KEY)
+    try:
+        yield server
+    finally:
+        server.stop()

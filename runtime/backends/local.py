@@ -86,7 +86,9 @@ class LocalBackend:
     def load(self, model_dir: Path | str) -> None:
         """Load (or hot-swap to) the model in ``model_dir``; callers mid-generation finish first."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         path = Path(model_dir)
         if not (path / "config.json").exists():
             raise BackendError(f"{path} is not a model folder (no config.json)")
