@@ -109,7 +109,7 @@ def ensure_topics(
     return [topic.topic for topic in missing]
 
 
-def _start_store(path: Path, port: int, log: Path) -> int:
+def _start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", STORE_MAIN, "--path", str(path), "--port", str(port)],
@@ -118,13 +118,15 @@ def _start_store(path: Path, port: int, log: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    return process.pid
+    return process
 
 
-def _wait_store(pid: int, url: str, log: Path, timeout: float = 60.0) -> None:
+def _wait_store(
+    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(pid, STORE_MAIN):
+        if process.poll() is not None:
             raise StackError(f"the local store exited during start-up: {log_tail(log, 3)}")
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=1) as response:
@@ -177,11 +179,12 @@ def up(
     store_url = f"http://127.0.0.1:{port}"
 
     say(f"starting Kafka on {node.bootstrap} and the store on {store_url}")
-    kafka_pid = node.start(libs)
-    store_pid = _start_store(store_path, port, store_log)
+    kafka_process = node.start(libs)
+    store_process = _start_store(store_path, port, store_log)
+    kafka_pid, store_pid = kafka_process.pid, store_process.pid
     try:
-        node.wait_ready(kafka_pid)
-        _wait_store(store_pid, store_url, store_log)
+        node.wait_ready(kafka_process)
+        _wait_store(store_process, store_url, store_log)
         say("creating topics and applying store migrations")
         ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
         migrate(connect(store_url))

@@ -30,10 +30,10 @@ def time_atlas_up(home: Path) -> float:
 def time_bare_kafka(home: Path, libs: Path) -> float:
     node = KafkaNode(home / "kafka", free_port(), free_port())
     started = time.perf_counter()
-    pid = node.start(libs)
-    node.wait_ready(pid)
+    process = node.start(libs)
+    node.wait_ready(process)
     elapsed = time.perf_counter() - started
-    stop_pid(pid, KAFKA_MAIN)
+    stop_pid(process.pid, KAFKA_MAIN)
     return elapsed
 
 

@@ -27,7 +27,10 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # llama-cpp-python compiles llama.cpp on first install (~6 min on 2 cores); pip caches the wheel.
+# A portable AVX2 build: -march=native also compiles llama.cpp's AMX kernels, which segfault on
+# the first decode on this project's machines (Xeon with AMX, llama-cpp-python 0.3.36).
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
 .venv/bin/python -m pip install -q -e ".[dev,local${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
 .venv/bin/python - <<'PY'
 from atlas.settings import Settings

@@ -136,8 +136,11 @@ class Runtime:
         episodes: list[_Episode],
         conversation: Callable[[_Episode], list[Message]],
         max_tokens: int,
+        logprobs: bool = False,
     ) -> list[ChatResult]:
-        params = GenerationParams(temperature=self.limits.temperature, max_tokens=max_tokens)
+        params = GenerationParams(
+            temperature=self.limits.temperature, max_tokens=max_tokens, logprobs=logprobs
+        )
         results = backend.complete([conversation(e) for e in episodes], params)
         for episode, result in zip(episodes, results, strict=True):
             episode.steps.append(
@@ -168,6 +171,7 @@ class Runtime:
             episodes,
             lambda e: self._student_turn(e, e.task.input),
             self.limits.answer_tokens,
+            logprobs=self.policy.uses_probe,
         )
         for episode, result in zip(episodes, results, strict=True):
             episode.answer = episode.baseline = result.text

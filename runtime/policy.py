@@ -65,6 +65,12 @@ class ModePolicy:
         self._cache: dict[str, tuple[float, dict[str, tuple[float, int]]]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def uses_probe(self) -> bool:
+        """Whether decisions read the probe (so the first answer must carry logprobs)."""
+        c = self.config
+        return c.probe_auto_threshold is not None or c.probe_coach_threshold is not None
+
     def _recent(self, agent_id: str) -> dict[str, tuple[float, int]]:
         if self.rewards is None:
             return {}

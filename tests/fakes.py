@@ -18,11 +18,13 @@ class ScriptedBackend:
         self.respond = respond
         self.logprob = logprob
         self.batches: list[list[Sequence[Message]]] = []
+        self.params: list[GenerationParams] = []
 
     def complete(
         self, conversations: Sequence[Sequence[Message]], params: GenerationParams
     ) -> list[ChatResult]:
         self.batches.append(list(conversations))
+        self.params.append(params)
         results = []
         for conversation in conversations:
             texts = [self.respond(conversation) for _ in range(params.n)]

@@ -54,9 +54,9 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
     settings = Settings()
     libs = fetch_jars(settings.cache_dir)
     node = KafkaNode(tmp_path / "kafka", free_port(), free_port())
-    pid = node.start(libs)
+    process = node.start(libs)
     try:
-        node.wait_ready(pid)
+        node.wait_ready(process)
         ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
         run = uuid.uuid4().hex
         before, during = _events(50, run), _events(50, run + "-down")
@@ -67,15 +67,15 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
             producer.send(event)
         assert producer.flush(30) == 50
 
-        stop_pid(pid, KAFKA_MAIN)
+        stop_pid(process.pid, KAFKA_MAIN)
         for event in during:
             producer.send(event)  # buffered: the broker is gone
         with pytest.raises(ProducerError, match="50 event\\(s\\) not delivered"):
             producer.flush(30)
         assert sorted(e.event_id for e, _ in producer.failed) == sorted(e.event_id for e in during)
 
-        pid = node.start(libs)
-        node.wait_ready(pid)
+        process = node.start(libs)
+        node.wait_ready(process)
         assert producer.resend_failed() == 50
         assert producer.flush(60) == 100 and producer.failed == []
 
@@ -83,7 +83,7 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
         assert len(seen) == len(set(seen)) == 100
         assert set(seen) == {e.event_id for e in before + during}
     finally:
-        stop_pid(pid, KAFKA_MAIN)
+        stop_pid(process.pid, KAFKA_MAIN)
 
 
 def test_full_buffer_fails_loudly_instead_of_dropping() -> None:

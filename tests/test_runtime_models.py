@@ -32,12 +32,13 @@ def test_local_backend_batches_in_order(local_backend: object) -> None:
     conversations = [
         [{"role": "user", "content": f"Repeat the word: {w}"}] for w in ("apple", "river", "stone")
     ]
-    results = local_backend.complete(conversations, GenerationParams(max_tokens=12))  # type: ignore[attr-defined]
+    params = GenerationParams(max_tokens=12, logprobs=True)
+    results = local_backend.complete(conversations, params)  # type: ignore[attr-defined]
     assert len(results) == 3
     for result in results:
         assert result.text and 0 < result.completion_tokens <= 12 and result.prompt_tokens > 5
         assert result.mean_logprobs[0] is not None and result.mean_logprobs[0] <= 0
-    single = local_backend.complete(conversations[1:2], GenerationParams(max_tokens=12))  # type: ignore[attr-defined]
+    single = local_backend.complete(conversations[1:2], params)  # type: ignore[attr-defined]
     assert single[0].text == results[1].text  # left padding does not change greedy output
 
 

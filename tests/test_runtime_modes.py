@@ -212,3 +212,13 @@ def test_the_runtime_follows_the_policy() -> None:
     event = Runtime("agent-1", student, teacher, PROMPTS, policy).run(TASK)
     assert event.mode == "auto" and teacher.calls == 0
     assert event.metadata["mode_reason"].startswith("teaching does not pay")
+
+
+def test_logprobs_are_requested_only_when_the_policy_reads_the_probe() -> None:
+    runtime, student = make(teacher_script("PASS"))
+    runtime.run(TASK, mode="paired")
+    assert [p.logprobs for p in student.params] == [False]
+    probing, student = make(teacher_script("PASS"), probe_auto_threshold=-1.0)
+    event = probing.run(TASK)
+    assert [p.logprobs for p in student.params] == [True]
+    assert event.mode == "auto" and event.metadata["probe"] == "-0.5000"

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.processes import StackError, log_tail, pid_alive
+from deploy.local.processes import StackError, log_tail
 
 POM = Path(__file__).with_name("kafka-pom.xml")
 KAFKA_MAIN = "kafka.Kafka"
@@ -154,7 +154,7 @@ class KafkaNode:
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
 
-    def start(self, libs: Path) -> int:
+    def start(self, libs: Path) -> subprocess.Popen[bytes]:
         self.write_config()
         self.format_storage(libs)
         with self.log_file.open("ab") as log:
@@ -165,16 +165,17 @@ class KafkaNode:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        return process.pid
+        return process
 
-    def wait_ready(self, pid: int, timeout: float = 90.0) -> None:
+    def wait_ready(self, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
         """Block until an admin client lists topics; fail fast if the JVM exits."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not pid_alive(pid, KAFKA_MAIN):
+            # poll(), not the PID's command line: right after fork it is still ours
+            if process.poll() is not None:
                 raise StackError(
                     f"Kafka exited during start-up; last lines of {self.log_file}:\n"
                     + log_tail(self.log_file)

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.processes import StackError, free_port, log_tail, pid_alive, stop_pid
+from deploy.local.processes import StackError, free_port, log_tail, stop_pid
 
 MAIN = "llama_cpp.server"
 
@@ -70,7 +70,7 @@ def start_llama_server(
     server = LlamaServer(process.pid, port, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(process.pid, MAIN):
+        if process.poll() is not None:  # not the PID's cmdline: right after fork it is ours
             raise StackError(f"llama.cpp server exited during start-up: {log_tail(log, 5)}")
         try:
             urllib.request.urlopen(f"{server.base_url}/models", timeout=1).close()

@@ -20,6 +20,7 @@ class GenerationParams:
     n: int = 1
     json_output: bool = False
     seed: int | None = None
+    logprobs: bool = False  # ask for each answer's mean token log-probability (the probe)
 
 
 @dataclass

@@ -140,11 +140,15 @@ class LocalBackend:
                 num_return_sequences=params.n,
                 pad_token_id=self.tokenizer.pad_token_id,
                 return_dict_in_generate=True,
-                output_scores=True,
+                output_scores=params.logprobs,
                 **options,
             )
-            token_logprobs = self.model.compute_transition_scores(
-                out.sequences, out.scores, normalize_logits=True
+            token_logprobs = (
+                self.model.compute_transition_scores(
+                    out.sequences, out.scores, normalize_logits=True
+                )
+                if params.logprobs
+                else None
             )
         prompt_len = encoded["input_ids"].shape[1]
         generated = out.sequences[:, prompt_len:]
@@ -160,8 +164,10 @@ class LocalBackend:
                 length = next((k for k, t in enumerate(ids) if t in eos_ids), len(ids))
                 texts.append(self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip())
                 completion_tokens += length
-                scores = token_logprobs[row, :length]
-                logprobs.append(float(scores.mean()) if length else None)
+                if token_logprobs is not None and length:
+                    logprobs.append(float(token_logprobs[row, :length].mean()))
+                else:
+                    logprobs.append(None)
             results.append(
                 ChatResult(
                     texts=texts,

@@ -80,7 +80,7 @@ class OpenAIBackend:
                 temperature=params.temperature,
                 max_tokens=params.max_tokens,
                 n=n,
-                logprobs=True,
+                logprobs=params.logprobs,
                 **extra,
             )
         except openai.AuthenticationError as exc:
