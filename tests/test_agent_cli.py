@@ -13,8 +13,22 @@ runner = CliRunner()
 def test_agent_run_prints_a_summary(stack_settings: Settings, model_dir: object) -> None:
     env = {"ATLAS_HOME": str(stack_settings.home), "COLUMNS": "200"}
     result = runner.invoke(
-        app, ["agent", "run", "--task", "extraction", "--n", "3", "--mode", "auto",
-              "--agent", "cli-agent", "--batch", "3"], env=env,
+        app,
+        [
+            "agent",
+            "run",
+            "--task",
+            "extraction",
+            "--n",
+            "3",
+            "--mode",
+            "auto",
+            "--agent",
+            "cli-agent",
+            "--batch",
+            "3",
+        ],
+        env=env,
     )
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "auto 3" in result.output

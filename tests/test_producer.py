@@ -62,7 +62,9 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
         before, during = _events(50, run), _events(50, run + "-down")
         for event in during:
             event.comment = run
-        producer = EventProducer({"bootstrap.servers": node.bootstrap}, delivery_timeout_s=6)
+        producer = EventProducer(
+            {"bootstrap.servers": node.bootstrap, "log_level": "0"}, delivery_timeout_s=6
+        )
         for event in before:
             producer.send(event)
         assert producer.flush(30) == 50
@@ -88,7 +90,8 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
 
 def test_full_buffer_fails_loudly_instead_of_dropping() -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
-    producer = EventProducer({"bootstrap.servers": dead}, buffer_messages=5, block_seconds=1)
+    quiet = {"bootstrap.servers": dead, "log_level": "0"}  # no connection-refused noise
+    producer = EventProducer(quiet, buffer_messages=5, block_seconds=1)
     for event in _events(5, "x"):
         producer.send(event)
     with pytest.raises(ProducerError, match="buffer full"):
@@ -105,6 +108,6 @@ def test_full_buffer_fails_loudly_instead_of_dropping() -> None:
     ],
 )
 def test_record_feedback_validates(kwargs: dict[str, object], message: str) -> None:
-    producer = EventProducer({"bootstrap.servers": f"127.0.0.1:{free_port()}"})
+    producer = EventProducer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": "0"})
     with pytest.raises(ValueError, match=message):
         producer.record_feedback("t-1", **kwargs)  # type: ignore[arg-type]
