@@ -202,9 +202,10 @@ def test_the_real_local_model_as_a_judge_never_crashes(local_backend: object) ->
     judge = LLMJudge(
         "accuracy",
         PRINCIPLES,
-        local_backend,
-        temperatures=[0.2, 0.8],  # type: ignore[arg-type]
-        max_tokens=96,
+        local_backend,  # type: ignore[arg-type]
+        temperatures=[0.2, 0.8],
+        retries=0,
+        max_tokens=64,
     )
     scores = judge.judge([trace("The answer is 7."), trace("It is 12.")])
     assert len(scores) == 2
