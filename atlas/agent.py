@@ -25,30 +25,43 @@ def load_agent_config(config_dir: Path) -> AgentConfig:
     return AgentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
-def build_backends(settings: Settings) -> tuple[ModelBackend, ModelBackend]:
-    """(student, teacher); one in-process model is shared when both roles use the same one."""
-    built: dict[tuple[str, str | None], ModelBackend] = {}
+class Backends:
+    """Builds model backends from settings, once each: roles that name the same model share
+    one in-process model."""
 
-    def backend(kind: str, model: str | None) -> ModelBackend:
-        if (kind, model) in built:
-            return built[(kind, model)]
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._built: dict[tuple[str, str | None], ModelBackend] = {}
+
+    def get(self, kind: str, model: str | None) -> ModelBackend:
+        if (kind, model) not in self._built:
+            self._built[(kind, model)] = self._build(kind, model)
+        return self._built[(kind, model)]
+
+    def _build(self, kind: str, model: str | None) -> ModelBackend:
+        settings = self.settings
         if kind == "openai":
             from runtime.backends.openai_backend import OpenAIBackend
 
             if not model:
                 raise ValueError(
-                    "an openai backend needs a model: set ATLAS_STUDENT_MODEL / ATLAS_TEACHER_MODEL"
+                    "an openai backend needs a model name: set ATLAS_<ROLE>_MODEL"
+                    " (e.g. ATLAS_STUDENT_MODEL=gpt-4o-mini)"
                 )
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-            built[(kind, model)] = OpenAIBackend(model, settings.openai_base_url, key)
-        else:
-            from runtime.backends.local import LocalBackend, default_model_dir
+            return OpenAIBackend(model, settings.openai_base_url, key)
+        from runtime.backends.local import LocalBackend, default_model_dir
 
-            folder = Path(model) if model else default_model_dir(settings.cache_dir)
-            built[(kind, model)] = LocalBackend(folder, max_batch=settings.local_max_batch)
-        return built[(kind, model)]
+        folder = Path(model) if model else default_model_dir(settings.cache_dir)
+        return LocalBackend(folder, max_batch=settings.local_max_batch)
 
-    return (
-        backend(settings.student_backend, settings.student_model),
-        backend(settings.teacher_backend, settings.teacher_model),
-    )
+    def student_and_teacher(self) -> tuple[ModelBackend, ModelBackend]:
+        s = self.settings
+        return self.get(s.student_backend, s.student_model), self.get(
+            s.teacher_backend, s.teacher_model
+        )
+
+    def judge_and_arbiter(self) -> tuple[ModelBackend, ModelBackend | None]:
+        s = self.settings
+        arbiter = self.get(s.arbiter_backend, s.arbiter_model) if s.arbiter_backend else None
+        return self.get(s.judge_backend, s.judge_model), arbiter

@@ -124,7 +124,7 @@ def agent_run(
     produce every interaction to Kafka, and print accuracy, modes and tokens."""
     from rich.progress import Progress
 
-    from atlas.agent import build_backends, load_agent_config
+    from atlas.agent import Backends, load_agent_config
     from runtime.core import Runtime
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
@@ -148,7 +148,7 @@ def agent_run(
     except (StackError, StoreUnavailable) as exc:
         err.print(f"[yellow]no recent rewards (the policy uses probes only):[/] {exc}")
     with console.status("loading models and prompts"):
-        student, teacher = build_backends(settings)
+        student, teacher = Backends(settings).student_and_teacher()
         prompts = PromptSubscriber(kafka, StaticPrompts(config.prompts)).start()
     runtime = Runtime(
         agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
@@ -180,6 +180,41 @@ def agent_run(
         str(producer.delivered),
     )
     console.print(table)
+
+
+worker_app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("rewards")
+@clear_errors
+def worker_rewards() -> None:
+    """Score interactions and merge feedback (Faust): interactions + feedback -> rewards.
+
+    Run several to share the partitions; each keeps per-trace state in a changelog topic.
+    """
+    import logging
+
+    from atlas.workers import run_rewards_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_rewards_worker(Settings())
+
+
+@worker_app.command("sink")
+@clear_errors
+def worker_sink() -> None:
+    """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches."""
+    import logging
+
+    from atlas.workers import run_sink_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stats = run_sink_worker(Settings())
+    console.print(
+        f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
+        f"{stats.dead_letters} dead letters, {stats.insert_failures} failed inserts"
+    )
 
 
 def _print_status(current: stack.StackStatus) -> None:

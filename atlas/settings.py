@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     )
     teacher_backend: Literal["local", "openai"] = "local"
     teacher_model: str | None = None
+    judge_backend: Literal["local", "openai"] = Field(
+        default="local", description="The LLM judges' model (only used when one is enabled)."
+    )
+    judge_model: str | None = None
+    arbiter_backend: Literal["local", "openai"] | None = Field(
+        default=None, description="A stronger model that settles escalated judgements."
+    )
+    arbiter_model: str | None = None
     openai_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint (vLLM, llama.cpp); unset = OpenAI."
     )

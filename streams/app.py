@@ -1,0 +1,160 @@
+"""The reward processor as a Faust app: topology declared once, small async processors.
+
+interactions ─┐                         ┌─> atlas.rewards.v1   (ScoredTrace, key trace_id)
+              ├─> table trace_id -> TraceState (changelog-backed)
+feedback ─────┘                         └─> atlas.deadletter.v1 (original bytes + reason)
+
+Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
+trace's state; several workers in the consumer group share the partitions. RIM runs in a thread
+so slow judges never starve the consumer's heartbeats. Undecodable or invalid input goes to the
+dead-letter topic and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from schemas.codec import AvroCodec, DecodeError
+from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
+from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
+from streams.processor import Outcome, RewardProcessor, TraceState
+
+log = logging.getLogger(__name__)
+PROCESSOR_NAME = "rewards"
+
+
+def create_app(
+    bootstrap: str,
+    processor: RewardProcessor,
+    partitions: int,
+    app_id: str = "atlas-rewards",
+    data_dir: str | None = None,
+    batch_size: int = 64,
+    batch_seconds: float = 0.5,
+    codec: AvroCodec | None = None,
+) -> faust.App:
+    codec = codec or AvroCodec()
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{host}" for host in bootstrap.split(",")],
+        store="memory://",
+        datadir=data_dir,
+        topic_partitions=partitions,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    interactions = app.topic(INTERACTIONS, **raw)
+    feedback = app.topic(FEEDBACK, **raw)
+    rewards = app.topic(REWARDS, **raw)
+    deadletter = app.topic(DEADLETTER, **raw)
+    traces = app.Table("traces", default=None, partitions=partitions, schema=faust.Schema(**raw))
+    dead_letters = {"count": 0}
+
+    def state_of(key: bytes) -> TraceState | None:
+        stored = traces.data.get(key)
+        return TraceState.model_validate_json(stored) if stored else None
+
+    def put(event: Any, key: bytes, state: TraceState) -> None:
+        # The changelog entry must land in the partition of the event that changed the key
+        # (not the batch's last event), so a rebalance restores it on the right worker.
+        value = state.model_dump_json().encode()
+        traces.data[key] = value
+        traces.send_changelog(event.message.partition, key, value)
+
+    async def dead_letter(event: Any, reason: str, error_type: str) -> None:
+        message = event.message
+        letter = DeadLetter(
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            key=message.key,
+            original=message.value or b"",
+            reason=reason,
+            error_type=error_type,
+            processor=PROCESSOR_NAME,
+        )
+        dead_letters["count"] += 1
+        log.warning(
+            "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
+        )
+        await deadletter.send(key=message.topic.encode(), value=codec.encode(letter))
+
+    def decode(event: Any, event_type: type) -> Any:
+        decoded = codec.decode(event.value or b"", event_type)
+        if event.key is not None and event.key != decoded.trace_id.encode():
+            raise DecodeError(
+                f"message key {event.key[:64]!r} differs from its trace_id {decoded.trace_id!r}"
+            )
+        return decoded
+
+    async def emit(outcome: Outcome, event: Any) -> None:
+        put(event, outcome.trace_id.encode(), outcome.state)
+        if outcome.scored is not None:
+            await rewards.send(key=outcome.trace_id.encode(), value=codec.encode(outcome.scored))
+        if outcome.rejected:
+            await dead_letter(event, outcome.rejected, "InvalidEvent")
+
+    @app.agent(interactions)
+    async def score_interactions(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(batch_size, within=batch_seconds):
+            batch, sources = [], []
+            for event in events:
+                try:
+                    decoded = decode(event, InteractionEvent)
+                except DecodeError as exc:
+                    await dead_letter(event, str(exc), "DecodeError")
+                    continue
+                batch.append((decoded, state_of(decoded.trace_id.encode())))
+                sources.append(event)
+            if not batch:
+                continue
+            outcomes = await loop.run_in_executor(None, processor.on_interactions, batch)
+            for source, outcome in zip(sources, outcomes, strict=True):
+                await emit(outcome, source)
+
+    @app.agent(feedback)
+    async def merge_feedback(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                decoded = decode(event, FeedbackEvent)
+            except DecodeError as exc:
+                await dead_letter(event, str(exc), "DecodeError")
+                continue
+            outcome = processor.on_feedback(decoded, state_of(decoded.trace_id.encode()))
+            await emit(outcome, event)
+
+    @app.timer(interval=60.0)
+    async def expire_pending_feedback() -> None:
+        for key, stored in list(traces.data.items()):
+            state = TraceState.model_validate_json(stored)
+            if processor.expired(state):
+                log.warning(
+                    "dropping %d feedback event(s) for trace %s: no interaction after %.0fs",
+                    len(state.feedback),
+                    key.decode(),
+                    processor.pending_ttl_s,
+                )
+                letter = DeadLetter(
+                    source_topic=FEEDBACK,
+                    source_partition=-1,
+                    source_offset=-1,
+                    key=key,
+                    original=b"".join(codec.encode(f) for f in state.feedback[:1]),
+                    reason=f"{len(state.feedback)} feedback event(s) waited more than "
+                    f"{processor.pending_ttl_s:.0f}s for an interaction that never came",
+                    error_type="OrphanFeedback",
+                    processor=PROCESSOR_NAME,
+                )
+                await deadletter.send(key=FEEDBACK.encode(), value=codec.encode(letter))
+                traces.data.pop(key, None)
+
+    return app
