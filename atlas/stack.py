@@ -216,3 +216,26 @@ def down(settings: Settings) -> list[str]:
     if status.kafka and stop_pid(status.kafka.pid, KAFKA_MAIN):
         stopped.append(f"Kafka (pid {status.kafka.pid})")
     return stopped
+
+
+def stop_store(settings: Settings) -> bool:
+    """Stop only the local store (the broker keeps running); True if it was running."""
+    status = read_status(settings)
+    return bool(status.store and stop_pid(status.store.pid, STORE_MAIN))
+
+
+def start_store(settings: Settings) -> StoreState:
+    """Start the local store again on its recorded port and data directory."""
+    raw = settings.local_stack()
+    if not raw.get("store"):
+        raise StackError("the local store was never started: run `atlas up`")
+    store = StoreState(**raw["store"])
+    if pid_alive(store.pid, STORE_MAIN):
+        return store
+    require_free_port(store.port, "the store")
+    process = _start_store(Path(store.path), store.port, Path(store.log))
+    _wait_store(process, store.url, Path(store.log))
+    store.pid = process.pid
+    raw["store"] = asdict(store)
+    settings.state_file.write_text(json.dumps(raw, indent=2))
+    return store

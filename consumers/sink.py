@@ -186,6 +186,7 @@ class ClickHouseSink:
                     return  # not committed: the next run replays this batch
                 backoff = min(backoff * 2, self.max_backoff_s)
         if paused:
+            log.info("store is back: batch of %d messages inserted", len(batch))
             self._consumer.resume(self._consumer.assignment())
         self._producer.flush(30)  # dead letters durable before their offsets are committed
         self._consumer.commit(asynchronous=False)

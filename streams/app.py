@@ -49,13 +49,18 @@ def create_app(
         producer_acks=-1,
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        # A worker killed without leaving the group holds its partitions this long.
+        broker_session_timeout=20.0,
+        broker_heartbeat_interval=3.0,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(INTERACTIONS, **raw)
     feedback = app.topic(FEEDBACK, **raw)
     rewards = app.topic(REWARDS, **raw)
     deadletter = app.topic(DEADLETTER, **raw)
-    traces = app.Table("traces", default=None, partitions=partitions, schema=faust.Schema(**raw))
+    traces = app.Table(
+        "traces", default=None, partitions=partitions, key_type=bytes, value_type=bytes
+    )
     dead_letters = {"count": 0}
 
     def state_of(key: bytes) -> TraceState | None:
@@ -83,7 +88,12 @@ def create_app(
         )
         dead_letters["count"] += 1
         log.warning(
-            "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
+            "dead letter #%d %s[%d]@%d: %s",
+            dead_letters["count"],
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
         )
         await deadletter.send(key=message.topic.encode(), value=codec.encode(letter))
 

@@ -21,7 +21,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """No one listens on the port (connections in TIME_WAIT from a stopped server do not
+    count, as servers bind with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

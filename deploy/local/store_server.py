@@ -292,7 +292,7 @@ def _stat(result: Any, name: str) -> int:
 
 class StoreHttpServer(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = False
+    allow_reuse_address = True  # restart on the same port while old connections linger
 
     def __init__(self, port: int, engine: ChdbEngine, verbose: bool = False):
         self.engine = engine
