@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field
 from rim.reward import Reward, Rim
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, ScoredTrace, utcnow
 
+RESCORE = "atlas.rescore"  # metadata key of an interaction re-sent by `atlas replay`
+AFTER_REVISION = "atlas.after_revision"
+
 
 class TraceState(BaseModel):
     """What the changelog-backed table keeps per trace_id."""
@@ -81,6 +84,22 @@ class RewardProcessor:
                 )
                 continue
             state = states.setdefault(event.trace_id, stored or TraceState())
+            if RESCORE in event.metadata:
+                # `atlas replay`: score the stored trace again with today's judges, as the
+                # next revision after both the table's and the store's latest.
+                floor = int(event.metadata.get(AFTER_REVISION, "0") or 0)
+                state.revision = max(state.revision, floor)
+                state.interaction = event.model_copy(
+                    update={
+                        "metadata": {
+                            k: v
+                            for k, v in event.metadata.items()
+                            if k not in (RESCORE, AFTER_REVISION)
+                        }
+                    }
+                )
+                fresh.append(i)
+                continue
             if state.interaction is not None:
                 duplicate = state.interaction.event_id == event.event_id
                 reason = (
@@ -96,10 +115,11 @@ class RewardProcessor:
             state.interaction = event
             fresh.append(i)
         if fresh:
-            events = [batch[i][0] for i in fresh]
+            events = [states[batch[i][0].trace_id].interaction for i in fresh]
             judged = self.rim.judge_many(events)
             baselines = self.rim.baseline_rewards(events)
             for i, event, scores, baseline in zip(fresh, events, judged, baselines, strict=True):
+                assert event is not None
                 state = states[event.trace_id]
                 state.judge_scores, state.baseline_reward = scores, baseline
                 state.revision += 1
