@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -180,6 +181,64 @@ def agent_run(
         str(producer.delivered),
     )
     console.print(table)
+
+
+@app.command()
+@clear_errors
+def monitor(
+    since: Annotated[str, typer.Option(help="Window: 30m, 24h, 7d ...")] = "24h",
+    agent: Annotated[str, typer.Option(help="One agent (default: all).")] = "",
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG chart to this path.")] = None,
+) -> None:
+    """Is each agent improving, degrading, costing fewer tokens? Reward by hour and prompt
+    version, non-degradation, tokens by mode, escalations, judge agreement, dead letters."""
+    from datetime import UTC, datetime
+
+    from atlas.report import parse_duration, plot_monitor, print_monitor
+    from store.client import connect
+    from store.monitoring import monitor as run_queries
+
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    results = run_queries(connect(Settings().store_url()), datetime.now(UTC) - window, agent)
+    print_monitor(console, results)
+    if plot is not None:
+        console.print(f"chart written to {plot_monitor(results, plot)}")
+
+
+@app.command()
+@clear_errors
+def replay(
+    since: Annotated[str, typer.Option(help="Traces created in this window: 30m, 24h, 7d ...")],
+    agent: Annotated[str, typer.Option(help="One agent (default: all).")] = "",
+) -> None:
+    """Re-score stored traces with the current judges, as a new revision of each.
+
+    The stored interactions are re-sent to the reward stream marked for re-scoring; the
+    reward worker (`atlas worker rewards`) scores them and the sink stores the new revisions.
+    """
+    from datetime import UTC, datetime
+
+    from atlas.report import parse_duration
+    from runtime.producer import EventProducer
+    from store.client import connect
+    from store.queries import stored_interactions
+    from streams.processor import AFTER_REVISION, RESCORE
+
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    settings = Settings()
+    stored = stored_interactions(connect(settings.store_url()), datetime.now(UTC) - window, agent)
+    replay_id = f"replay-{int(time.time())}"
+    with EventProducer(settings.kafka_config()) as producer:
+        for event, revision in stored:
+            metadata = {**event.metadata, RESCORE: replay_id, AFTER_REVISION: str(revision)}
+            producer.record_interaction(event.model_copy(update={"metadata": metadata}))
+    console.print(f"{replay_id}: {len(stored)} trace(s) sent for re-scoring")
 
 
 worker_app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)

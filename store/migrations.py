@@ -16,6 +16,11 @@ from clickhouse_connect.driver.client import Client
 DEDUP = "SETTINGS non_replicated_deduplication_window = 10000"
 
 
+LATEST_TRACES = (
+    "SELECT * FROM scored_traces FINAL ORDER BY trace_id, revision DESC LIMIT 1 BY trace_id"
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -191,12 +196,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             ORDER BY (source_topic, source_partition, source_offset, processor)
             {DEDUP}
             """,
-            """
-            CREATE VIEW IF NOT EXISTS latest_traces AS
-            SELECT * FROM scored_traces FINAL
-            ORDER BY trace_id, revision DESC
-            LIMIT 1 BY trace_id
-            """,
+            f"CREATE VIEW IF NOT EXISTS latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)
+
+MIGRATIONS += (
+    Migration(
+        2,
+        "scored_traces.event_id, so a stored trace can be re-sent as the same interaction",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS event_id String DEFAULT ''",
+            # A view's `*` is expanded when it is created: create it again to see the column.
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
         ),
     ),
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+
+from schemas.models import InteractionEvent, PromptRef, Step, Usage
 
 REWARD_BY_AGENT = """
 SELECT
@@ -59,3 +62,46 @@ class StoreRecentRewards:
             RECENT_REWARD_BY_MODE, parameters={"agent_id": agent_id, "hours": self.hours}
         ).result_rows
         return {mode: (float(mean), int(count)) for mode, mean, count in rows}
+
+
+STORED_INTERACTIONS = """
+SELECT event_id, trace_id, agent_id, created_at, task_id, task_family, task_input, reference,
+       mode, prompt_versions, models, steps_json, final_answer, baseline_answer,
+       prompt_tokens, completion_tokens, latency_ms, metadata, revision
+FROM latest_traces
+WHERE created_at >= {since:DateTime64(3)} AND ({agent:String} = '' OR agent_id = {agent:String})
+ORDER BY created_at
+"""
+
+
+def stored_interactions(
+    client: Client, since: Any, agent: str = ""
+) -> list[tuple[InteractionEvent, int]]:
+    """The stored traces as the interactions that produced them, with their latest revision."""
+    out = []
+    for row in rows_as_dicts(client, STORED_INTERACTIONS, {"since": since, "agent": agent}):
+        event = InteractionEvent(
+            event_id=row["event_id"] or f"stored-{row['trace_id']}",
+            trace_id=row["trace_id"],
+            agent_id=row["agent_id"],
+            created_at=row["created_at"],
+            task_id=row["task_id"],
+            task_family=row["task_family"] or None,
+            task_input=row["task_input"],
+            reference=row["reference"],
+            mode=row["mode"],
+            prompt_versions=[
+                PromptRef(role=r, version=v) for r, v in row["prompt_versions"].items()
+            ],
+            models=row["models"],
+            steps=[Step(**step) for step in json.loads(row["steps_json"])],
+            final_answer=row["final_answer"],
+            baseline_answer=row["baseline_answer"],
+            usage=Usage(
+                prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"]
+            ),
+            latency_ms=row["latency_ms"],
+            metadata=row["metadata"],
+        )
+        out.append((event, int(row["revision"])))
+    return out

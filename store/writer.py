@@ -54,6 +54,7 @@ SCORED_TRACE_COLUMNS = [
     "completion_tokens",
     "latency_ms",
     "metadata",
+    "event_id",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -107,6 +108,7 @@ def _scored_trace_row(trace: ScoredTrace) -> list[Any]:
         event.usage.completion_tokens,
         event.latency_ms,
         event.metadata,
+        event.event_id,
     ]
 
 

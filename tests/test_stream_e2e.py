@@ -172,3 +172,67 @@ def test_thousand_traces_survive_a_worker_kill_and_a_store_outage(
         parameters={"run": f"{run}-bad-"},
     ).result_rows[0]
     assert letters == (500, 500, 0)
+
+
+def test_monitor_and_replay_on_the_real_pipeline(
+    stack_settings: Settings, kafka_config: dict[str, str], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from atlas.cli import app
+
+    agent = f"mon-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(11)
+    events = [interaction(rng, agent, at=datetime.now(UTC)) for _ in range(20)]
+    store = connect(stack_settings.store_url())
+
+    def latest() -> dict[str, tuple]:
+        rows = store.query(
+            "SELECT trace_id, revision, feedback_count, human_score FROM latest_traces"
+            " WHERE agent_id = {a:String}",
+            parameters={"a": agent},
+        ).result_rows
+        return {r[0]: r[1:] for r in rows}
+
+    def all_feedback_merged() -> bool:
+        rows = latest()
+        return len(rows) == 20 and sum(r[1] for r in rows.values()) == 5
+
+    workers = [WorkerProcess(stack_settings, k, tmp_path) for k in ("rewards", "sink")]
+    env = {"ATLAS_HOME": str(stack_settings.home), "COLUMNS": "220"}
+    try:
+        with EventProducer(kafka_config) as producer:
+            for event in events:
+                producer.record_interaction(event)
+            for event in events[:5]:
+                producer.record_feedback(event.trace_id, "reject", agent_id=agent)
+        # Feedback may wait for its interaction (revision 1) or follow it (revision 2).
+        _eventually(all_feedback_merged, 180, "20 traces, 5 with feedback")
+        before = latest()
+        chart = tmp_path / "monitor.png"
+        shown = CliRunner().invoke(
+            app, ["monitor", "--agent", agent, "--plot", str(chart)], env=env
+        )
+        assert shown.exit_code == 0, shown.output
+        assert agent in shown.output and "non_degradation" in shown.output
+        assert chart.stat().st_size > 10_000
+
+        replayed = CliRunner().invoke(app, ["replay", "--since", "1h", "--agent", agent], env=env)
+        assert replayed.exit_code == 0 and "20 trace(s) sent for re-scoring" in replayed.output
+
+        def rescored() -> bool:
+            now = latest()
+            return all(now[t][0] == before[t][0] + 1 for t in before)
+
+        _eventually(rescored, 180, "a new revision of every trace")
+    finally:
+        for worker in workers:
+            worker.stop()
+    after = latest()
+    for i, event in enumerate(events):  # the feedback survives the re-scoring
+        assert after[event.trace_id][1:] == ((1, 0.0) if i < 5 else (0, None))
+
+    bad = CliRunner().invoke(app, ["monitor", "--since", "yesterday"], env=env)
+    assert bad.exit_code == 2 and "invalid duration 'yesterday'" in bad.output
