@@ -278,26 +278,24 @@ def worker_sink() -> None:
 
 def _print_status(current: stack.StackStatus) -> None:
     table = Table("service", "state", "address", "pid", "data")
-    if current.kafka:
-        table.add_row(
+    services = (
+        (
             "kafka",
-            "running" if current.kafka_running else "stopped",
-            current.kafka.bootstrap,
-            str(current.kafka.pid),
-            current.kafka.data_dir,
-        )
-    else:
-        table.add_row("kafka", "never started", "", "", "")
-    if current.store:
-        table.add_row(
+            current.kafka_running,
+            current.kafka and (current.kafka.bootstrap, current.kafka.pid, current.kafka.data_dir),
+        ),
+        (
             "store",
-            "running" if current.store_running else "stopped",
-            current.store.url,
-            str(current.store.pid),
-            current.store.path,
-        )
-    else:
-        table.add_row("store", "never started", "", "", "")
+            current.store_running,
+            current.store and (current.store.url, current.store.pid, current.store.path),
+        ),
+    )
+    for name, running, where in services:
+        if not where:
+            table.add_row(name, "never started", "", "", "")
+            continue
+        address, pid, data = where
+        table.add_row(name, "running" if running else "stopped", address, str(pid), data)
     console.print(table)
 
 
