@@ -63,6 +63,13 @@ def create_app(
     )
     dead_letters = {"count": 0}
 
+    async def publish(topic: faust.TopicT, key: bytes, value: bytes) -> None:
+        # force=True: Faust would otherwise attach the message to the "current event", which
+        # inside take_events() is some other event of the batch, possibly on another partition;
+        # a worker killed between the two partitions' commits then loses the message. Sent now,
+        # it sits in the producer, which Faust flushes before every offset commit.
+        await topic.send(key=key, value=value, force=True)
+
     def state_of(key: bytes) -> TraceState | None:
         stored = traces.data.get(key)
         return TraceState.model_validate_json(stored) if stored else None
@@ -95,7 +102,7 @@ def create_app(
             message.offset,
             reason,
         )
-        await deadletter.send(key=message.topic.encode(), value=codec.encode(letter))
+        await publish(deadletter, message.topic.encode(), codec.encode(letter))
 
     def decode(event: Any, event_type: type) -> Any:
         decoded = codec.decode(event.value or b"", event_type)
@@ -108,7 +115,7 @@ def create_app(
     async def emit(outcome: Outcome, event: Any) -> None:
         put(event, outcome.trace_id.encode(), outcome.state)
         if outcome.scored is not None:
-            await rewards.send(key=outcome.trace_id.encode(), value=codec.encode(outcome.scored))
+            await publish(rewards, outcome.trace_id.encode(), codec.encode(outcome.scored))
         if outcome.rejected:
             await dead_letter(event, outcome.rejected, "InvalidEvent")
 
@@ -164,7 +171,7 @@ def create_app(
                     error_type="OrphanFeedback",
                     processor=PROCESSOR_NAME,
                 )
-                await deadletter.send(key=FEEDBACK.encode(), value=codec.encode(letter))
+                await publish(deadletter, FEEDBACK.encode(), codec.encode(letter))
                 traces.data.pop(key, None)
 
     return app
