@@ -241,6 +241,374 @@ def replay(
     console.print(f"{replay_id}: {len(stored)} trace(s) sent for re-scoring")
 
 
+retrain_app = typer.Typer(
+    help="Ask for a retrain job: produces a RetrainTrigger that a worker picks up.",
+    no_args_is_help=True,
+)
+app.add_typer(retrain_app, name="retrain")
+AgentOption = Annotated[str, typer.Option("--agent", help="The agent's id.")]
+
+
+def _request_retrain(
+    kind: str, agent: str, since: str, budget: int | None, param: list[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from atlas.report import parse_duration
+    from runtime.producer import EventProducer
+    from schemas.models import RetrainTrigger
+
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    params = {}
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    now = datetime.now(UTC)
+    trigger = RetrainTrigger(
+        kind=kind,  # type: ignore[arg-type]
+        agent_id=agent,
+        reason=f"operator request ({since} of traces)",
+        requested_by="operator",
+        window_start=now - window,
+        window_end=now,
+        budget=budget,
+        params=params,
+    )
+    with EventProducer(Settings().kafka_config()) as producer:
+        producer.send(trigger)
+    console.print(trigger.trigger_id)
+
+
+SinceOption = Annotated[str, typer.Option(help="Data window ending now: 30m, 24h, 7d ...")]
+ParamOption = Annotated[
+    list[str], typer.Option(help="NAME=VALUE overriding a top-level knob of the job's config.")
+]
+
+
+@retrain_app.command("gepa")
+@clear_errors
+def retrain_gepa(
+    agent: AgentOption,
+    since: SinceOption = "24h",
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Metric calls (default: configs/gepa.yaml).")
+    ] = None,
+    param: ParamOption = [],  # noqa: B006 (typer needs a literal default)
+) -> None:
+    """Evolve the agent's system prompts with GEPA on its stored traces (`atlas worker gepa`).
+    Prints the trigger id; follow the job with `atlas jobs`."""
+    _request_retrain("gepa", agent, since, budget, param)
+
+
+@retrain_app.command("grpo")
+@clear_errors
+def retrain_grpo(
+    agent: AgentOption,
+    since: SinceOption = "24h",
+    budget: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    param: ParamOption = [],  # noqa: B006
+) -> None:
+    """Fine-tune the agent's model with GRPO on its stored traces (`atlas worker grpo`)."""
+    _request_retrain("grpo", agent, since, budget, param)
+
+
+jobs_app = typer.Typer(
+    help="Retrain jobs: list them, or `atlas jobs show ID`.", invoke_without_command=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.callback()
+@clear_errors
+def jobs(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Option(help="One agent (default: all).")] = "",
+) -> None:
+    """List retrain jobs, newest first, with their last reported state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from store.client import connect
+    from store.queries import latest_job_states
+
+    table = Table("job", "kind", "agent", "state", "progress", "updated", "message")
+    for job in latest_job_states(connect(Settings().store_url()), agent):
+        table.add_row(
+            job.job_id,
+            job.kind,
+            job.agent_id,
+            job.state,
+            "" if job.progress is None else f"{job.progress:.0%}",
+            f"{job.updated_at:%Y-%m-%d %H:%M:%S}",
+            job.message[:80],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+@clear_errors
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id.")]) -> None:
+    """A job's reports in order, its figures, and its lineage: trigger, data window, and the
+    prompt versions it published."""
+    from store.client import connect
+    from store.queries import job_reports, prompt_history, stored_trigger
+
+    client = connect(Settings().store_url())
+    reports = job_reports(client, job_id)
+    if not reports:
+        raise typer.BadParameter(f"no job {job_id!r} in the store", param_hint="JOB_ID")
+    history = Table("seq", "state", "at", "progress", "message")
+    for r in reports:
+        progress = "" if r.progress is None else f"{r.progress:.0%}"
+        history.add_row(str(r.seq), r.state, f"{r.updated_at:%H:%M:%S}", progress, r.message)
+    console.print(history)
+    last = reports[-1]
+    if last.metrics:
+        figures = Table("figure", "value")
+        for name, value in sorted(last.metrics.items()):
+            figures.add_row(name, f"{value:.4g}")
+        console.print(figures)
+    trigger = stored_trigger(client, last.trigger_id)
+    console.print(
+        f"trigger {last.trigger_id}: "
+        + (
+            f"{trigger.reason} (by {trigger.requested_by}),"
+            f" window {trigger.window_start} .. {trigger.window_end}"
+            if trigger
+            else "not in the store"
+        )
+    )
+    for version in prompt_history(client, last.agent_id):
+        if version.job_id == job_id:
+            console.print(
+                f"published {version.agent_id}/{version.role} v{version.version}"
+                f" (parent v{version.parent_version})"
+            )
+
+
+prompts_app = typer.Typer(
+    help="Prompt versions: list, show, set (through the gate), roll back.", no_args_is_help=True
+)
+app.add_typer(prompts_app, name="prompts")
+RoleOption = Annotated[str, typer.Option(help="student or teacher.")]
+
+
+def _check_role(role: str) -> None:
+    from runtime.prompts import ROLES
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"choose {' or '.join(ROLES)}", param_hint="--role")
+
+
+def _publish(versions: list) -> None:  # type: ignore[type-arg]
+    import uuid
+
+    from consumers.jobs import TransactionalProducer
+    from schemas.codec import AvroCodec
+
+    settings = Settings()
+    producer = TransactionalProducer(
+        settings.kafka_config(), f"atlas-cli-{uuid.uuid4().hex}", AvroCodec()
+    )
+    producer.send(versions)
+    for v in versions:
+        console.print(f"published {v.agent_id}/{v.role} v{v.version} ({v.source})")
+
+
+def _current(agent: str) -> dict:  # type: ignore[type-arg]
+    from atlas.agent import load_agent_config
+    from consumers.gepa_worker import current_prompts
+
+    settings = Settings()
+    seeds = load_agent_config(settings.config_dir).prompts
+    return current_prompts(settings.kafka_config(), agent, seeds)
+
+
+@prompts_app.command("list")
+@clear_errors
+def prompts_list(
+    agent: AgentOption, role: Annotated[str, typer.Option(help="One role.")] = ""
+) -> None:
+    """Every stored version of the agent's prompts, with lineage and held-out figures;
+    the version agents use now is marked."""
+    from store.client import connect
+    from store.queries import prompt_history
+
+    current = _current(agent)
+    table = Table(
+        "role",
+        "version",
+        "parent",
+        "source",
+        "created",
+        "held-out",
+        "prod.",
+        "non-degr.",
+        "job",
+        "text",
+    )
+    for v in prompt_history(connect(Settings().store_url()), agent, role):
+        live = current.get(v.role) is not None and current[v.role].version == v.version
+        table.add_row(
+            v.role,
+            f"{v.version}{' *' if live else ''}",
+            "" if v.parent_version is None else str(v.parent_version),
+            v.source,
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            "" if v.heldout_reward is None else f"{v.heldout_reward:.3f}",
+            "" if v.baseline_reward is None else f"{v.baseline_reward:.3f}",
+            "" if v.non_degradation is None else f"{v.non_degradation:.3f}",
+            v.job_id or "",
+            v.text[:50].replace("\n", " "),
+        )
+    console.print(table)
+    console.print("* = in use now; version 0 is the seed in configs/agent.yaml")
+
+
+@prompts_app.command("show")
+@clear_errors
+def prompts_show(
+    agent: AgentOption,
+    role: RoleOption = "student",
+    version: Annotated[int | None, typer.Option(help="Default: the version in use now.")] = None,
+) -> None:
+    """One prompt version's full text and lineage."""
+    _check_role(role)
+    chosen = _current(agent)[role]
+    if version is not None and version != chosen.version:
+        from store.client import connect
+        from store.queries import prompt_history
+
+        found = [
+            v
+            for v in prompt_history(connect(Settings().store_url()), agent, role)
+            if v.version == version
+        ]
+        if not found:
+            raise typer.BadParameter(
+                f"no stored version {version} of {agent}/{role}", param_hint="--version"
+            )
+        chosen = found[0]
+    for name in (
+        "version",
+        "parent_version",
+        "source",
+        "created_at",
+        "job_id",
+        "trigger_id",
+        "window_start",
+        "window_end",
+        "heldout_reward",
+        "baseline_reward",
+        "non_degradation",
+    ):
+        console.print(f"{name}: {getattr(chosen, name)}")
+    console.print(chosen.text, highlight=False, markup=False)
+
+
+@prompts_app.command("set")
+@clear_errors
+def prompts_set(
+    agent: AgentOption,
+    role: RoleOption = "student",
+    text: Annotated[str | None, typer.Option(help="The new prompt text.")] = None,
+    file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Read it from a file.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Publish without the held-out gate.")] = False,
+    since: SinceOption = "24h",
+    task: Annotated[list[str], typer.Option(help="Also gate on this built-in task family.")] = [],  # noqa: B006
+) -> None:
+    """Publish a hand-written prompt. It faces the same held-out gate as GEPA's candidates
+    (evaluated with the agent's models) unless --force."""
+    from consumers.gepa_worker import gate_manual_prompts, next_versions
+
+    _check_role(role)
+    if (text is None) == (file is None):
+        raise typer.BadParameter("give exactly one of --text and --file")
+    new_text = text if text is not None else file.read_text()  # type: ignore[union-attr]
+    if not new_text.strip():
+        raise typer.BadParameter("the prompt text is empty")
+    lineage: dict[str, object] = {}
+    if force:
+        current = _current(agent)
+    else:
+        from datetime import UTC, datetime
+
+        from atlas.report import parse_duration
+        from atlas.workers import gepa_job_context
+
+        try:
+            window = parse_duration(since)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
+        with console.status("evaluating production and proposed prompts on held-out examples"):
+            try:
+                current, decision = gate_manual_prompts(
+                    gepa_job_context(Settings()),
+                    agent,
+                    {role: new_text},
+                    datetime.now(UTC) - window,
+                    task,
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        console.print(f"gate: {decision.reason}")
+        if not decision.passed:
+            err.print("[bold red]rejected:[/] nothing published (use --force to override)")
+            raise typer.Exit(2)
+        lineage = {
+            "heldout_reward": decision.candidate_reward,
+            "baseline_reward": decision.current_reward,
+            "non_degradation": decision.non_degradation,
+        }
+    _publish(next_versions(current, {role: new_text}, "manual", **lineage))
+
+
+@prompts_app.command("rollback")
+@clear_errors
+def prompts_rollback(
+    agent: AgentOption,
+    role: RoleOption = "teacher",
+    to: Annotated[
+        int | None,
+        typer.Option(help="Version to restore (default: the parent of the current one)."),
+    ] = None,
+) -> None:
+    """Restore an earlier prompt's text as a new version (agents pick it up live)."""
+    from atlas.agent import load_agent_config
+    from consumers.gepa_worker import next_versions
+    from store.client import connect
+    from store.queries import prompt_history
+
+    _check_role(role)
+    current = _current(agent)
+    target = current[role].parent_version if to is None else to
+    if target is None:
+        raise typer.BadParameter(
+            f"{agent}/{role} v{current[role].version} has no parent to roll back to"
+        )
+    if target == 0:
+        restored = load_agent_config(Settings().config_dir).prompts[role]
+    else:
+        found = [
+            v
+            for v in prompt_history(connect(Settings().store_url()), agent, role)
+            if v.version == target
+        ]
+        if not found:
+            raise typer.BadParameter(
+                f"no stored version {target} of {agent}/{role}", param_hint="--to"
+            )
+        restored = found[0].text
+    _publish(next_versions(current, {role: restored}, "rollback"))
+    console.print(f"{agent}/{role}: text of v{target} restored")
+
+
 worker_app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 
@@ -274,6 +642,21 @@ def worker_sink() -> None:
         f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
         f"{stats.dead_letters} dead letters, {stats.insert_failures} failed inserts"
     )
+
+
+@worker_app.command("gepa")
+@clear_errors
+def worker_gepa() -> None:
+    """Run GEPA jobs from `gepa` triggers: datasets from the store, GEPA over the agent's runtime
+    and RIM, the held-out gate, then publish to atlas.prompts.v1. One job at a time per worker;
+    keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    import logging
+
+    from atlas.workers import run_gepa_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    jobs_run = run_gepa_worker(Settings())
+    console.print(f"gepa worker stopped after {jobs_run} job(s)")
 
 
 def _print_status(current: stack.StackStatus) -> None:

@@ -5,6 +5,7 @@ Unset connection settings fall back to the local stack that ``atlas up`` started
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,14 @@ class Settings(BaseSettings):
         default=None, description="A stronger model that settles escalated judgements."
     )
     arbiter_model: str | None = None
+    reflection_backend: Literal["local", "openai"] = Field(
+        default="local", description="The model GEPA reflects with (writes new prompts)."
+    )
+    reflection_model: str | None = None
+    worker_id: str = Field(
+        default_factory=lambda: socket.gethostname(),
+        description="Names this worker in job reports; keep it stable across restarts.",
+    )
     openai_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint (vLLM, llama.cpp); unset = OpenAI."
     )

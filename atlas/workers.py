@@ -1,4 +1,5 @@
-"""Long-running workers, wired from settings: the reward stream and the ClickHouse sink."""
+"""Long-running workers, wired from settings: the reward stream (with the retrain policy), the
+ClickHouse sink and the GEPA worker."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import signal
 import threading
 from pathlib import Path
 
-from atlas.agent import Backends
+import yaml
+
+from atlas.agent import Backends, load_agent_config
 from atlas.settings import Settings
+from consumers.gepa_worker import GepaJobContext, run_gepa_job
 from consumers.sink import ClickHouseSink, SinkStats
+from consumers.trigger_worker import TriggerWorker
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
 from schemas.topics import INTERACTIONS
 from store.client import connect
 from streams.processor import RewardProcessor
+from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
+from trainer.gepa_engine import load_gepa_config
 
 
 def build_settings_rim(settings: Settings) -> Rim:
@@ -45,11 +52,15 @@ def run_rewards_worker(settings: Settings, worker_id: str = "atlas-rewards") -> 
     processor = RewardProcessor(build_settings_rim(settings))
     data_dir = settings.home / "workers" / worker_id
     data_dir.mkdir(parents=True, exist_ok=True)
+    policy_config = RetrainPolicyConfig.model_validate(
+        yaml.safe_load((settings.config_dir / "retrain_policy.yaml").read_text()) or {}
+    )
     app = create_app(
         kafka["bootstrap.servers"],
         processor,
         topic_partitions(kafka, INTERACTIONS),
         data_dir=str(data_dir),
+        policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
     )
     faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
 
@@ -57,13 +68,50 @@ def run_rewards_worker(settings: Settings, worker_id: str = "atlas-rewards") -> 
 def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> SinkStats:
     """Run the ClickHouse sink until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     url = settings.store_url()
     sink = ClickHouseSink(settings.kafka_config(), lambda: connect(url))
     logging.getLogger(__name__).info("sink: Kafka %s -> %s", settings.bootstrap(), url)
     return sink.run(stop)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+
+def gepa_job_context(settings: Settings) -> GepaJobContext:
+    config = load_agent_config(settings.config_dir)
+    backends = Backends(settings)
+    student, teacher = backends.student_and_teacher()
+    url = settings.store_url()
+    return GepaJobContext(
+        kafka_config=settings.kafka_config(),
+        connect_store=lambda: connect(url),
+        student=student,
+        teacher=teacher,
+        reflection=backends.get(settings.reflection_backend, settings.reflection_model),
+        rim=build_settings_rim(settings),
+        config=load_gepa_config(settings.config_dir),
+        seed_prompts=config.prompts,
+        run_root=settings.home / "jobs",
+    )
+
+
+def run_gepa_worker(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run GEPA jobs from triggers until SIGTERM/SIGINT (or ``stop``); returns jobs run."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)
+    context = gepa_job_context(settings)
+    worker = TriggerWorker(
+        "gepa",
+        settings.kafka_config(),
+        lambda trigger, reporter: run_gepa_job(trigger, reporter, context),
+        settings.worker_id,
+    )
+    worker.run(stop)
+    return worker.jobs_run
 
 
 def worker_log(settings: Settings, name: str) -> Path:

@@ -24,12 +24,21 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import DeadLetter, Event
-from schemas.topics import DEADLETTER, FEEDBACK, REWARDS, TOPICS
+from schemas.topics import (
+    CHECKPOINTS,
+    DEADLETTER,
+    FEEDBACK,
+    JOBS,
+    PROMPTS,
+    REWARDS,
+    TOPICS,
+    TRIGGERS,
+)
 from store.migrations import migrate
 from store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
-DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER)
+DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS)
 
 
 @dataclass

@@ -8,12 +8,22 @@ import time
 import uuid
 from typing import Protocol
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import PromptVersion
 from schemas.topics import PROMPTS
 
 log = logging.getLogger(__name__)
 ROLES = ("student", "teacher")
+
+
+def reached(consumer: Consumer, topic: str, ends: dict[int, int]) -> bool:
+    """Whether ``consumer`` has read up to ``ends`` (partition -> offset) in every partition.
+    Positions, not the offsets of the last messages: transaction markers take offsets too."""
+    positions = consumer.position([TopicPartition(topic, p) for p in ends])
+    done = {tp.partition: tp.offset for tp in positions}
+    return all(end == 0 or done.get(p, -1) >= end for p, end in ends.items())
 
 
 class PromptProvider(Protocol):
@@ -64,7 +74,6 @@ class PromptSubscriber:
 
     def start(self, timeout: float = 30.0) -> PromptSubscriber:
         """Start following; returns once the topic's existing prompts are loaded."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer(
             {
@@ -94,19 +103,15 @@ class PromptSubscriber:
             raise TimeoutError(f"could not replay {self.topic} within {timeout:.0f}s")
         return self
 
-    def _follow(self, consumer: object, ends: dict[int, int]) -> None:
-        positions = dict.fromkeys(ends, 0)
-        if all(end == 0 for end in ends.values()):
-            self._caught_up.set()
+    def _follow(self, consumer: Consumer, ends: dict[int, int]) -> None:
         try:
             while not self._stop.is_set():
-                message = consumer.poll(0.2)  # type: ignore[attr-defined]
+                if not self._caught_up.is_set() and reached(consumer, self.topic, ends):
+                    self._caught_up.set()
+                message = consumer.poll(0.2)
                 if message is None or message.error():
                     continue
                 self._apply(message.key(), message.value())
-                positions[message.partition()] = message.offset() + 1
-                if not self._caught_up.is_set() and all(positions[p] >= ends[p] for p in ends):
-                    self._caught_up.set()
         finally:
             consumer.close()  # type: ignore[attr-defined]
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from schemas.models import InteractionEvent, PromptRef, Step, Usage
+from schemas.models import (
+    InteractionEvent,
+    JobStatus,
+    PromptRef,
+    PromptVersion,
+    RetrainTrigger,
+    Step,
+    Usage,
+)
 
 REWARD_BY_AGENT = """
 SELECT
@@ -105,3 +114,113 @@ def stored_interactions(
         )
         out.append((event, int(row["revision"])))
     return out
+
+
+@dataclass(frozen=True)
+class TrainingTrace:
+    """A stored trace as learning material: what was asked, what came out, how it scored,
+    and the user's edit (their ideal output) when there is one."""
+
+    trace_id: str
+    task_id: str
+    task_family: str | None
+    task_input: str
+    reference: str | None
+    final_answer: str
+    reward: float
+    human_score: float | None
+    edited_text: str | None
+    rationale: str
+
+
+TRAINING_TRACES = """
+SELECT t.trace_id, t.task_id, t.task_family, t.task_input, t.reference, t.final_answer,
+       t.reward, t.human_score, t.rationale, e.edit AS edited_text
+FROM latest_traces AS t
+LEFT JOIN (
+    SELECT trace_id, argMax(edited_text, created_at) AS edit
+    FROM feedback FINAL
+    WHERE agent_id = {agent:String} AND kind = 'edit' AND edited_text IS NOT NULL
+    GROUP BY trace_id
+) AS e ON e.trace_id = t.trace_id
+WHERE t.agent_id = {agent:String}
+  AND t.created_at >= {since:DateTime64(3)} AND t.created_at < {until:DateTime64(3)}
+ORDER BY (e.edit IS NOT NULL) DESC, (t.reference IS NOT NULL) DESC, t.created_at DESC
+LIMIT {limit:UInt32}
+"""
+
+
+def training_traces(
+    client: Client, agent: str, since: Any, until: Any, limit: int = 5000
+) -> list[TrainingTrace]:
+    """The agent's latest-revision traces in [since, until): edited ones first, then those
+    with a reference, newest first."""
+    rows = rows_as_dicts(
+        client, TRAINING_TRACES, {"agent": agent, "since": since, "until": until, "limit": limit}
+    )
+    return [
+        TrainingTrace(
+            trace_id=r["trace_id"],
+            task_id=r["task_id"],
+            task_family=r["task_family"] or None,
+            task_input=r["task_input"],
+            reference=r["reference"],
+            final_answer=r["final_answer"],
+            reward=float(r["reward"]),
+            human_score=r["human_score"],
+            edited_text=r["edited_text"] or None,
+            rationale=r["rationale"],
+        )
+        for r in rows
+    ]
+
+
+PROMPT_HISTORY = """
+SELECT agent_id, role, version, parent_version, text, source, created_at, job_id, trigger_id,
+       window_start, window_end, heldout_reward, baseline_reward, non_degradation
+FROM prompt_versions FINAL
+WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
+ORDER BY role, version
+"""
+
+
+def prompt_history(client: Client, agent: str, role: str = "") -> list[PromptVersion]:
+    return [
+        PromptVersion(**row)
+        for row in rows_as_dicts(client, PROMPT_HISTORY, {"agent": agent, "role": role})
+    ]
+
+
+JOB_REPORTS = """
+SELECT job_id, trigger_id, kind, agent_id, state, seq, updated_at, progress, message, metrics,
+       result_version, worker
+FROM jobs FINAL
+WHERE ({job:String} = '' OR job_id = {job:String})
+  AND ({agent:String} = '' OR agent_id = {agent:String})
+ORDER BY job_id, seq
+"""
+
+
+def job_reports(client: Client, job_id: str = "", agent: str = "") -> list[JobStatus]:
+    """Every stored report, per job in order of ``seq``."""
+    return [
+        JobStatus(**row)
+        for row in rows_as_dicts(client, JOB_REPORTS, {"job": job_id, "agent": agent})
+    ]
+
+
+def latest_job_states(client: Client, agent: str = "") -> list[JobStatus]:
+    """The last report of each job, newest job first."""
+    latest: dict[str, JobStatus] = {}
+    for report in job_reports(client, agent=agent):
+        latest[report.job_id] = report
+    return sorted(latest.values(), key=lambda r: r.updated_at, reverse=True)
+
+
+def stored_trigger(client: Client, trigger_id: str) -> RetrainTrigger | None:
+    rows = rows_as_dicts(
+        client,
+        "SELECT * FROM triggers FINAL WHERE trigger_id = {t:String} LIMIT 1",
+        {"t": trigger_id},
+    )
+    return RetrainTrigger(**rows[0]) if rows else None

@@ -19,9 +19,10 @@ from typing import Any
 import faust
 
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
-from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
+from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent, ScoredTrace
+from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS, TRIGGERS
 from streams.processor import Outcome, RewardProcessor, TraceState
+from streams.retrain_policy import AgentRewardState, RetrainPolicy
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "rewards"
@@ -36,6 +37,7 @@ def create_app(
     batch_size: int = 64,
     batch_seconds: float = 0.5,
     codec: AvroCodec | None = None,
+    policy: RetrainPolicy | None = None,
 ) -> faust.App:
     codec = codec or AvroCodec()
     app = faust.App(
@@ -174,4 +176,48 @@ def create_app(
                 await publish(deadletter, FEEDBACK.encode(), codec.encode(letter))
                 traces.data.pop(key, None)
 
+    if policy is not None:
+        watch_agents(app, policy, rewards, partitions, codec, publish)
     return app
+
+
+def watch_agents(
+    app: faust.App,
+    policy: RetrainPolicy,
+    rewards: faust.TopicT,
+    partitions: int,
+    codec: AvroCodec,
+    publish: Any,
+) -> None:
+    """The automatic retrain policy: scored traces regrouped by agent (a repartition topic),
+    per-agent state in a changelog-backed table, triggers to atlas.triggers.v1."""
+    triggers = app.topic(TRIGGERS, key_serializer="raw", value_serializer="raw")
+    states = app.Table(
+        "agent_rewards", default=None, partitions=partitions, key_type=bytes, value_type=bytes
+    )
+    unreadable = b"\x00unreadable"
+
+    def agent_of(value: bytes) -> bytes:
+        try:
+            return codec.decode(value, ScoredTrace).agent_id.encode()
+        except DecodeError:
+            return unreadable  # the sink dead-letters it; the policy just skips it
+
+    @app.agent(rewards)
+    async def watch_rewards(stream: faust.StreamT) -> None:
+        async for event in stream.group_by(agent_of, name="by-agent").events():
+            if event.key == unreadable:
+                continue
+            scored = codec.decode(event.value, ScoredTrace)
+            stored = states.get(event.key)
+            state = AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
+            state, trigger = policy.observe(state, scored)
+            states[event.key] = state.model_dump_json().encode()
+            if trigger is not None:
+                log.warning(
+                    "retrain trigger %s for %s: %s",
+                    trigger.trigger_id,
+                    trigger.agent_id,
+                    trigger.reason,
+                )
+                await publish(triggers, trigger.agent_id.encode(), codec.encode(trigger))

@@ -47,3 +47,41 @@ class ScriptedBackend:
 
 def last_user(conversation: Sequence[Message]) -> str:
     return next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+
+
+class ScriptedTaskWorld:
+    """A scripted student for learning tests: it answers a built-in task correctly when its
+    system prompt holds ``keyword`` (and always wrongly on inputs ``fails_with_keyword`` names), and
+    otherwise only when the reference is a multiple of 3. The reflection model proposes a
+    prompt with the keyword, so GEPA has something real to find."""
+
+    def __init__(
+        self,
+        keyword: str = "MAGIC",
+        fails_with_keyword: Callable[[str], bool] = lambda _input: False,
+        family: str = "arithmetic",
+    ):
+        from runtime.tasks import generate
+
+        self.keyword = keyword
+        self.fails_with_keyword = fails_with_keyword
+        self.references = {
+            t.input: t.reference or ""
+            for split in ("train", "validation", "test")
+            for seed in (0, 5)
+            for t in generate(family, split, 200, seed)  # type: ignore[arg-type]
+        }
+        self.student = ScriptedBackend("scripted-student", self._answer)
+        self.reflection = ScriptedBackend(
+            "scripted-reflection",
+            lambda _c: f"```\nSolve it and reply with the number. {keyword}\n```",
+        )
+
+    def _answer(self, conversation: Sequence[Message]) -> str:
+        system, task = conversation[0]["content"], last_user(conversation)
+        reference = self.references.get(task)
+        if reference is None:
+            return "I do not know."
+        if self.keyword in system:
+            return str(int(reference) + 1) if self.fails_with_keyword(task) else reference
+        return reference if int(reference) % 3 == 0 else str(int(reference) + 1)

@@ -66,3 +66,18 @@ def wait_consumed(
             return
         time.sleep(0.5)
     raise TimeoutError(f"{group} did not consume {topic} within {timeout}s")
+
+
+def skip_to_end(kafka_config: dict[str, str], group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the end of ``topic``: a worker started next sees only
+    what is produced from now on (earlier tests leave triggers behind)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = [
+        TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1])
+        for p in partitions
+    ]
+    consumer.commit(offsets=ends, asynchronous=False)
+    consumer.close()

@@ -1,0 +1,183 @@
+"""The GEPA job: stored traces -> datasets -> GEPA -> gate -> published prompt versions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from clickhouse_connect.driver.client import Client
+
+from consumers.jobs import JobReporter
+from rim.reward import Rim
+from runtime.backends.base import ModelBackend
+from runtime.prompts import PromptSubscriber, StaticPrompts
+from schemas.models import PromptSource, PromptVersion, RetrainTrigger
+from store.queries import training_traces
+from trainer.datasets import build_splits
+from trainer.evaluation import GateDecision, PromptEvaluator, gate
+from trainer.gepa_engine import GepaConfig, GepaOutcome, evolve_prompts, reflection_lm
+
+log = logging.getLogger(__name__)
+DEFAULT_WINDOW = timedelta(hours=24)
+
+
+def current_prompts(
+    kafka_config: dict[str, str], agent_id: str, seed_prompts: dict[str, str]
+) -> dict[str, PromptVersion]:
+    """What the agent's runtime would use right now (the compacted topic, else the seeds)."""
+    with PromptSubscriber(kafka_config, StaticPrompts(seed_prompts)).start() as subscriber:
+        return subscriber.snapshot(agent_id)
+
+
+def next_versions(
+    current: dict[str, PromptVersion],
+    texts: dict[str, str],
+    source: PromptSource,
+    **lineage: object,
+) -> list[PromptVersion]:
+    """New versions for the roles in ``texts``, each a child of the role's current version."""
+    return [
+        PromptVersion(
+            agent_id=current[role].agent_id,
+            role=role,
+            version=current[role].version + 1,
+            parent_version=current[role].version,
+            text=text,
+            source=source,
+            **lineage,  # type: ignore[arg-type]
+        )
+        for role, text in sorted(texts.items())
+    ]
+
+
+@dataclass
+class GepaJobContext:
+    kafka_config: dict[str, str]
+    connect_store: Callable[[], Client]
+    student: ModelBackend
+    teacher: ModelBackend
+    reflection: ModelBackend
+    rim: Rim
+    config: GepaConfig
+    seed_prompts: dict[str, str]
+    run_root: Path | None = None
+
+
+def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobContext) -> None:
+    config = ctx.config.with_overrides(trigger.budget, trigger.params)
+    reporter.report("RUNNING", "building datasets from the store", progress=0.0)
+    until = trigger.window_end or datetime.now(UTC)
+    since = trigger.window_start or until - DEFAULT_WINDOW
+    traces = training_traces(ctx.connect_store(), trigger.agent_id, since, until)
+    splits = build_splits(traces, config.dataset)
+    sizes = splits.sizes()
+    edited = sum(e.user_edit is not None for e in splits.train + splits.validation)
+    log.info("job %s: %d stored traces -> %s", reporter.job_id, len(traces), sizes)
+    if not all(sizes.values()):
+        reporter.report(
+            "FAILED",
+            f"not enough examples in {since:%Y-%m-%d %H:%M}..{until:%H:%M}: {sizes}"
+            f" from {len(traces)} stored trace(s) with a reference or an edit",
+        )
+        return
+    current = current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts)
+    evaluator = PromptEvaluator(
+        trigger.agent_id,
+        ctx.student,
+        ctx.teacher,
+        ctx.rim,
+        config.eval_mode,
+        config.limits,
+        config.eval_batch_size,
+    )
+    reporter.report(
+        "RUNNING",
+        f"optimizing {', '.join(config.optimized_components())} on {sizes['train']} train /"
+        f" {sizes['validation']} validation examples ({edited} user edits), budget {config.budget}",
+        progress=0.0,
+        metrics={f"{k}_examples": float(v) for k, v in sizes.items()},
+    )
+    run_dir = ctx.run_root / reporter.job_id if ctx.run_root else None
+    outcome = evolve_prompts(
+        {role: v.text for role, v in current.items()},
+        splits,
+        evaluator,
+        reflection_lm(ctx.reflection, config),
+        config,
+        progress=reporter.progress,
+        run_dir=run_dir,
+    )
+    finish(trigger, reporter, current, outcome, since, until, len(traces))
+
+
+def finish(
+    trigger: RetrainTrigger,
+    reporter: JobReporter,
+    current: dict[str, PromptVersion],
+    outcome: GepaOutcome,
+    since: datetime,
+    until: datetime,
+    stored_traces: int,
+) -> None:
+    decision = outcome.decision
+    metrics = {**outcome.metrics(), "stored_traces": float(stored_traces)}
+    if not decision.passed:
+        reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
+        return
+    versions = next_versions(
+        current,
+        {role: outcome.best[role] for role in outcome.changed_roles},
+        "gepa",
+        job_id=reporter.job_id,
+        trigger_id=trigger.trigger_id,
+        window_start=since,
+        window_end=until,
+        heldout_reward=decision.candidate_reward,
+        baseline_reward=decision.current_reward,
+        non_degradation=decision.non_degradation,
+    )
+    published = ", ".join(f"{v.role} v{v.version}" for v in versions)
+    reporter.report(
+        "SUCCEEDED",
+        f"published {published}: {decision.reason}",
+        progress=1.0,
+        metrics=metrics,
+        result_version=max(v.version for v in versions),
+        publish=versions,
+    )
+
+
+def gate_manual_prompts(
+    ctx: GepaJobContext,
+    agent_id: str,
+    proposed: dict[str, str],
+    since: datetime,
+    families: list[str],
+) -> tuple[dict[str, PromptVersion], GateDecision]:
+    """The gate GEPA's candidates face, for an operator's own text: production vs proposed on
+    the held-out split of the agent's stored traces (plus the named built-in families)."""
+    config = ctx.config
+    traces = training_traces(ctx.connect_store(), agent_id, since, datetime.now(UTC))
+    heldout = build_splits(traces, config.dataset, families).heldout
+    if not heldout:
+        raise ValueError(
+            "no held-out examples: the agent has no stored traces with a reference or an edit"
+            " in the window; name a built-in task family with --task, or use --force"
+        )
+    current = current_prompts(ctx.kafka_config, agent_id, ctx.seed_prompts)
+    texts = {role: version.text for role, version in current.items()}
+    evaluator = PromptEvaluator(
+        agent_id,
+        ctx.student,
+        ctx.teacher,
+        ctx.rim,
+        config.eval_mode,
+        config.limits,
+        config.eval_batch_size,
+    )
+    before = [s.reward.score for s in evaluator.evaluate(texts, heldout)]
+    after = [s.reward.score for s in evaluator.evaluate({**texts, **proposed}, heldout)]
+    return current, gate(after, before, config.gate)

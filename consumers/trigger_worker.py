@@ -1,0 +1,169 @@
+"""A worker that runs one kind of retrain job per trigger, at most once.
+
+* The trigger's offset is committed right after the job is reported QUEUED, before any work:
+  a crash or a rebalance can never start the same job twice.
+* The job runs on a thread while the main loop keeps polling (with the partitions paused), so
+  a job of any length keeps the worker's consumer-group membership.
+* On start the worker fails the jobs it left unfinished when it died (same worker id): a job
+  is never silently lost, and never resumed behind the operator's back.
+* On SIGTERM a running job is reported FAILED before the worker exits; whatever it would have
+  published afterwards is refused (the reporter is closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from consumers.jobs import (
+    JobAborted,
+    JobReporter,
+    TransactionalProducer,
+    job_id_for,
+    orphaned_jobs,
+    read_job_states,
+)
+from schemas.codec import AvroCodec, DecodeError
+from schemas.models import DeadLetter, JobKind, JobStatus, RetrainTrigger
+from schemas.topics import DEADLETTER, TRIGGERS
+
+log = logging.getLogger(__name__)
+JobRunner = Callable[[RetrainTrigger, JobReporter], None]
+
+
+class TriggerWorker:
+    def __init__(
+        self,
+        kind: JobKind,
+        kafka_config: dict[str, str],
+        run_job: JobRunner,
+        worker_id: str,
+        codec: AvroCodec | None = None,
+        group_id: str | None = None,
+    ):
+        self.kind = kind
+        self.group_id = group_id or f"atlas-{kind}"
+        self.kafka_config = kafka_config
+        self.run_job = run_job
+        self.worker_id = worker_id
+        self.codec = codec or AvroCodec()
+        self.jobs_run = 0
+        self._known: dict[str, JobStatus] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        producer = TransactionalProducer(
+            self.kafka_config, f"atlas-{self.kind}-{self.worker_id}", self.codec
+        )
+        self._known = read_job_states(self.kafka_config, self.codec)
+        for orphan in orphaned_jobs(self._known, self.kind, self.worker_id):
+            trigger = RetrainTrigger(
+                trigger_id=orphan.trigger_id, kind=orphan.kind, agent_id=orphan.agent_id, reason=""
+            )
+            reporter = JobReporter(producer, trigger, self.worker_id, seq=orphan.seq)
+            reporter.state = orphan.state
+            failed = reporter.report(
+                "FAILED", f"worker {self.worker_id} restarted while the job was {orphan.state}"
+            )
+            self._known[failed.job_id] = failed
+            log.warning(
+                "job %s: marked FAILED (left %s by a dead worker)", orphan.job_id, orphan.state
+            )
+        consumer = Consumer(
+            {
+                **self.kafka_config,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        consumer.subscribe([TRIGGERS])
+        log.info("%s worker %s waiting for triggers", self.kind, self.worker_id)
+        try:
+            while not stop.is_set():
+                message = consumer.poll(0.5)
+                if message is None or message.error() is not None:
+                    continue
+                trigger = self._decode(message)
+                if trigger is not None and trigger.kind == self.kind:
+                    self._start(trigger, message, consumer, producer, stop)
+                else:
+                    consumer.commit(message, asynchronous=False)
+        finally:
+            consumer.close()
+
+    def _decode(self, message: Message) -> RetrainTrigger | None:
+        try:
+            return self.codec.decode(message.value() or b"", RetrainTrigger)
+        except DecodeError as exc:
+            letter = DeadLetter(
+                source_topic=message.topic(),
+                source_partition=message.partition(),
+                source_offset=message.offset(),
+                key=message.key(),
+                original=message.value() or b"",
+                reason=str(exc),
+                error_type="DecodeError",
+                processor=f"{self.kind}-worker",
+            )
+            dead = Producer({**self.kafka_config, "acks": "all"})
+            dead.produce(DEADLETTER, key=TRIGGERS.encode(), value=self.codec.encode(letter))
+            if dead.flush(30):
+                raise RuntimeError("could not dead-letter an undecodable trigger") from exc
+            log.error("undecodable trigger dead-lettered: %s", exc)
+            return None
+
+    def _start(
+        self,
+        trigger: RetrainTrigger,
+        message: Message,
+        consumer: Consumer,
+        producer: TransactionalProducer,
+        stop: threading.Event,
+    ) -> None:
+        job_id = job_id_for(trigger)
+        if job_id in self._known:
+            log.info("trigger %s already ran as job %s: skipped", trigger.trigger_id, job_id)
+            consumer.commit(message, asynchronous=False)
+            return
+        reporter = JobReporter(producer, trigger, self.worker_id)
+        self._known[job_id] = reporter.report("QUEUED", f"trigger: {trigger.reason}")
+        consumer.commit(message, asynchronous=False)
+        log.info("job %s started for trigger %s", job_id, trigger.trigger_id)
+
+        def work() -> None:
+            try:
+                self.run_job(trigger, reporter)
+            except JobAborted:
+                pass
+            except Exception as exc:
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                with contextlib.suppress(JobAborted):
+                    reporter.report("FAILED", f"{type(exc).__name__}: {exc}"[:2000])
+
+        thread = threading.Thread(target=work, name=f"job-{job_id}", daemon=True)
+        thread.start()
+        consumer.pause(consumer.assignment())
+        while thread.is_alive():
+            if stop.is_set():
+                with contextlib.suppress(JobAborted):
+                    reporter.report("FAILED", f"worker {self.worker_id} stopped during the job")
+                break
+            self._hold(consumer)
+            thread.join(0.5)
+        consumer.resume(consumer.assignment())
+        self.jobs_run += 1
+
+    @staticmethod
+    def _hold(consumer: Consumer) -> None:
+        """Poll to stay in the group; a partition assigned meanwhile is rewound and paused."""
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            partition = TopicPartition(message.topic(), message.partition(), message.offset())
+            consumer.seek(partition)
+            consumer.pause([partition])

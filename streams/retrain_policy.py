@@ -1,0 +1,84 @@
+"""When to retrain an agent automatically, from its stream of scored traces.
+
+Two causes fire a RetrainTrigger: the agent's rolling mean reward falls ``drop_margin`` below
+its reference level, or ``every_n_traces`` new traces were scored since its last trigger.
+Debounced: a trigger resets the reference and the count, and no second trigger for the same
+agent fires within ``cooldown_s`` whatever the cause, so one cause gives one trigger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, Field
+
+from schemas.models import JobKind, RetrainTrigger, ScoredTrace
+
+
+class RetrainPolicyConfig(BaseModel):
+    enabled: bool = Field(True, description="Off: the reward worker never triggers on its own.")
+    kind: JobKind = Field("gepa", description="Which job an automatic trigger asks for.")
+    window: int = Field(50, ge=2, description="Rewards in the rolling mean.")
+    drop_margin: float = Field(
+        0.1, gt=0, le=1, description="Trigger when the rolling mean falls this far below reference."
+    )
+    every_n_traces: int = Field(
+        500, ge=0, description="Trigger after this many newly scored traces (0: never)."
+    )
+    cooldown_s: float = Field(600.0, ge=0, description="No second trigger within this time.")
+    data_window_hours: float = Field(24.0, gt=0, description="The trigger's data window.")
+
+
+class AgentRewardState(BaseModel):
+    recent: list[float] = Field(default_factory=list)
+    reference: float | None = None
+    new_traces: int = 0
+    last_trigger_at: datetime | None = None
+
+
+class RetrainPolicy:
+    def __init__(self, config: RetrainPolicyConfig):
+        self.config = config
+
+    def observe(
+        self, state: AgentRewardState, scored: ScoredTrace, now: datetime | None = None
+    ) -> tuple[AgentRewardState, RetrainTrigger | None]:
+        """The agent's new state after ``scored``, and the trigger it fires, if any. Every
+        revision moves the rolling mean (feedback can lower a reward); only first revisions
+        count as new traces."""
+        config = self.config
+        now = now or datetime.now(UTC)
+        recent = [*state.recent, scored.reward][-config.window :]
+        new_traces = state.new_traces + (scored.revision == 1)
+        state = state.model_copy(update={"recent": recent, "new_traces": new_traces})
+        if len(recent) < config.window:
+            return state, None
+        mean = sum(recent) / len(recent)
+        if state.reference is None:
+            return state.model_copy(update={"reference": mean}), None
+        reason = None
+        if mean < state.reference - config.drop_margin:
+            reason = (
+                f"rolling reward {mean:.3f} over the last {len(recent)} fell below the reference"
+                f" {state.reference:.3f} by more than {config.drop_margin:.2f}"
+            )
+        elif config.every_n_traces and new_traces >= config.every_n_traces:
+            reason = f"{new_traces} new scored traces since the last trigger"
+        cooling = (
+            state.last_trigger_at is not None
+            and (now - state.last_trigger_at).total_seconds() < config.cooldown_s
+        )
+        if reason is None or cooling or not config.enabled:
+            return state, None
+        trigger = RetrainTrigger(
+            kind=config.kind,
+            agent_id=scored.agent_id,
+            reason=reason,
+            requested_by="policy",
+            window_start=now - timedelta(hours=config.data_window_hours),
+            window_end=now,
+        )
+        reset = state.model_copy(
+            update={"reference": mean, "new_traces": 0, "last_trigger_at": now}
+        )
+        return reset, trigger

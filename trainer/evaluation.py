@@ -1,0 +1,123 @@
+"""Measuring prompts: run the agent's closed loop with given prompts, score with RIM; and the
+publish gate that compares a candidate with production on held-out examples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from rim.reward import Reward, Rim
+from runtime.backends.base import ModelBackend
+from runtime.core import GenerationLimits, Runtime
+from runtime.prompts import StaticPrompts
+from schemas.models import InteractionEvent, Mode
+from trainer.datasets import Example
+
+
+@dataclass
+class Scored:
+    example: Example
+    event: InteractionEvent
+    reward: Reward
+
+
+class PromptEvaluator:
+    """Runs examples through the agent's runtime (student + teacher, one forced mode so every
+    candidate is measured the same way) and scores each result with RIM."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        student: ModelBackend,
+        teacher: ModelBackend,
+        rim: Rim,
+        mode: Mode = "paired",
+        limits: GenerationLimits | None = None,
+        batch_size: int = 8,
+    ):
+        self.agent_id = agent_id
+        self.student = student
+        self.teacher = teacher
+        self.rim = rim
+        self.mode = mode
+        self.limits = limits or GenerationLimits()
+        self.batch_size = batch_size
+        self.calls = 0
+
+    def evaluate(
+        self,
+        prompts: dict[str, str],
+        examples: Sequence[Example],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Scored]:
+        runtime = Runtime(
+            self.agent_id, self.student, self.teacher, StaticPrompts(prompts), limits=self.limits
+        )
+        out: list[Scored] = []
+        for start in range(0, len(examples), self.batch_size):
+            chunk = examples[start : start + self.batch_size]
+            events = runtime.run_many([e.task for e in chunk], self.mode)
+            rewards = self.rim.score_many(events)
+            out.extend(Scored(e, ev, r) for e, ev, r in zip(chunk, events, rewards, strict=True))
+            self.calls += len(chunk)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
+
+
+class GateConfig(BaseModel):
+    margin: float = Field(
+        0.01, ge=0, description="The candidate's mean reward must beat production's by this."
+    )
+    min_non_degradation: float = Field(
+        0.97,
+        ge=0,
+        le=1,
+        description="Share of held-out examples where the candidate scores at least as well.",
+    )
+    tolerance: float = Field(
+        1e-6, ge=0, description="Reward differences below this count as a tie, not a loss."
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    candidate_reward: float
+    current_reward: float
+    non_degradation: float
+    n: int
+    reason: str
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "heldout_candidate_reward": self.candidate_reward,
+            "heldout_current_reward": self.current_reward,
+            "heldout_non_degradation": self.non_degradation,
+            "heldout_n": float(self.n),
+        }
+
+
+def gate(candidate: Sequence[float], current: Sequence[float], config: GateConfig) -> GateDecision:
+    """Publish only if the mean reward rises by the margin *and* almost no example gets worse."""
+    if len(candidate) != len(current) or not candidate:
+        raise ValueError("the gate needs the same, non-empty held-out examples for both sides")
+    n = len(candidate)
+    candidate_mean = sum(candidate) / n
+    current_mean = sum(current) / n
+    kept = sum(c >= p - config.tolerance for c, p in zip(candidate, current, strict=True)) / n
+    failures = []
+    if candidate_mean < current_mean + config.margin:
+        failures.append(
+            f"mean reward {candidate_mean:.3f} < production {current_mean:.3f}"
+            f" + margin {config.margin:.3f}"
+        )
+    if kept < config.min_non_degradation:
+        failures.append(f"non-degradation {kept:.3f} < required {config.min_non_degradation:.3f}")
+    reason = "; ".join(failures) or (
+        f"mean reward {candidate_mean:.3f} vs production {current_mean:.3f},"
+        f" non-degradation {kept:.3f} (n={n})"
+    )
+    return GateDecision(not failures, candidate_mean, current_mean, kept, n, reason)
