@@ -217,7 +217,7 @@ def evolve_prompts(
     metric_calls = evaluator.calls
 
     heldout = splits.heldout
-    total = 2 * len(heldout)
+    total = (2 if changed else 1) * len(heldout)
     done = {"n": 0}
 
     def gating(n: int) -> None:
