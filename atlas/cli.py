@@ -508,6 +508,8 @@ def prompts_show(
     ):
         console.print(f"{name}: {getattr(chosen, name)}")
     console.print(chosen.text, highlight=False, markup=False)
+    for i, shot in enumerate(chosen.demonstrations, 1):
+        console.print(f"demonstration {i}: {shot.input!r} -> {shot.output!r}", highlight=False)
 
 
 @prompts_app.command("set")
@@ -592,6 +594,7 @@ def prompts_rollback(
         raise typer.BadParameter(
             f"{agent}/{role} v{current[role].version} has no parent to roll back to"
         )
+    shots: list = []  # type: ignore[type-arg]
     if target == 0:
         restored = load_agent_config(Settings().config_dir).prompts[role]
     else:
@@ -604,8 +607,8 @@ def prompts_rollback(
             raise typer.BadParameter(
                 f"no stored version {target} of {agent}/{role}", param_hint="--to"
             )
-        restored = found[0].text
-    _publish(next_versions(current, {role: restored}, "rollback"))
+        restored, shots = found[0].text, found[0].demonstrations
+    _publish(next_versions(current, {role: restored}, "rollback", {role: shots}))
     console.print(f"{agent}/{role}: text of v{target} restored")
 
 

@@ -58,8 +58,9 @@ class Settings(BaseSettings):
         default=None, description="A stronger model that settles escalated judgements."
     )
     arbiter_model: str | None = None
-    reflection_backend: Literal["local", "openai"] = Field(
-        default="local", description="The model GEPA reflects with (writes new prompts)."
+    reflection_backend: Literal["local", "openai", "none"] = Field(
+        default="local",
+        description="The model GEPA reflects with to rewrite prompts; none = demonstrations only.",
     )
     reflection_model: str | None = None
     worker_id: str = Field(

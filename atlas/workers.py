@@ -91,7 +91,9 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
         connect_store=lambda: connect(url),
         student=student,
         teacher=teacher,
-        reflection=backends.get(settings.reflection_backend, settings.reflection_model),
+        reflection=None
+        if settings.reflection_backend == "none"
+        else backends.get(settings.reflection_backend, settings.reflection_model),
         rim=build_settings_rim(settings),
         config=load_gepa_config(settings.config_dir),
         seed_prompts=config.prompts,

@@ -14,9 +14,10 @@ from consumers.jobs import JobReporter
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.prompts import PromptSubscriber, StaticPrompts
-from schemas.models import PromptSource, PromptVersion, RetrainTrigger
+from schemas.models import Demonstration, PromptSource, PromptVersion, RetrainTrigger
 from store.queries import training_traces
 from trainer.datasets import build_splits
+from trainer.demonstrations import DEMONSTRATIONS, decode, encode
 from trainer.evaluation import GateDecision, PromptEvaluator, gate
 from trainer.gepa_engine import GepaConfig, GepaOutcome, evolve_prompts, reflection_lm
 
@@ -36,21 +37,33 @@ def next_versions(
     current: dict[str, PromptVersion],
     texts: dict[str, str],
     source: PromptSource,
+    demonstrations: dict[str, list[Demonstration]] | None = None,
     **lineage: object,
 ) -> list[PromptVersion]:
-    """New versions for the roles in ``texts``, each a child of the role's current version."""
+    """New versions for the roles given a text or demonstrations, each a child of the role's
+    current version; what is not given is carried over from it."""
+    demonstrations = demonstrations or {}
     return [
         PromptVersion(
             agent_id=current[role].agent_id,
             role=role,
             version=current[role].version + 1,
             parent_version=current[role].version,
-            text=text,
+            text=texts.get(role, current[role].text),
+            demonstrations=demonstrations.get(role, current[role].demonstrations),
             source=source,
             **lineage,  # type: ignore[arg-type]
         )
-        for role, text in sorted(texts.items())
+        for role in sorted({*texts, *demonstrations})
     ]
+
+
+def as_candidate(current: dict[str, PromptVersion]) -> dict[str, str]:
+    """Production prompts as a GEPA candidate: texts per role plus the student's shots."""
+    return {
+        **{role: version.text for role, version in current.items()},
+        DEMONSTRATIONS: encode(current["student"].demonstrations),
+    }
 
 
 @dataclass
@@ -59,7 +72,7 @@ class GepaJobContext:
     connect_store: Callable[[], Client]
     student: ModelBackend
     teacher: ModelBackend
-    reflection: ModelBackend
+    reflection: ModelBackend | None
     rim: Rim
     config: GepaConfig
     seed_prompts: dict[str, str]
@@ -95,17 +108,18 @@ def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobCon
     )
     reporter.report(
         "RUNNING",
-        f"optimizing {', '.join(config.optimized_components())} on {sizes['train']} train /"
+        f"optimizing {', '.join(config.optimized_components(ctx.reflection is not None, True))}"
+        f" on {sizes['train']} train /"
         f" {sizes['validation']} validation examples ({edited} user edits), budget {config.budget}",
         progress=0.0,
         metrics={f"{k}_examples": float(v) for k, v in sizes.items()},
     )
     run_dir = ctx.run_root / reporter.job_id if ctx.run_root else None
     outcome = evolve_prompts(
-        {role: v.text for role, v in current.items()},
+        as_candidate(current),
         splits,
         evaluator,
-        reflection_lm(ctx.reflection, config),
+        reflection_lm(ctx.reflection, config) if ctx.reflection is not None else None,
         config,
         progress=reporter.progress,
         run_dir=run_dir,
@@ -127,10 +141,15 @@ def finish(
     if not decision.passed:
         reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
         return
+    texts = {r: outcome.best[r] for r in outcome.changed_roles if r != DEMONSTRATIONS}
+    shots = {}
+    if DEMONSTRATIONS in outcome.changed_roles:
+        shots["student"] = decode(outcome.best[DEMONSTRATIONS])
     versions = next_versions(
         current,
-        {role: outcome.best[role] for role in outcome.changed_roles},
+        texts,
         "gepa",
+        shots,
         job_id=reporter.job_id,
         trigger_id=trigger.trigger_id,
         window_start=since,
@@ -139,7 +158,11 @@ def finish(
         baseline_reward=decision.current_reward,
         non_degradation=decision.non_degradation,
     )
-    published = ", ".join(f"{v.role} v{v.version}" for v in versions)
+    published = ", ".join(
+        f"{v.role} v{v.version}"
+        + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")
+        for v in versions
+    )
     reporter.report(
         "SUCCEEDED",
         f"published {published}: {decision.reason}",
@@ -168,7 +191,7 @@ def gate_manual_prompts(
             " in the window; name a built-in task family with --task, or use --force"
         )
     current = current_prompts(ctx.kafka_config, agent_id, ctx.seed_prompts)
-    texts = {role: version.text for role, version in current.items()}
+    texts = as_candidate(current)
     evaluator = PromptEvaluator(
         agent_id,
         ctx.student,

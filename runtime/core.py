@@ -158,7 +158,15 @@ class Runtime:
         return results
 
     def _student_turn(self, episode: _Episode, content: str) -> list[Message]:
-        return [episode.system("student"), {"role": "user", "content": content}]
+        """The student's conversation: system prompt, the prompt version's demonstrations as
+        solved user/assistant turns, then the request."""
+        shots: list[Message] = []
+        for demo in episode.prompts["student"].demonstrations:
+            shots += [
+                {"role": "user", "content": demo.input},
+                {"role": "assistant", "content": demo.output},
+            ]
+        return [episode.system("student"), *shots, {"role": "user", "content": content}]
 
     def _teacher_turn(self, episode: _Episode, content: str) -> list[Message]:
         return [episode.system("teacher"), {"role": "user", "content": content}]

@@ -11,7 +11,7 @@ from typing import Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import PromptVersion
+from schemas.models import Demonstration, PromptVersion
 from schemas.topics import PROMPTS
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,30 @@ class PromptProvider(Protocol):
 
 
 class StaticPrompts:
-    """Fixed prompts (version 0, source ``seed``): the fallback before anything is published."""
+    """Fixed prompts (version 0, source ``seed``): the fallback before anything is published,
+    and the way candidates are measured (texts and demonstrations per role)."""
 
-    def __init__(self, texts: dict[str, str]):
+    def __init__(
+        self,
+        texts: dict[str, str],
+        demonstrations: dict[str, list[Demonstration]] | None = None,
+    ):
         missing = [role for role in ROLES if role not in texts]
         if missing:
             raise ValueError(f"seed prompts missing for roles: {', '.join(missing)}")
         self.texts = texts
+        self.demonstrations = demonstrations or {}
 
     def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:
         return {
-            role: PromptVersion(agent_id=agent_id, role=role, version=0, text=text, source="seed")
+            role: PromptVersion(
+                agent_id=agent_id,
+                role=role,
+                version=0,
+                text=text,
+                source="seed",
+                demonstrations=self.demonstrations.get(role, []),
+            )
             for role, text in self.texts.items()
         }
 

@@ -136,6 +136,11 @@ class ScoredTrace(Event):
     errors: list[str] = Field(default_factory=list)
 
 
+class Demonstration(Record):
+    input: str
+    output: str
+
+
 class PromptVersion(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
 
@@ -153,6 +158,7 @@ class PromptVersion(Event):
     heldout_reward: float | None = None
     baseline_reward: float | None = None
     non_degradation: float | None = None
+    demonstrations: list[Demonstration] = Field(default_factory=list)
 
 
 class CheckpointEvent(Event):

@@ -211,6 +211,14 @@ MIGRATIONS += (
             f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
         ),
     ),
+    Migration(
+        3,
+        "prompt_versions.demonstrations: solved examples published with a prompt",
+        (
+            "ALTER TABLE prompt_versions ADD COLUMN IF NOT EXISTS"
+            " demonstrations Array(Tuple(input String, output String))",
+        ),
+    ),
 )
 
 LEDGER = """

@@ -177,7 +177,8 @@ def training_traces(
 
 PROMPT_HISTORY = """
 SELECT agent_id, role, version, parent_version, text, source, created_at, job_id, trigger_id,
-       window_start, window_end, heldout_reward, baseline_reward, non_degradation
+       window_start, window_end, heldout_reward, baseline_reward, non_degradation,
+       demonstrations
 FROM prompt_versions FINAL
 WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
 ORDER BY role, version

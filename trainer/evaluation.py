@@ -14,6 +14,7 @@ from runtime.core import GenerationLimits, Runtime
 from runtime.prompts import StaticPrompts
 from schemas.models import InteractionEvent, Mode
 from trainer.datasets import Example
+from trainer.demonstrations import DEMONSTRATIONS, decode
 
 
 @dataclass
@@ -48,12 +49,20 @@ class PromptEvaluator:
 
     def evaluate(
         self,
-        prompts: dict[str, str],
+        candidate: dict[str, str],
         examples: Sequence[Example],
         on_batch: Callable[[int], None] | None = None,
     ) -> list[Scored]:
+        """``candidate``: a system prompt per role, and optionally the student's
+        demonstrations (JSON) under ``DEMONSTRATIONS``."""
+        texts = {k: v for k, v in candidate.items() if k != DEMONSTRATIONS}
+        shots = {"student": decode(candidate.get(DEMONSTRATIONS, "[]"))}
         runtime = Runtime(
-            self.agent_id, self.student, self.teacher, StaticPrompts(prompts), limits=self.limits
+            self.agent_id,
+            self.student,
+            self.teacher,
+            StaticPrompts(texts, shots),
+            limits=self.limits,
         )
         out: list[Scored] = []
         for start in range(0, len(examples), self.batch_size):

@@ -17,12 +17,20 @@ from typing import Any
 
 import yaml
 from gepa import EvaluationBatch, optimize
+from gepa.strategies.instruction_proposal import InstructionProposalSignature
 from pydantic import BaseModel, Field
 
 from runtime.backends.base import GenerationParams, ModelBackend
 from runtime.core import GenerationLimits
 from schemas.models import Mode
 from trainer.datasets import DatasetConfig, Example, Splits
+from trainer.demonstrations import (
+    DEMONSTRATIONS,
+    DemonstrationConfig,
+    DemonstrationProposer,
+    candidates_from,
+    encode,
+)
 from trainer.evaluation import GateConfig, GateDecision, PromptEvaluator, Scored, gate
 
 log = logging.getLogger(__name__)
@@ -40,8 +48,9 @@ class GepaConfig(BaseModel):
     )
     components: list[str] = Field(
         default_factory=lambda: ["student", "teacher"],
-        description="Which system prompts GEPA may rewrite.",
+        description="Which system prompts GEPA may rewrite (needs a reflection model).",
     )
+    demonstrations: DemonstrationConfig = Field(default_factory=DemonstrationConfig)
     reflection_max_tokens: int = Field(384, ge=16, description="Length of a proposed prompt.")
     reflection_temperature: float = Field(0.7, ge=0)
     eval_batch_size: int = Field(8, ge=1, description="Tasks per batched runtime call.")
@@ -50,8 +59,14 @@ class GepaConfig(BaseModel):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
 
-    def optimized_components(self) -> list[str]:
-        return ["student"] if self.eval_mode == "auto" else list(self.components)
+    def optimized_components(
+        self, reflection: bool = True, demonstrations: bool = False
+    ) -> list[str]:
+        """Text components need a reflection model; the demonstrations need a candidate pool."""
+        texts = ["student"] if self.eval_mode == "auto" else list(self.components)
+        return (texts if reflection else []) + (
+            [DEMONSTRATIONS] if demonstrations and self.demonstrations.enabled else []
+        )
 
     def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GepaConfig:
         update: dict[str, Any] = {k: v for k, v in params.items() if k in type(self).model_fields}
@@ -98,13 +113,39 @@ class AtlasGepaAdapter:
         evaluator: PromptEvaluator,
         fixed_prompts: dict[str, str],
         budget: int,
+        reflection: Callable[[Any], str] | None,
+        demonstrations: DemonstrationProposer | None,
         progress: Progress | None = None,
     ):
         self.evaluator = evaluator
         self.fixed_prompts = fixed_prompts
         self.budget = budget
+        self.reflection = reflection
+        self.demonstrations = demonstrations
         self.progress = progress
-        self.propose_new_texts = None  # GEPA's reflective proposer writes the new texts
+
+    def propose_new_texts(
+        self,
+        candidate: dict[str, str],
+        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+        components_to_update: list[str],
+    ) -> dict[str, str]:
+        """Demonstration sets from the proposer; system prompts from the reflection model
+        with GEPA's own instruction-proposal prompt."""
+        proposal = {}
+        for component in components_to_update:
+            if component == DEMONSTRATIONS and self.demonstrations is not None:
+                proposal[component] = encode(self.demonstrations.propose())
+            elif self.reflection is not None:
+                proposal[component] = InstructionProposalSignature.run(
+                    self.reflection,
+                    {
+                        "current_instruction_doc": candidate[component],
+                        "dataset_with_feedback": reflective_dataset.get(component, []),
+                        "prompt_template": None,
+                    },
+                )["new_instruction"]
+        return proposal
 
     def evaluate(
         self, batch: list[Example], candidate: dict[str, str], capture_traces: bool = False
@@ -130,9 +171,10 @@ class AtlasGepaAdapter:
         scored: Sequence[Scored] = eval_batch.trajectories or []
         dataset: dict[str, list[dict[str, Any]]] = {}
         for component in components_to_update:
+            role = "student" if component == DEMONSTRATIONS else component
             records = []
             for s in scored:
-                steps = [st for st in s.event.steps if st.role == component]
+                steps = [st for st in s.event.steps if st.role == role]
                 if not steps:
                     continue
                 records.append(
@@ -180,16 +222,27 @@ def evolve_prompts(
     current: dict[str, str],
     splits: Splits,
     evaluator: PromptEvaluator,
-    reflection: Callable[[Any], str],
+    reflection: Callable[[Any], str] | None,
     config: GepaConfig,
     progress: Progress | None = None,
     run_dir: Path | None = None,
 ) -> GepaOutcome:
-    """GEPA on train/validation, then the gate on held-out: production vs the best candidate."""
+    """GEPA on train/validation, then the gate on held-out: production vs the best candidate.
+
+    ``current`` is production as a candidate: a system prompt per role and the student's
+    demonstrations (JSON) under ``DEMONSTRATIONS``."""
     if not splits.train or not splits.validation or not splits.heldout:
         raise ValueError(f"not enough examples to optimize: {splits.sizes()}")
     started = time.perf_counter()
-    components = config.optimized_components()
+    current = {DEMONSTRATIONS: "[]", **current}
+    pool = candidates_from(splits.train, config.demonstrations.min_reward)
+    components = config.optimized_components(reflection is not None, bool(pool))
+    if not components:
+        raise ValueError(
+            "nothing to optimize: no reflection model for the prompts, and no edited or"
+            " well-rewarded traces in the training split for demonstrations"
+        )
+    proposer = DemonstrationProposer(pool, config.demonstrations, config.seed) if pool else None
     seed = {role: current[role] for role in components}
     fixed = {role: text for role, text in current.items() if role not in components}
 
@@ -197,13 +250,12 @@ def evolve_prompts(
         if progress is not None:
             progress(0.8 * fraction, f"optimizing: {message}")
 
-    adapter = AtlasGepaAdapter(evaluator, fixed, config.budget, optimizing)
+    adapter = AtlasGepaAdapter(evaluator, fixed, config.budget, reflection, proposer, optimizing)
     result = optimize(
         seed_candidate=seed,
         trainset=splits.train,
         valset=splits.validation,
         adapter=adapter,
-        reflection_lm=reflection,
         reflection_minibatch_size=config.minibatch_size,
         max_metric_calls=config.budget,
         seed=config.seed,

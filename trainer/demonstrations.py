@@ -1,0 +1,89 @@
+"""Demonstrations: solved examples a prompt version carries, distilled from rewarded traces.
+
+On small models, solved examples given as chat turns change behaviour far more than written
+instructions (CALIBRATION.md), and a user's edit is exactly such an example: the input, and
+the output the user wanted. The proposer offers GEPA sets of them, drawn from the optimizer's
+own training examples only (never validation or held-out inputs); GEPA's Pareto selection and
+the publish gate decide which set, if any, wins.
+
+Inside a GEPA candidate (``dict[str, str]``) the student's demonstrations are one component,
+``DEMONSTRATIONS``, holding the set as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from schemas.models import Demonstration
+from trainer.datasets import Example
+
+DEMONSTRATIONS = "student_demonstrations"
+
+
+class DemonstrationConfig(BaseModel):
+    enabled: bool = Field(True, description="Let GEPA evolve the student's demonstrations.")
+    max_examples: int = Field(3, ge=1, description="Demonstrations in one set.")
+    token_budget: int = Field(240, ge=8, description="Rough token cap for a whole set.")
+    min_reward: float = Field(
+        0.8, ge=0, le=1, description="An unedited trace qualifies with at least this reward."
+    )
+
+
+def encode(demonstrations: Sequence[Demonstration]) -> str:
+    return json.dumps([d.model_dump() for d in demonstrations], ensure_ascii=False)
+
+
+def decode(text: str) -> list[Demonstration]:
+    return [Demonstration.model_validate(d) for d in json.loads(text or "[]")]
+
+
+def rough_tokens(demonstration: Demonstration) -> int:
+    return (len(demonstration.input) + len(demonstration.output)) // 4 + 8
+
+
+def candidates_from(examples: Sequence[Example], min_reward: float) -> list[Demonstration]:
+    """Edited traces (the edit is the ideal output) first, then well-rewarded traces, one per
+    input. Built-in tasks are not used: demonstrations come from what users saw and judged."""
+    edited, rewarded, seen = [], [], set()
+    for example in examples:
+        if example.source != "trace" or example.task.input in seen:
+            continue
+        if example.user_edit:
+            edited.append(Demonstration(input=example.task.input, output=example.user_edit))
+        elif example.stored_answer and (example.stored_reward or 0) >= min_reward:
+            rewarded.append(Demonstration(input=example.task.input, output=example.stored_answer))
+        else:
+            continue
+        seen.add(example.task.input)
+    return edited + rewarded
+
+
+class DemonstrationProposer:
+    """Proposes a different random set on each call: no two with the same output (so a set
+    never teaches one answer for everything), within the token budget."""
+
+    def __init__(self, pool: Sequence[Demonstration], config: DemonstrationConfig, seed: int = 0):
+        self.pool = list(pool)
+        self.config = config
+        self.rng = random.Random(seed)
+
+    def propose(self) -> list[Demonstration]:
+        shuffled = self.pool[:]
+        self.rng.shuffle(shuffled)
+        chosen: list[Demonstration] = []
+        outputs: set[str] = set()
+        budget = self.config.token_budget
+        for demonstration in shuffled:
+            if len(chosen) == self.config.max_examples:
+                break
+            cost = rough_tokens(demonstration)
+            if cost > budget or demonstration.output in outputs:
+                continue
+            chosen.append(demonstration)
+            outputs.add(demonstration.output)
+            budget -= cost
+        return chosen
