@@ -61,6 +61,30 @@ class Backends:
             s.teacher_backend, s.teacher_model
         )
 
+    def hot_loading(self, agent_id: str) -> tuple[ModelBackend, ModelBackend]:
+        """Student and teacher as separate local models that follow the checkpoints
+        published for ``agent_id`` (each role can run its own checkpoint)."""
+        from runtime.backends.local import LocalBackend, default_model_dir
+        from runtime.checkpoints import CheckpointFollower, HotLoadingBackend
+
+        s = self.settings
+        if "openai" in (s.student_backend, s.teacher_backend):
+            raise ValueError("checkpoints can only be hot-loaded into local models")
+        follower = CheckpointFollower(s.kafka_config()).start()
+        roles = {"student": s.student_model, "teacher": s.teacher_model}
+        student, teacher = (
+            HotLoadingBackend(
+                LocalBackend(
+                    Path(m) if m else default_model_dir(s.cache_dir), max_batch=s.local_max_batch
+                ),
+                follower,
+                agent_id,
+                role,
+            )
+            for role, m in roles.items()
+        )
+        return student, teacher
+
     def judge_and_arbiter(self) -> tuple[ModelBackend, ModelBackend | None]:
         s = self.settings
         arbiter = self.get(s.arbiter_backend, s.arbiter_model) if s.arbiter_backend else None

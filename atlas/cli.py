@@ -120,12 +120,23 @@ def agent_run(
     split: Annotated[str, typer.Option(help="Task split: train, validation or test.")] = "test",
     seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
     batch: Annotated[int, typer.Option(min=1, help="Tasks run together per batched step.")] = 8,
+    simulate_users: Annotated[
+        bool,
+        typer.Option(help="Simulated users approve bare right answers and edit the rest."),
+    ] = False,
+    user_noise: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of careless simulated feedback.")
+    ] = 0.1,
+    follow_checkpoints: Annotated[
+        bool, typer.Option(help="Hot-load checkpoints published for this agent (local models).")
+    ] = False,
 ) -> None:
     """Run a local agent (student + teacher through the closed loop) on built-in tasks,
     produce every interaction to Kafka, and print accuracy, modes and tokens."""
     from rich.progress import Progress
 
     from atlas.agent import Backends, load_agent_config
+    from atlas.simulation import SimulatedUser
     from runtime.core import Runtime
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
@@ -149,20 +160,28 @@ def agent_run(
     except (StackError, StoreUnavailable) as exc:
         err.print(f"[yellow]no recent rewards (the policy uses probes only):[/] {exc}")
     with console.status("loading models and prompts"):
-        student, teacher = Backends(settings).student_and_teacher()
+        backends = Backends(settings)
+        if follow_checkpoints:
+            student, teacher = backends.hot_loading(agent_id)
+        else:
+            student, teacher = backends.student_and_teacher()
         prompts = PromptSubscriber(kafka, StaticPrompts(config.prompts)).start()
     runtime = Runtime(
         agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
     )
     forced = None if mode == "policy" else mode
+    users = SimulatedUser(user_noise, seed) if simulate_users else None
     events = []
     try:
         with EventProducer(kafka) as producer, Progress(console=console) as progress:
             bar = progress.add_task(f"{agent_id} on {task}", total=len(tasks))
             for start in range(0, len(tasks), batch):
-                for event in runtime.run_many(tasks[start : start + batch], forced):  # type: ignore[arg-type]
+                chunk = tasks[start : start + batch]
+                for task_, event in zip(chunk, runtime.run_many(chunk, forced), strict=True):  # type: ignore[arg-type]
                     producer.record_interaction(event)
                     events.append(event)
+                    if users is not None:
+                        users.react(task_, event, producer)
                 progress.advance(bar, min(batch, len(tasks) - start))
     finally:
         prompts.close()
@@ -268,6 +287,14 @@ def _request_retrain(
         if not sep or not name:
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
         params[name] = value
+    from trainer.gepa_engine import load_gepa_config
+    from trainer.grpo import load_grpo_config
+
+    loader = {"gepa": load_gepa_config, "grpo": load_grpo_config}[kind]
+    try:
+        loader(Settings().config_dir).with_overrides(budget, params)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        raise typer.BadParameter(str(exc).splitlines()[0], param_hint="--param") from None
     now = datetime.now(UTC)
     trigger = RetrainTrigger(
         kind=kind,  # type: ignore[arg-type]
@@ -286,7 +313,8 @@ def _request_retrain(
 
 SinceOption = Annotated[str, typer.Option(help="Data window ending now: 30m, 24h, 7d ...")]
 ParamOption = Annotated[
-    list[str], typer.Option(help="NAME=VALUE overriding a top-level knob of the job's config.")
+    list[str],
+    typer.Option(help="NAME=VALUE overriding a knob of the job's config (section.name nests)."),
 ]
 
 
@@ -612,6 +640,100 @@ def prompts_rollback(
     console.print(f"{agent}/{role}: text of v{target} restored")
 
 
+checkpoints_app = typer.Typer(
+    help="Published model checkpoints: list, roll back.", no_args_is_help=True
+)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("list")
+@clear_errors
+def checkpoints_list(
+    agent: AgentOption, role: Annotated[str, typer.Option(help="One role.")] = ""
+) -> None:
+    """Every stored checkpoint of the agent, with lineage and held-out figures; the one in
+    use now is marked."""
+    from consumers.grpo_worker import current_checkpoint
+    from store.client import connect
+    from store.queries import checkpoint_history
+
+    settings = Settings()
+    table = Table(
+        "role", "version", "parent", "source", "created", "held-out", "prev.", "job", "uri"
+    )
+    for c in checkpoint_history(connect(settings.store_url()), agent, role):
+        live = current_checkpoint(settings.kafka_config(), agent, c.role)
+        table.add_row(
+            c.role,
+            f"{c.version}{' *' if live and live.version == c.version else ''}",
+            "" if c.parent_version is None else str(c.parent_version),
+            c.source,
+            f"{c.created_at:%Y-%m-%d %H:%M}",
+            "" if c.heldout_reward is None else f"{c.heldout_reward:.3f}",
+            "" if c.baseline_reward is None else f"{c.baseline_reward:.3f}",
+            c.job_id or "",
+            c.uri,
+        )
+    console.print(table)
+    console.print("* = in use now; version 0 is the base model")
+
+
+@checkpoints_app.command("rollback")
+@clear_errors
+def checkpoints_rollback(
+    agent: AgentOption,
+    role: RoleOption = "teacher",
+    to: Annotated[
+        int | None, typer.Option(help="Version to restore (default: the current one's parent).")
+    ] = None,
+) -> None:
+    """Make an earlier checkpoint current again, as a new version (agents that follow
+    checkpoints switch before their next task)."""
+    import uuid
+
+    from consumers.grpo_worker import current_checkpoint
+    from consumers.jobs import TransactionalProducer
+    from runtime.backends.local import SMOLLM2_NAME, default_model_dir
+    from schemas.codec import AvroCodec
+    from schemas.models import CheckpointEvent
+    from store.client import connect
+    from store.queries import checkpoint_history
+
+    _check_role(role)
+    settings = Settings()
+    current = current_checkpoint(settings.kafka_config(), agent, role)
+    if current is None:
+        raise typer.BadParameter(f"{agent}/{role} runs its base model: nothing to roll back")
+    target = current.parent_version if to is None else to
+    if target is None:
+        raise typer.BadParameter(f"{agent}/{role} v{current.version} has no parent")
+    if target == 0:
+        uri, sha, base = f"file://{default_model_dir(settings.cache_dir)}", {}, SMOLLM2_NAME
+    else:
+        found = [
+            c
+            for c in checkpoint_history(connect(settings.store_url()), agent, role)
+            if c.version == target
+        ]
+        if not found:
+            raise typer.BadParameter(f"no stored checkpoint v{target} of {agent}/{role}")
+        uri, sha, base = found[0].uri, found[0].sha256, found[0].base_model
+    event = CheckpointEvent(
+        agent_id=agent,
+        role=role,
+        version=current.version + 1,
+        parent_version=current.version,
+        uri=uri,
+        base_model=base,
+        sha256=sha,
+        source="rollback",
+    )
+    TransactionalProducer(
+        settings.kafka_config(), f"atlas-cli-{uuid.uuid4().hex}", AvroCodec()
+    ).send([event])
+    console.print(f"{agent}/{role}: checkpoint v{target} restored as v{event.version}")
+
+
 worker_app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 
@@ -660,6 +782,21 @@ def worker_gepa() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     jobs_run = run_gepa_worker(Settings())
     console.print(f"gepa worker stopped after {jobs_run} job(s)")
+
+
+@worker_app.command("grpo")
+@clear_errors
+def worker_grpo() -> None:
+    """Run GRPO jobs from `grpo` triggers: DeepSpeed GRPO in a child process (the deepspeed
+    launcher), the held-out gate, then a checkpoint on atlas.checkpoints.v1. Needs the
+    `train` extra. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    import logging
+
+    from atlas.workers import run_grpo_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    jobs_run = run_grpo_worker(Settings())
+    console.print(f"grpo worker stopped after {jobs_run} job(s)")
 
 
 def _print_status(current: stack.StackStatus) -> None:

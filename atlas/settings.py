@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         description="The model GEPA reflects with to rewrite prompts; none = demonstrations only.",
     )
     reflection_model: str | None = None
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Where published checkpoints live; unset = $ATLAS_HOME/checkpoints.",
+    )
     worker_id: str = Field(
         default_factory=lambda: socket.gethostname(),
         description="Names this worker in job reports; keep it stable across restarts.",

@@ -13,6 +13,7 @@ import yaml
 from atlas.agent import Backends, load_agent_config
 from atlas.settings import Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
+from consumers.grpo_worker import GrpoJobContext, run_grpo_job
 from consumers.sink import ClickHouseSink, SinkStats
 from consumers.trigger_worker import TriggerWorker
 from rim.config import build_rim, load_rim_config
@@ -22,6 +23,7 @@ from store.client import connect
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
 from trainer.gepa_engine import load_gepa_config
+from trainer.grpo import load_grpo_config
 
 
 def build_settings_rim(settings: Settings) -> Rim:
@@ -110,6 +112,47 @@ def run_gepa_worker(settings: Settings, stop: threading.Event | None = None) -> 
         "gepa",
         settings.kafka_config(),
         lambda trigger, reporter: run_gepa_job(trigger, reporter, context),
+        settings.worker_id,
+    )
+    worker.run(stop)
+    return worker.jobs_run
+
+
+def grpo_job_context(settings: Settings) -> GrpoJobContext:
+    from runtime.backends.local import SMOLLM2_NAME, default_model_dir
+
+    backends = Backends(settings)
+    student, _ = backends.student_and_teacher()
+    base = (
+        Path(settings.teacher_model)
+        if settings.teacher_model
+        else default_model_dir(settings.cache_dir)
+    )
+    url = settings.store_url()
+    return GrpoJobContext(
+        kafka_config=settings.kafka_config(),
+        connect_store=lambda: connect(url),
+        student=student,
+        rim=build_settings_rim(settings),
+        config=load_grpo_config(settings.config_dir),
+        config_dir=settings.config_dir,
+        seed_prompts=load_agent_config(settings.config_dir).prompts,
+        base_model_dir=base,
+        base_model_name=base.name if settings.teacher_model else SMOLLM2_NAME,
+        checkpoint_root=settings.checkpoint_dir or settings.home / "checkpoints",
+        run_root=settings.home / "jobs",
+    )
+
+
+def run_grpo_worker(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run GRPO jobs from triggers until SIGTERM/SIGINT (or ``stop``); returns jobs run."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)
+    context = grpo_job_context(settings)
+    worker = TriggerWorker(
+        "grpo",
+        settings.kafka_config(),
+        lambda trigger, reporter: run_grpo_job(trigger, reporter, context),
         settings.worker_id,
     )
     worker.run(stop)

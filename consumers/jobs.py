@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from runtime.prompts import reached
+from runtime.follow import reached
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import Event, JobKind, JobState, JobStatus, RetrainTrigger
 from schemas.topics import JOBS, key_of, topic_of

@@ -31,7 +31,7 @@ fi
 # the first decode on this project's machines (Xeon with AMX, llama-cpp-python 0.3.36).
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
-.venv/bin/python -m pip install -q -e ".[dev,local${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
+.venv/bin/python -m pip install -q -e ".[dev,local,train${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
 .venv/bin/python - <<'PY'
 from atlas.settings import Settings
 from deploy.local.kafka import fetch_jars

@@ -116,6 +116,10 @@ class Runtime:
         """Run every task through the loop; ``mode`` forces a mode instead of the policy."""
         if not tasks:
             return []
+        for backend in {id(b): b for b in (self.student, self.teacher)}.values():
+            hook = getattr(backend, "between_tasks", None)  # e.g. hot-loading a checkpoint
+            if hook is not None:
+                hook()
         prompts = self.prompts.snapshot(self.agent_id)  # one snapshot: no task sees a mixture
         episodes = [_Episode(task, prompts) for task in tasks]
         self._first_answers(episodes)

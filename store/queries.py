@@ -9,6 +9,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from schemas.models import (
+    CheckpointEvent,
     InteractionEvent,
     JobStatus,
     PromptRef,
@@ -225,3 +226,20 @@ def stored_trigger(client: Client, trigger_id: str) -> RetrainTrigger | None:
         {"t": trigger_id},
     )
     return RetrainTrigger(**rows[0]) if rows else None
+
+
+CHECKPOINT_HISTORY = """
+SELECT agent_id, role, version, parent_version, uri, base_model, sha256, source, created_at,
+       job_id, trigger_id, window_start, window_end, heldout_reward, baseline_reward,
+       non_degradation
+FROM checkpoints FINAL
+WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
+ORDER BY role, version
+"""
+
+
+def checkpoint_history(client: Client, agent: str, role: str = "") -> list[CheckpointEvent]:
+    return [
+        CheckpointEvent(**row)
+        for row in rows_as_dicts(client, CHECKPOINT_HISTORY, {"agent": agent, "role": role})
+    ]

@@ -69,10 +69,19 @@ class GepaConfig(BaseModel):
         )
 
     def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GepaConfig:
-        update: dict[str, Any] = {k: v for k, v in params.items() if k in type(self).model_fields}
+        """This config with a trigger's budget and params (``name`` or ``section.name``)."""
+        values = self.model_dump()
+        for name, value in params.items():
+            *sections, leaf = name.split(".")
+            target = values
+            for section in sections:
+                target = target.get(section) if isinstance(target, dict) else None
+            if not isinstance(target, dict) or leaf not in target:
+                raise ValueError(f"unknown GEPA setting {name!r} in the trigger's params")
+            target[leaf] = value
         if budget is not None:
-            update["budget"] = budget
-        return type(self).model_validate({**self.model_dump(), **update})
+            values["budget"] = budget
+        return type(self).model_validate(values)
 
 
 def load_gepa_config(config_dir: Path) -> GepaConfig:

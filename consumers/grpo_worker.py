@@ -1,0 +1,272 @@
+"""The GRPO job: stored traces -> DeepSpeed GRPO in a child process -> gate -> checkpoint.
+
+The trainer runs under the deepspeed launcher as a child process that dies with the worker
+(PR_SET_PDEATHSIG) and is killed with its process group when the job ends any other way; its
+per-step JSON lines become RUNNING reports. A trained model is published only if the held-out
+gate passes: files under the checkpoint store with a JSON card (sha256 of every file), then a
+CheckpointEvent in the same transaction as the SUCCEEDED report.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from clickhouse_connect.driver.client import Client
+
+from consumers.gepa_worker import current_prompts
+from consumers.jobs import JobReporter
+from rim.reward import Rim
+from runtime.backends.base import ModelBackend
+from runtime.backends.local import LocalBackend
+from runtime.checkpoints import CheckpointFollower, sha256_of, verify
+from runtime.core import GenerationLimits
+from schemas.models import CheckpointEvent, RetrainTrigger
+from store.queries import training_traces
+from trainer.datasets import build_splits
+from trainer.evaluation import PromptEvaluator, gate
+from trainer.grpo import GrpoConfig
+
+log = logging.getLogger(__name__)
+DEFAULT_WINDOW = timedelta(hours=24)
+
+
+@dataclass
+class GrpoJobContext:
+    kafka_config: dict[str, str]
+    connect_store: Callable[[], Client]
+    student: ModelBackend
+    rim: Rim
+    config: GrpoConfig
+    config_dir: Path
+    seed_prompts: dict[str, str]
+    base_model_dir: Path
+    base_model_name: str
+    checkpoint_root: Path
+    run_root: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def trainer_command(spec: Path) -> list[str]:
+    """The deepspeed launcher, one local process, no --local_rank argument."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [
+        str(launcher),
+        "--num_gpus",
+        "1",
+        "--no_local_rank",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "trainer.grpo_run",
+        str(spec),
+    ]
+
+
+def current_checkpoint(
+    kafka_config: dict[str, str], agent_id: str, role: str
+) -> CheckpointEvent | None:
+    with CheckpointFollower(kafka_config).start() as follower:
+        return follower.latest(agent_id, role)
+
+
+def run_trainer(spec: Path, steps: int, reporter: JobReporter, log_path: Path) -> dict[str, float]:
+    """Run the child to the end; returns the last step's metrics and the ZeRO stage."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    import torch
+
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    tail: deque[str] = deque(maxlen=30)
+    last: dict[str, float] = {}
+    with log_path.open("w") as log_file:
+        child = subprocess.Popen(
+            trainer_command(spec),
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                tail.append(line.rstrip())
+                if not line.startswith("{"):
+                    continue
+                record = json.loads(line)
+                if record.get("event") == "start":
+                    last["zero_stage"] = float(record["zero_stage"])
+                elif record.get("event") == "step":
+                    last.update({k: v for k, v in record.items() if k != "event"})
+                    reporter.progress(
+                        0.7 * record["step"] / steps,
+                        f"step {int(record['step'])}/{steps}: reward {record['reward']:.3f}"
+                        f" kl {record['kl']:.4f} loss {record['loss']:.4f}"
+                        f" ({record['seconds']:.1f}s)",
+                    )
+            code = child.wait()
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+                child.wait(30)
+    if code != 0:
+        errors = log_path.read_text().strip().splitlines()[-5:]
+        raise RuntimeError(f"trainer exited with {code}: " + " | ".join(errors or list(tail)))
+    return last
+
+
+def publish_files(source: Path, target: Path, card: dict[str, object]) -> dict[str, str]:
+    """Copy the model files into the checkpoint store; write the card; sha256 per file."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    digests = {p.name: sha256_of(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    (staging / "card.json").write_text(
+        json.dumps({**card, "sha256": digests}, indent=2, default=str)
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return digests
+
+
+def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobContext) -> None:
+    config = ctx.config.with_overrides(trigger.budget, trigger.params)
+    role = config.role
+    reporter.report("RUNNING", "building datasets from the store", progress=0.0)
+    until = trigger.window_end or datetime.now(UTC)
+    since = trigger.window_start or until - DEFAULT_WINDOW
+    traces = training_traces(ctx.connect_store(), trigger.agent_id, since, until)
+    splits = build_splits(traces, config.dataset)
+    if not splits.train or not splits.heldout:
+        reporter.report(
+            "FAILED", f"not enough examples: {splits.sizes()} from {len(traces)} traces"
+        )
+        return
+    current = current_checkpoint(ctx.kafka_config, trigger.agent_id, role)
+    start_dir = verify(current) if current else ctx.base_model_dir
+    prompts = {
+        r: v.text
+        for r, v in current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts).items()
+    }
+    run_dir = ctx.run_root / reporter.job_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = run_dir / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "config": config.model_dump(),
+                "config_dir": str(ctx.config_dir),
+                "model_dir": str(start_dir),
+                "student_dir": str(ctx.base_model_dir),
+                "output_dir": str(run_dir / "model"),
+                "prompts": prompts,
+                "examples": [
+                    {
+                        "input": e.task.input,
+                        "task_id": e.task.task_id,
+                        "family": e.task.family,
+                        "reference": e.task.reference,
+                        "answer_format": e.task.answer_format,
+                    }
+                    for e in splits.train
+                ],
+            }
+        )
+    )
+    reporter.report(
+        "RUNNING",
+        f"training the {role} from {start_dir.name}: {config.steps} steps x"
+        f" {config.prompts_per_step} prompts x {config.group_size} samples",
+        progress=0.0,
+    )
+    training = run_trainer(spec, config.steps, reporter, run_dir / "trainer.log")
+    reporter.report("RUNNING", "held-out evaluation of the current and trained models", 0.7)
+    limits = GenerationLimits(answer_tokens=config.eval_answer_tokens)
+    scores = {}
+    for name, folder in (("current", start_dir), ("trained", run_dir / "model")):
+        model = LocalBackend(folder, model_name=f"{role}-{name}")
+        student = model if role == "student" else ctx.student
+        teacher = model if role == "teacher" else ctx.student
+        evaluator = PromptEvaluator(
+            trigger.agent_id, student, teacher, ctx.rim, config.eval_mode, limits
+        )
+        scores[name] = [s.reward.score for s in evaluator.evaluate(prompts, splits.heldout)]
+        reporter.progress(0.85 if name == "current" else 1.0, f"held-out: {name} evaluated")
+    decision = gate(scores["trained"], scores["current"], config.gate)
+    metrics = {
+        **decision.metrics(),
+        **{f"train_{k}": float(v) for k, v in training.items()},
+        "stored_traces": float(len(traces)),
+        "train_examples": float(len(splits.train)),
+    }
+    if not decision.passed:
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+        reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
+        return
+    version = (current.version if current else 0) + 1
+    target = ctx.checkpoint_root / trigger.agent_id / role / f"v{version}"
+    lineage = {
+        "job_id": reporter.job_id,
+        "trigger_id": trigger.trigger_id,
+        "window_start": since,
+        "window_end": until,
+        "heldout_reward": decision.candidate_reward,
+        "baseline_reward": decision.current_reward,
+        "non_degradation": decision.non_degradation,
+    }
+    digests = publish_files(
+        run_dir / "model",
+        target,
+        {
+            "base_model": ctx.base_model_name,
+            "config": config.model_dump(),
+            "metrics": metrics,
+            "parent_version": current.version if current else 0,
+            **lineage,
+        },
+    )
+    event = CheckpointEvent(
+        agent_id=trigger.agent_id,
+        role=role,
+        version=version,
+        parent_version=current.version if current else 0,
+        uri=f"file://{target}",
+        base_model=ctx.base_model_name,
+        sha256=digests,
+        source="grpo",
+        **lineage,  # type: ignore[arg-type]
+    )
+    reporter.report(
+        "SUCCEEDED",
+        f"published {role} checkpoint v{version}: {decision.reason}",
+        progress=1.0,
+        metrics=metrics,
+        result_version=version,
+        publish=[event],
+    )

@@ -1,0 +1,85 @@
+"""Hot-loading published checkpoints into a running agent's local model.
+
+``CheckpointFollower`` follows ``atlas.checkpoints.v1``; ``HotLoadingBackend`` wraps a
+``LocalBackend`` and, between calls (so never mid-task), switches to the newest checkpoint
+published for its agent and role after checking every file against the card's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
+from runtime.backends.local import LocalBackend
+from runtime.follow import RoleVersionFollower
+from schemas.codec import AvroCodec
+from schemas.models import CheckpointEvent
+from schemas.topics import CHECKPOINTS
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointFollower(RoleVersionFollower[CheckpointEvent]):
+    def __init__(self, kafka_config: dict[str, str], codec: AvroCodec | None = None):
+        super().__init__(kafka_config, CHECKPOINTS, CheckpointEvent, codec)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(checkpoint: CheckpointEvent) -> Path:
+    """The checkpoint's folder, after checking every file the event names."""
+    folder = Path(checkpoint.uri.removeprefix("file://"))
+    for name, expected in checkpoint.sha256.items():
+        path = folder / name
+        if not path.exists():
+            raise BackendError(f"checkpoint v{checkpoint.version}: {path} is missing")
+        if sha256_of(path) != expected:
+            raise BackendError(f"checkpoint v{checkpoint.version}: {path} fails its sha256")
+    return folder
+
+
+class HotLoadingBackend:
+    """A local backend that follows its agent/role's published checkpoints."""
+
+    def __init__(
+        self, backend: LocalBackend, follower: CheckpointFollower, agent_id: str, role: str
+    ):
+        self.backend = backend
+        self.follower = follower
+        self.agent_id = agent_id
+        self.role = role
+        self.version: int | None = None
+        self.base_name = backend.model_name
+
+    @property
+    def model_name(self) -> str:
+        return self.backend.model_name
+
+    def between_tasks(self) -> None:
+        """Called by the runtime before each batch of tasks: switch if a newer one exists."""
+        latest = self.follower.latest(self.agent_id, self.role)
+        if latest is None or latest.version == self.version:
+            return
+        try:
+            self.backend.load(verify(latest))
+        except BackendError as exc:
+            log.error("not switching to checkpoint v%d: %s", latest.version, exc)
+            self.version = latest.version  # do not retry a broken checkpoint on every call
+            return
+        self.version = latest.version
+        self.backend.model_name = f"{self.base_name}@v{latest.version}"
+        log.info("%s/%s now runs checkpoint v%d", self.agent_id, self.role, latest.version)
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    ) -> list[ChatResult]:
+        return self.backend.complete(conversations, params)

@@ -1,0 +1,140 @@
+"""Following a topic of versioned per-(agent, role) events, live, on a background thread.
+
+The prompts topic (compacted) and the checkpoints topic both carry events with ``agent_id``,
+``role`` and ``version``; a follower replays its topic from the beginning at start, so it
+knows the latest event per agent/role, then applies new ones as they arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from schemas.codec import AvroCodec, DecodeError
+
+log = logging.getLogger(__name__)
+E = TypeVar("E")
+
+
+def reached(consumer: Consumer, topic: str, ends: dict[int, int]) -> bool:
+    """Whether ``consumer`` has read up to ``ends`` (partition -> offset) in every partition.
+    Positions, not the offsets of the last messages: transaction markers take offsets too."""
+    positions = consumer.position([TopicPartition(topic, p) for p in ends])
+    done = {tp.partition: tp.offset for tp in positions}
+    return all(end == 0 or done.get(p, -1) >= end for p, end in ends.items())
+
+
+class RoleVersionFollower(Generic[E]):
+    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe."""
+
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        topic: str,
+        event_type: type[E],
+        codec: AvroCodec | None = None,
+    ):
+        self.kafka_config = kafka_config
+        self.topic = topic
+        self.event_type = event_type
+        self.codec = codec or AvroCodec()
+        self._current: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.skipped = 0
+
+    def start(self, timeout: float = 30.0) -> Any:
+        """Start following; returns (self) once the topic's existing events are applied."""
+        consumer = Consumer(
+            {
+                **self.kafka_config,
+                "group.id": f"atlas-follow-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        metadata = consumer.list_topics(self.topic, timeout=timeout)
+        partitions = metadata.topics[self.topic].partitions
+        if not partitions:
+            consumer.close()
+            raise RuntimeError(f"topic {self.topic} does not exist: run `atlas up`")
+        assignment = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions]
+        ends = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout)[1]
+            for tp in assignment
+        }
+        consumer.assign(assignment)
+        self._thread = threading.Thread(
+            target=self._follow, args=(consumer, ends), name=f"follow-{self.topic}", daemon=True
+        )
+        self._thread.start()
+        if not self._caught_up.wait(timeout):
+            self.close()
+            raise TimeoutError(f"could not replay {self.topic} within {timeout:.0f}s")
+        return self
+
+    def _follow(self, consumer: Consumer, ends: dict[int, int]) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._caught_up.is_set() and reached(consumer, self.topic, ends):
+                    self._caught_up.set()
+                message = consumer.poll(0.2)
+                if message is None or message.error():
+                    continue
+                self._apply(message.key(), message.value())
+        finally:
+            consumer.close()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:  # tombstone: the agent/role was deleted
+            if key:
+                agent_id, _, role = key.decode().partition("/")
+                with self._changed:
+                    self._current.pop((agent_id, role), None)
+                    self._changed.notify_all()
+            return
+        try:
+            event: Any = self.codec.decode(value, self.event_type)  # type: ignore[type-var]
+        except DecodeError as exc:
+            self.skipped += 1
+            log.warning("skipping an unreadable message on %s: %s", self.topic, exc)
+            return
+        with self._changed:
+            self._current[(event.agent_id, event.role)] = event
+            self._changed.notify_all()
+
+    def latest(self, agent_id: str, role: str) -> E | None:
+        with self._lock:
+            return self._current.get((agent_id, role))
+
+    def wait_for(self, agent_id: str, role: str, version: int, timeout: float = 30.0) -> bool:
+        """Block until the agent's ``role`` is at ``version`` (tests, CLIs)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                current = self._current.get((agent_id, role))
+                if current is not None and current.version == version:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
