@@ -799,6 +799,33 @@ def worker_grpo() -> None:
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
 
 
+@app.command()
+@clear_errors
+def demo(
+    quick: Annotated[bool, typer.Option(help="A short run (about 3 minutes on 2 cores).")] = False,
+    job_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the retrain job to finish.")
+    ] = 900,
+) -> None:
+    """A simulated production day on the local stack: an agent on the extraction task, users
+    who approve or edit its answers, rewards into ClickHouse, the retrain policy firing a GEPA
+    job, the new prompt hot-swapped, traffic going on; then a report and a PNG chart.
+    Starts what is missing (stack, workers) and stops what it started, also on Ctrl-C."""
+    import logging
+
+    from atlas.demo import FULL, QUICK, run_demo
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    try:
+        code = run_demo(Settings(), QUICK if quick else FULL, console, job_timeout)
+    except KeyboardInterrupt:
+        err.print("interrupted: everything the demo started was stopped")
+        raise typer.Exit(130) from None
+    console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
+    raise typer.Exit(code)
+
+
 def _print_status(current: stack.StackStatus) -> None:
     table = Table("service", "state", "address", "pid", "data")
     services = (

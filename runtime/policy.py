@@ -90,6 +90,11 @@ class ModePolicy:
         recent = self._recent(agent_id)
         auto = recent.get("auto")
         taught = [recent[m] for m in TAUGHT_MODES if m in recent and recent[m][1] >= c.min_samples]
+        if taught and (auto is None or auto[1] < c.min_samples):
+            with self._lock:
+                explore = self._rng.random() < c.explore_rate
+            if explore:
+                return "auto", "explore: measure the untaught mode"
         if auto and auto[1] >= c.min_samples and taught:
             best = max(mean for mean, _ in taught)
             if best - auto[0] < c.min_teaching_gain:

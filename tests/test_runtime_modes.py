@@ -183,6 +183,14 @@ def test_policy_needs_enough_samples_of_both() -> None:
     assert ModePolicy(ModePolicyConfig(explore_rate=0.0), rewards).decide("a", None)[0] == "paired"
 
 
+def test_policy_measures_the_untaught_mode_it_has_too_few_samples_of() -> None:
+    rewards = Rewards({"auto": (0.40, 2), "paired": (0.41, 50)})
+    policy = ModePolicy(ModePolicyConfig(explore_rate=0.25, cache_seconds=100), rewards)
+    decisions = [policy.decide("a", None) for _ in range(400)]
+    explored = [reason for mode, reason in decisions if mode == "auto"]
+    assert 60 < len(explored) < 140 and set(explored) == {"explore: measure the untaught mode"}
+
+
 def test_policy_explores_a_share_of_tasks() -> None:
     rewards = Rewards({"auto": (0.40, 50), "paired": (0.40, 50)})
     policy = ModePolicy(ModePolicyConfig(explore_rate=0.5, cache_seconds=100), rewards)
