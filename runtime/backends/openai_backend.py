@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,8 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self._client = openai.OpenAI(
             base_url=base_url,
-            api_key=api_key or "not-needed",
+            # like the openai client: the argument, else OPENAI_API_KEY; local servers need none
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
             timeout=timeout,
             max_retries=max_retries,
         )
