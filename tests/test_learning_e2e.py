@@ -149,6 +149,7 @@ def test_gepa_worker_on_the_offline_model_survives_a_kill(
             "reflection_max_tokens": 96,
             "limits": {"answer_tokens": 32, "temperature": 0.0},
             "dataset": {"train_size": 8, "validation_size": 4, "heldout_size": 8},
+            "demonstrations": {"enabled": False},  # the prompt texts only: a short job
         },
     )
     env = {"ATLAS_CONFIG_DIR": str(configs), "ATLAS_WORKER_ID": f"w-{agent}"}
@@ -181,7 +182,7 @@ def test_gepa_worker_on_the_offline_model_survives_a_kill(
                     return last
             return None
 
-        done = _eventually(finished, 420, "the second job to finish")
+        done = _eventually(finished, 900, "the second job to finish")
     finally:
         worker.stop()
     jobs = _job_reports(kafka_config, agent)
