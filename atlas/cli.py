@@ -777,10 +777,10 @@ def worker_gepa() -> None:
     keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
     import logging
 
-    from atlas.workers import run_gepa_worker
+    from atlas.workers import run_trigger_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    jobs_run = run_gepa_worker(Settings())
+    jobs_run = run_trigger_worker(Settings(), "gepa")
     console.print(f"gepa worker stopped after {jobs_run} job(s)")
 
 
@@ -792,10 +792,10 @@ def worker_grpo() -> None:
     `train` extra. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
     import logging
 
-    from atlas.workers import run_grpo_worker
+    from atlas.workers import run_trigger_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    jobs_run = run_grpo_worker(Settings())
+    jobs_run = run_trigger_worker(Settings(), "grpo")
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
 
 

@@ -15,9 +15,10 @@ from atlas.settings import Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
 from consumers.grpo_worker import GrpoJobContext, run_grpo_job
 from consumers.sink import ClickHouseSink, SinkStats
-from consumers.trigger_worker import TriggerWorker
+from consumers.trigger_worker import JobRunner, TriggerWorker
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
+from schemas.models import JobKind
 from schemas.topics import INTERACTIONS
 from store.client import connect
 from streams.processor import RewardProcessor
@@ -103,17 +104,19 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
     )
 
 
-def run_gepa_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run GEPA jobs from triggers until SIGTERM/SIGINT (or ``stop``); returns jobs run."""
+def run_trigger_worker(
+    settings: Settings, kind: JobKind, stop: threading.Event | None = None
+) -> int:
+    """Run ``kind`` jobs from triggers until SIGTERM/SIGINT (or ``stop``); returns jobs run."""
     stop = stop or threading.Event()
     stop_on_signals(stop)
-    context = gepa_job_context(settings)
-    worker = TriggerWorker(
-        "gepa",
-        settings.kafka_config(),
-        lambda trigger, reporter: run_gepa_job(trigger, reporter, context),
-        settings.worker_id,
-    )
+    if kind == "gepa":
+        gepa = gepa_job_context(settings)
+        run_job: JobRunner = lambda trigger, reporter: run_gepa_job(trigger, reporter, gepa)  # noqa: E731
+    else:
+        grpo = grpo_job_context(settings)
+        run_job = lambda trigger, reporter: run_grpo_job(trigger, reporter, grpo)  # noqa: E731
+    worker = TriggerWorker(kind, settings.kafka_config(), run_job, settings.worker_id)
     worker.run(stop)
     return worker.jobs_run
 
@@ -142,21 +145,6 @@ def grpo_job_context(settings: Settings) -> GrpoJobContext:
         checkpoint_root=settings.checkpoint_dir or settings.home / "checkpoints",
         run_root=settings.home / "jobs",
     )
-
-
-def run_grpo_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run GRPO jobs from triggers until SIGTERM/SIGINT (or ``stop``); returns jobs run."""
-    stop = stop or threading.Event()
-    stop_on_signals(stop)
-    context = grpo_job_context(settings)
-    worker = TriggerWorker(
-        "grpo",
-        settings.kafka_config(),
-        lambda trigger, reporter: run_grpo_job(trigger, reporter, context),
-        settings.worker_id,
-    )
-    worker.run(stop)
-    return worker.jobs_run
 
 
 def worker_log(settings: Settings, name: str) -> Path:

@@ -11,7 +11,6 @@ Runs as one process (world size 1): DeepSpeed gets its rendezvous from the envir
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -23,7 +22,13 @@ from rim.config import build_rim, load_rim_config
 from runtime.backends.local import default_model_dir
 from runtime.tasks import generate
 from schemas.models import InteractionEvent
-from trainer.grpo import GrpoConfig, GrpoTrainer, RolloutScorer, read_deepspeed_config
+from trainer.grpo import (
+    GrpoConfig,
+    GrpoTrainer,
+    RolloutScorer,
+    read_deepspeed_config,
+    single_process_environment,
+)
 
 SYSTEM = "Answer with the city only."
 
@@ -125,15 +130,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    os.environ.update(
-        HF_HUB_OFFLINE="1",
-        DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
-    )
+    single_process_environment(free_port())
     model_dir = default_model_dir(Settings().cache_dir)
     ours_steps, stage = ours(args, model_dir)
     trl_steps = trl(args, model_dir)

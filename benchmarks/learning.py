@@ -16,7 +16,6 @@ With n = 60 one item is 1.7 points; changes under ~10 points are noise (CALIBRAT
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -31,7 +30,13 @@ from store.queries import TrainingTrace
 from trainer.datasets import DatasetConfig, Example, build_splits
 from trainer.evaluation import PromptEvaluator
 from trainer.gepa_engine import GepaConfig, evolve_prompts
-from trainer.grpo import GrpoConfig, GrpoTrainer, RolloutScorer, read_deepspeed_config
+from trainer.grpo import (
+    GrpoConfig,
+    GrpoTrainer,
+    RolloutScorer,
+    read_deepspeed_config,
+    single_process_environment,
+)
 
 SEEDS = {
     "student": "You are a helpful assistant. Solve the user's task step by step if needed, and"
@@ -148,15 +153,7 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=10)
     parser.add_argument("--answer-tokens", type=int, default=96)
     args = parser.parse_args()
-    os.environ.update(
-        HF_HUB_OFFLINE="1",
-        DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
-    )
+    single_process_environment(free_port())
     model_dir = default_model_dir(Settings().cache_dir)
     backend = LocalBackend(model_dir, max_batch=8)
     rim = build_rim(load_rim_config(PROJECT_CONFIGS))

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -25,35 +23,23 @@ from atlas.settings import PROJECT_CONFIGS, Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
 from consumers.jobs import TERMINAL, read_job_reports, read_job_states
 from consumers.sink import ClickHouseSink
-from consumers.trigger_worker import TriggerWorker
 from rim.config import build_rim, load_rim_config
 from runtime.core import Runtime
 from runtime.prompts import PromptSubscriber, StaticPrompts
 from runtime.tasks import generate
 from schemas.codec import AvroCodec
 from schemas.models import JobStatus, PromptVersion
-from schemas.topics import TRIGGERS
 from store.client import connect
 from store.queries import job_reports, prompt_history
 from store.writer import StoreWriter
 from tests.factories import interaction, scored
 from tests.fakes import ScriptedTaskWorld
-from tests.workers import skip_to_end
+from tests.workers import eventually, start_trigger_worker
 from trainer.datasets import DatasetConfig, split_of
 from trainer.gepa_engine import GepaConfig
 
 SEEDS = {"student": "You are a helpful assistant.", "teacher": "You are a reviewer."}
 runner = CliRunner()
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _cli(settings: Settings, *args: str) -> str:
@@ -103,19 +89,9 @@ def _start_worker(
         config=config,
         seed_prompts=SEEDS,
     )
-    group = f"gepa-test-{uuid.uuid4().hex[:6]}"
-    skip_to_end(kafka, group, TRIGGERS)
-    worker = TriggerWorker(
-        "gepa",
-        kafka,
-        lambda trigger, reporter: run_gepa_job(trigger, reporter, context),
-        worker_id=f"test-{uuid.uuid4().hex[:6]}",
-        group_id=group,
+    return start_trigger_worker(
+        kafka, "gepa", lambda trigger, reporter: run_gepa_job(trigger, reporter, context)
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    return stop, thread
 
 
 def _finished_job(settings: Settings, agent: str, timeout: float = 120) -> JobStatus:
@@ -127,7 +103,7 @@ def _finished_job(settings: Settings, agent: str, timeout: float = 120) -> JobSt
                 return state
         return None
 
-    return _eventually(done, timeout, f"a finished job for {agent}")
+    return eventually(done, timeout, f"a finished job for {agent}", interval=0.5)
 
 
 def _published(settings: Settings, agent: str) -> list[PromptVersion]:
@@ -179,11 +155,14 @@ def test_operator_trigger_to_published_prompt_in_a_running_agent(
     assert version.heldout_reward == job.metrics["heldout_candidate_reward"]
 
     store = connect(stack_settings.store_url())
-    _eventually(lambda: prompt_history(store, agent), 30, "the prompt version in the store")
-    _eventually(
+    eventually(
+        lambda: prompt_history(store, agent), 30, "the prompt version in the store", interval=0.5
+    )
+    eventually(
         lambda: any(r.state == "SUCCEEDED" for r in job_reports(store, job.job_id)),
         30,
         "the job's reports in the store",
+        interval=0.5,
     )
     listing = _cli(stack_settings, "jobs", "--agent", agent)
     assert job.job_id in listing and "SUCCEEDED" in listing
@@ -224,7 +203,9 @@ def test_rollback_restores_the_previous_text_under_a_new_version(
     for text in ("first manual teacher prompt", "second manual teacher prompt"):
         _cli(stack_settings, "prompts", "set", "--agent", agent, "--role", "teacher",
              "--text", text, "--force")  # fmt: skip
-    _eventually(lambda: len(prompt_history(store, agent, "teacher")) == 2, 30, "two versions")
+    eventually(
+        lambda: len(prompt_history(store, agent, "teacher")) == 2, 30, "two versions", interval=0.5
+    )
     with PromptSubscriber(kafka, StaticPrompts(SEEDS)).start() as live:
         assert live.wait_for(agent, "teacher", 2)
         output = _cli(stack_settings, "prompts", "rollback", "--agent", agent, "--role", "teacher")

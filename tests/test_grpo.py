@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ import pytest
 from atlas.settings import PROJECT_CONFIGS, Settings
 from consumers.grpo_worker import GrpoJobContext, current_checkpoint, run_grpo_job
 from consumers.jobs import TERMINAL, read_job_states
-from consumers.trigger_worker import TriggerWorker
 from rim.config import build_rim, load_rim_config
 from runtime.backends.local import SMOLLM2_NAME
 from runtime.checkpoints import CheckpointFollower, HotLoadingBackend, verify
@@ -27,12 +25,11 @@ from runtime.producer import EventProducer
 from runtime.tasks import generate
 from schemas.codec import AvroCodec
 from schemas.models import JobStatus, RetrainTrigger
-from schemas.topics import TRIGGERS
 from store.client import connect
 from store.writer import StoreWriter
 from tests.factories import interaction, scored
 from tests.fakes import ScriptedBackend
-from tests.workers import skip_to_end
+from tests.workers import eventually, start_trigger_worker
 from trainer.datasets import DatasetConfig
 from trainer.grpo import GrpoConfig, RolloutScorer, group_advantages
 
@@ -56,16 +53,6 @@ def test_teacher_rewards_come_from_the_student_retry_and_leaks_earn_nothing() ->
     hints = ["Try to subtract again.", "Look again.", f"It is {task.reference}, subtract."]
     rewards = scorer.rewards([task] * 3, ["0"] * 3, hints)
     assert rewards[0] > rewards[1] and rewards[2] == 0.0
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -123,19 +110,11 @@ def grpo_worker(
             checkpoint_root=tmp_path / "checkpoints",
             run_root=tmp_path / "jobs",
         )
-        group = f"grpo-test-{uuid.uuid4().hex[:6]}"
-        skip_to_end(kafka, group, TRIGGERS)
-        worker = TriggerWorker(
-            "grpo",
-            kafka,
-            lambda trigger, reporter: run_grpo_job(trigger, reporter, context),
-            worker_id=f"test-{uuid.uuid4().hex[:6]}",
-            group_id=group,
+        threads.append(
+            start_trigger_worker(
+                kafka, "grpo", lambda trigger, reporter: run_grpo_job(trigger, reporter, context)
+            )
         )
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        threads.append((stop, thread))
 
     yield start
     for stop, thread in threads:
@@ -154,7 +133,7 @@ def _run_job(kafka: dict[str, str], agent: str) -> JobStatus:
                 return state
         return None
 
-    return _eventually(finished, 600, f"the GRPO job of {agent}")
+    return eventually(finished, 600, f"the GRPO job of {agent}")
 
 
 def test_a_tiny_grpo_run_from_trigger_to_a_hot_loaded_checkpoint(

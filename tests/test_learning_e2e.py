@@ -13,7 +13,6 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,7 @@ from schemas.topics import TRIGGERS
 from store.client import connect
 from store.writer import StoreWriter
 from tests.factories import interaction, scored
-from tests.workers import WorkerProcess, skip_to_end
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.workers import WorkerProcess, eventually, skip_to_end
 
 
 def _configs(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
@@ -93,7 +82,7 @@ def test_the_reward_worker_fires_one_debounced_trigger(
         with EventProducer(kafka_config) as producer:
             for _ in range(60):  # three times the count: the cooldown must hold the rest
                 producer.record_interaction(interaction(rng, agent, at=datetime.now(UTC)))
-        first = _eventually(
+        first = eventually(
             lambda: _triggers_for(kafka_config, agent, 3), 120, "the policy's trigger"
         )
         time.sleep(10)  # let the remaining traces through the policy
@@ -162,7 +151,7 @@ def test_gepa_worker_on_the_offline_model_survives_a_kill(
             reports = _job_reports(kafka_config, agent)
             return any("optimizing" in r.message for rs in reports.values() for r in rs)
 
-        _eventually(running, 240, "the first job to be optimizing")
+        eventually(running, 240, "the first job to be optimizing")
         worker.kill9()
         worker = WorkerProcess(stack_settings, "gepa", tmp_path, env=env)
 
@@ -170,7 +159,7 @@ def test_gepa_worker_on_the_offline_model_survives_a_kill(
             reports = [r for rs in _job_reports(kafka_config, agent).values() for r in rs]
             return [r for r in reports if r.state == "FAILED"]
 
-        (failure,) = _eventually(failed, 120, "the killed job to be marked FAILED")
+        (failure,) = eventually(failed, 120, "the killed job to be marked FAILED")
         assert failure.trigger_id == killed.trigger_id and "restarted" in failure.message
 
         second = _trigger(kafka_config, agent, budget=10)
@@ -182,7 +171,7 @@ def test_gepa_worker_on_the_offline_model_survives_a_kill(
                     return last
             return None
 
-        done = _eventually(finished, 900, "the second job to finish")
+        done = eventually(finished, 900, "the second job to finish")
     finally:
         worker.stop()
     jobs = _job_reports(kafka_config, agent)

@@ -9,9 +9,7 @@ import io
 import random
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import fastavro
 from confluent_kafka import Producer
@@ -24,21 +22,7 @@ from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import FEEDBACK, INTERACTIONS
 from store.client import connect
 from tests.factories import interaction
-from tests.workers import WorkerProcess, wait_consumed
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # the store may be down on purpose
-            last = exc
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+from tests.workers import WorkerProcess, eventually, wait_consumed
 
 
 def _malformed(
@@ -113,7 +97,7 @@ def test_thousand_traces_survive_a_worker_kill_and_a_store_outage(
                     topic, key, value = bad[i // 2]
                     raw.produce(topic, key=key, value=value)
             assert raw.flush(30) == 0
-        _eventually(lambda: len(latest()) >= 200, 120, "the first traces to be stored")
+        eventually(lambda: len(latest()) >= 200, 120, "the first traces to be stored", interval=2)
         rewards.kill9()  # halfway: SIGKILL, no clean shutdown
         rewards = WorkerProcess(stack_settings, "rewards", tmp_path)
 
@@ -127,13 +111,15 @@ def test_thousand_traces_survive_a_worker_kill_and_a_store_outage(
         assert stack.stop_store(stack_settings)
         time.sleep(30)  # the store is down; the sink must hold its batch and retry
         stack.start_store(stack_settings)
-        _eventually(lambda: len(latest()) == 1000, 300, "all 1000 traces in ClickHouse")
+        eventually(lambda: len(latest()) == 1000, 300, "all 1000 traces in ClickHouse", interval=2)
 
         with EventProducer(kafka_config) as producer:
             for i, event in enumerate(events[100:400]):
                 kind = "reject" if i < 150 else "approve"
                 producer.record_feedback(event.trace_id, kind, agent_id=agent)
-        _eventually(lambda: sum(r[1] == 2 for r in latest()) == 300, 180, "300 second revisions")
+        eventually(
+            lambda: sum(r[1] == 2 for r in latest()) == 300, 180, "300 second revisions", interval=2
+        )
     finally:
         rewards.stop()
         sink.stop()
@@ -209,7 +195,7 @@ def test_monitor_and_replay_on_the_real_pipeline(
             for event in events[:5]:
                 producer.record_feedback(event.trace_id, "reject", agent_id=agent)
         # Feedback may wait for its interaction (revision 1) or follow it (revision 2).
-        _eventually(all_feedback_merged, 180, "20 traces, 5 with feedback")
+        eventually(all_feedback_merged, 180, "20 traces, 5 with feedback", interval=2)
         before = latest()
         chart = tmp_path / "monitor.png"
         shown = CliRunner().invoke(
@@ -226,7 +212,7 @@ def test_monitor_and_replay_on_the_real_pipeline(
             now = latest()
             return all(now[t][0] == before[t][0] + 1 for t in before)
 
-        _eventually(rescored, 180, "a new revision of every trace")
+        eventually(rescored, 180, "a new revision of every trace", interval=2)
     finally:
         for worker in workers:
             worker.stop()

@@ -6,15 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from atlas.settings import Settings
+from consumers.trigger_worker import JobRunner, TriggerWorker
 from deploy.local.processes import stop_pid
+from schemas.models import JobKind
+from schemas.topics import TRIGGERS
 
 
 class WorkerProcess:
@@ -81,3 +87,35 @@ def skip_to_end(kafka_config: dict[str, str], group: str, topic: str) -> None:
     ]
     consumer.commit(offsets=ends, asynchronous=False)
     consumer.close()
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    """``check()``'s first truthy result within ``timeout`` seconds; errors count as not yet
+    (a service may be down on purpose), the last one is reported on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def start_trigger_worker(
+    kafka_config: dict[str, str], kind: JobKind, run_job: JobRunner
+) -> tuple[threading.Event, threading.Thread]:
+    """A TriggerWorker on a thread, in its own consumer group that starts at the end of the
+    triggers topic (earlier tests leave triggers behind). Stop it with the returned event."""
+    group = f"{kind}-test-{uuid.uuid4().hex[:6]}"
+    skip_to_end(kafka_config, group, TRIGGERS)
+    worker = TriggerWorker(
+        kind, kafka_config, run_job, worker_id=f"test-{uuid.uuid4().hex[:6]}", group_id=group
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread

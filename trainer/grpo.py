@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -362,6 +363,20 @@ class GrpoTrainer:
         self.engine.module.save_pretrained(output_dir, safe_serialization=True)
         self.tokenizer.padding_side = "left"
         self.tokenizer.save_pretrained(output_dir)
+
+
+def single_process_environment(master_port: int) -> None:
+    """Let ``deepspeed.initialize`` run in this process (world size 1, CPU unless told
+    otherwise), without the launcher: for benchmarks and notebooks."""
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(master_port),
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+    )
 
 
 def read_deepspeed_config(config_dir: Path, config: GrpoConfig) -> dict[str, Any]:
