@@ -72,7 +72,7 @@ def test_the_runtime_puts_demonstrations_before_the_task() -> None:
 def test_demonstrations_come_only_from_training_inputs() -> None:
     config = DatasetConfig(train_size=500, validation_size=500, heldout_size=500)
     splits = build_splits(_edited_traces(), config)
-    pool = candidates_from(splits.train, min_reward=0.8)
+    pool = candidates_from(splits.train, min_reward=0.8, set_size=3)
     assert pool and all(split_of(d.input, config) == "train" for d in pool)
     held_out = {e.task.input for e in splits.heldout + splits.validation}
     proposer = DemonstrationProposer(pool, DemonstrationConfig(max_examples=3), seed=1)
@@ -81,6 +81,47 @@ def test_demonstrations_come_only_from_training_inputs() -> None:
         assert 1 <= len(proposal) <= 3
         assert not {d.input for d in proposal} & held_out
         assert len({d.output for d in proposal}) == len(proposal)  # diverse outputs
+
+
+def test_each_set_covers_every_kind_of_input_before_repeating_one() -> None:
+    tasks = generate("extraction", "train", 90, seed=2)
+    pool = [Demonstration(input=t.input, output=t.reference) for t in tasks]
+    kinds = {"Order #", "parcel", "Please deliver"}
+
+    def kind(text: str) -> str:
+        return next(k for k in kinds if k in text)
+
+    assert {kind(d.input) for d in pool} == kinds
+    proposer = DemonstrationProposer(pool, DemonstrationConfig(max_examples=3), seed=5)
+    proposals = [proposer.propose() for _ in range(50)]
+    assert all({kind(d.input) for d in p} == kinds for p in proposals)
+    assert len({tuple(d.input for d in p) for p in proposals}) > 40  # still random sets
+
+
+def test_careless_approvals_are_not_taught_when_there_are_enough_edits() -> None:
+    edited = _edited_traces(40)
+    approved = [
+        TrainingTrace(
+            f"r{i}",
+            t.task_id,
+            "extraction",
+            t.input,
+            t.reference,
+            "Let me think about parcels and distances first.",
+            1.0,
+            1.0,
+            None,
+            "",
+        )
+        for i, t in enumerate(generate("extraction", "test", 40, seed=9))
+    ]
+    config = DatasetConfig(train_size=500, validation_size=500, heldout_size=500)
+    train = build_splits(edited + approved, config).train
+    outputs = {d.output for d in candidates_from(train, min_reward=0.8, set_size=3)}
+    assert outputs and outputs <= CITY_SET
+    few_edits = build_splits(edited[:12] + approved, config).train
+    fallback = {d.output for d in candidates_from(few_edits, min_reward=0.8, set_size=50)}
+    assert fallback & CITY_SET and fallback - CITY_SET  # too few edits: approved answers join
 
 
 def test_edits_become_a_published_set_that_passes_the_gate_without_any_reflection_model() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
@@ -45,9 +46,13 @@ def rough_tokens(demonstration: Demonstration) -> int:
     return (len(demonstration.input) + len(demonstration.output)) // 4 + 8
 
 
-def candidates_from(examples: Sequence[Example], min_reward: float) -> list[Demonstration]:
-    """Edited traces (the edit is the ideal output) first, then well-rewarded traces, one per
-    input. Built-in tasks are not used: demonstrations come from what users saw and judged."""
+def candidates_from(
+    examples: Sequence[Example], min_reward: float, set_size: int
+) -> list[Demonstration]:
+    """Edited traces (the edit is the ideal output), one per input; well-rewarded unedited
+    traces join only when there are fewer than ``set_size`` edits, because a careless
+    approval can reward a rambling answer that would then be taught. Built-in tasks are not
+    used: demonstrations come from what users saw and judged."""
     edited, rewarded, seen = [], [], set()
     for example in examples:
         if example.source != "trace" or example.task.input in seen:
@@ -59,31 +64,54 @@ def candidates_from(examples: Sequence[Example], min_reward: float) -> list[Demo
         else:
             continue
         seen.add(example.task.input)
-    return edited + rewarded
+    return edited if len(edited) >= set_size else edited + rewarded
+
+
+WORD = re.compile(r"[^\W\d_]+")
+
+
+def shape(text: str) -> frozenset[str]:
+    """The words of an input without its numbers: inputs written from the same template share
+    most of them."""
+    return frozenset(w.lower() for w in WORD.findall(text))
+
+
+def distance(a: frozenset[str], b: frozenset[str]) -> float:
+    return 1 - len(a & b) / len(a | b) if a | b else 0.0
 
 
 class DemonstrationProposer:
-    """Proposes a different random set on each call: no two with the same output (so a set
-    never teaches one answer for everything), within the token budget."""
+    """Proposes a different set on each call: a random first demonstration, then each next one
+    the input least like those already chosen, so every kind of input the agent sees has a
+    demonstration that looks like it (a small model shown only other kinds copies a demo's
+    answer); no two with the same output (a set never teaches one answer for everything);
+    within the token budget."""
 
     def __init__(self, pool: Sequence[Demonstration], config: DemonstrationConfig, seed: int = 0):
         self.pool = list(pool)
+        self.shapes = {d.input: shape(d.input) for d in self.pool}
         self.config = config
         self.rng = random.Random(seed)
 
     def propose(self) -> list[Demonstration]:
-        shuffled = self.pool[:]
-        self.rng.shuffle(shuffled)
+        remaining = self.pool[:]
+        self.rng.shuffle(remaining)
         chosen: list[Demonstration] = []
-        outputs: set[str] = set()
         budget = self.config.token_budget
-        for demonstration in shuffled:
-            if len(chosen) == self.config.max_examples:
+        while len(chosen) < self.config.max_examples:
+            outputs = {d.output for d in chosen}
+            remaining = [
+                d for d in remaining if rough_tokens(d) <= budget and d.output not in outputs
+            ]
+            if not remaining:
                 break
-            cost = rough_tokens(demonstration)
-            if cost > budget or demonstration.output in outputs:
-                continue
-            chosen.append(demonstration)
-            outputs.add(demonstration.output)
-            budget -= cost
+            # max() keeps the first of equals, and remaining is in random order
+            best = max(remaining, key=lambda d: self._novelty(d, chosen))
+            chosen.append(best)
+            remaining.remove(best)
+            budget -= rough_tokens(best)
         return chosen
+
+    def _novelty(self, candidate: Demonstration, chosen: list[Demonstration]) -> float:
+        mine = self.shapes[candidate.input]
+        return min((distance(mine, self.shapes[d.input]) for d in chosen), default=1.0)

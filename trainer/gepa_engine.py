@@ -244,7 +244,9 @@ def evolve_prompts(
         raise ValueError(f"not enough examples to optimize: {splits.sizes()}")
     started = time.perf_counter()
     current = {DEMONSTRATIONS: "[]", **current}
-    pool = candidates_from(splits.train, config.demonstrations.min_reward)
+    pool = candidates_from(
+        splits.train, config.demonstrations.min_reward, config.demonstrations.max_examples
+    )
     components = config.optimized_components(reflection is not None, bool(pool))
     if not components:
         raise ValueError(
