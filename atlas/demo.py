@@ -415,7 +415,8 @@ def report(console: Console, store: Any, agent: str, since: datetime, job: Any, 
     for version in prompt_history(store, agent, "student"):
         console.print(
             f"  v{version.version} (parent v{version.parent_version}, {version.source}):"
-            f" {len(version.demonstrations)} demonstrations, held-out {version.heldout_reward}"
+            f" {len(version.demonstrations)} demonstrations"
+            + ("" if version.heldout_reward is None else f", held-out {version.heldout_reward:.3f}")
         )
     console.print(f"dead letters during the demo: {rows['dead_letters']}")
     chart = plot_demo(rows["timeline"], home / "demo.png", f"{agent}: reward per task")
