@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from rim.reward import Rim
 from runtime.backends.base import GenerationParams, Message, ModelBackend
+from runtime.backends.local import load_tokenizer
 from runtime.core import GUIDANCE, RETRY, withhold_answer
 from runtime.tasks import Task
 from schemas.models import InteractionEvent
@@ -213,7 +214,7 @@ class GrpoTrainer:
     ):
         import deepspeed
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if not examples:
             raise ValueError("GRPO needs at least one training example")
@@ -222,7 +223,7 @@ class GrpoTrainer:
         self.examples = list(examples)
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -46,7 +46,9 @@ def default_model_dir(cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, clean_up_tokenization_spaces=False
+    )
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
     model.hf_quantizer = None
@@ -59,6 +61,14 @@ def default_model_dir(cache_dir: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model folder's tokenizer. The GGUF's metadata asks for clean-up of spaces, which
+    transformers ignores for BPE tokenizers with a warning on every load; say no up front."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, clean_up_tokenization_spaces=False)
 
 
 class LocalBackend:
@@ -85,14 +95,14 @@ class LocalBackend:
 
     def load(self, model_dir: Path | str) -> None:
         """Load (or hot-swap to) the model in ``model_dir``; callers mid-generation finish first."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         path = Path(model_dir)
         if not (path / "config.json").exists():
             raise BackendError(f"{path} is not a model folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
