@@ -392,6 +392,7 @@ def report(console: Console, store: Any, agent: str, since: datetime, job: Any, 
         "production",
         "candidate",
         "non-degradation",
+        "right kept",
         title="The gate",
     )
     if "heldout_current_reward" in metrics:
@@ -400,11 +401,13 @@ def report(console: Console, store: Any, agent: str, since: datetime, job: Any, 
             f"{metrics['heldout_current_reward']:.3f}",
             f"{metrics['heldout_candidate_reward']:.3f}",
             f"{metrics['heldout_non_degradation']:.3f}",
+            f"{metrics['heldout_retention']:.3f}" if "heldout_retention" in metrics else "-",
         )
     console.print(gate)
     console.print(
-        f"the demo's gate: candidate mean >= production + 0.01 and non-degradation >="
-        f" {DEMO_NON_DEGRADATION} (the product default is 0.97)"
+        f"the demo's gate: candidate mean >= production + 0.01, non-degradation >="
+        f" {DEMO_NON_DEGRADATION} (the product default is 0.97) and >= 0.9 of the examples"
+        " production gets right kept right"
     )
     trigger = stored_trigger(store, job.trigger_id)
     console.print(

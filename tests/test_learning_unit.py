@@ -31,6 +31,23 @@ def test_gate_publishes_only_a_real_non_degrading_gain() -> None:
     assert not gate([0.5] * 4, [0.5] * 4, config).passed  # no gain, no publish
 
 
+def test_gate_refuses_to_break_what_a_weak_production_gets_right() -> None:
+    """The arithmetic case of the offline model (CALIBRATION.md): bare answers earn the format
+    reward on 54 wrong answers and lose the 6 right ones. The mean rises and 90% of examples
+    are no worse, but everything that worked is broken."""
+    config = GateConfig(min_non_degradation=0.9, min_retention=0.9)
+    production, bare = [0.8] * 6 + [0.0] * 54, [0.2] * 60
+    broken = gate(bare, production, config)
+    assert broken.candidate_reward > broken.current_reward and broken.non_degradation == 0.9
+    assert not broken.passed and broken.retention == 0.0
+    assert "keeps 0.000 of the 6 examples production gets right" in broken.reason
+    # the extraction case: right but wordy -> right and bare, 3 of 60 copy a wrong city
+    wordy, shown = [0.8] * 60, [1.0] * 57 + [0.2] * 3
+    kept = gate(shown, wordy, config)
+    assert kept.passed and kept.retention == 0.95 and "keeps 0.950 of 60 right" in kept.reason
+    assert gate([0.2] * 4, [0.0] * 4, config).retention is None  # nothing right to keep
+
+
 def _trace(i: int, text: str, reference: str | None, edit: str | None) -> TrainingTrace:
     return TrainingTrace(
         f"t{i}", f"task{i}", "extraction", text, reference, "answer", 0.5, None, edit, ""

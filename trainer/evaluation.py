@@ -86,6 +86,22 @@ class GateConfig(BaseModel):
         le=1,
         description="Share of held-out examples where the candidate scores at least as well.",
     )
+    success_reward: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A held-out example production answers with at least this reward is one"
+        " it gets right.",
+    )
+    min_retention: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of the examples production gets right that the candidate must still"
+        " get right. Non-degradation counts losses among all examples, so a candidate that"
+        " breaks the few things a weak production got right hides behind the many it got"
+        " wrong anyway; this counts them among what works.",
+    )
     tolerance: float = Field(
         1e-6, ge=0, description="Reward differences below this count as a tie, not a loss."
     )
@@ -97,6 +113,7 @@ class GateDecision:
     candidate_reward: float
     current_reward: float
     non_degradation: float
+    retention: float | None  # None: production got no held-out example right
     n: int
     reason: str
 
@@ -106,17 +123,21 @@ class GateDecision:
             "heldout_current_reward": self.current_reward,
             "heldout_non_degradation": self.non_degradation,
             "heldout_n": float(self.n),
-        }
+        } | ({} if self.retention is None else {"heldout_retention": self.retention})
 
 
 def gate(candidate: Sequence[float], current: Sequence[float], config: GateConfig) -> GateDecision:
-    """Publish only if the mean reward rises by the margin *and* almost no example gets worse."""
+    """Publish only if the mean reward rises by the margin, almost no example gets worse, and
+    what production gets right stays right."""
     if len(candidate) != len(current) or not candidate:
         raise ValueError("the gate needs the same, non-empty held-out examples for both sides")
     n = len(candidate)
     candidate_mean = sum(candidate) / n
     current_mean = sum(current) / n
-    kept = sum(c >= p - config.tolerance for c, p in zip(candidate, current, strict=True)) / n
+    pairs = list(zip(candidate, current, strict=True))
+    kept = sum(c >= p - config.tolerance for c, p in pairs) / n
+    right = [c for c, p in pairs if p >= config.success_reward]
+    retention = sum(c >= config.success_reward for c in right) / len(right) if right else None
     failures = []
     if candidate_mean < current_mean + config.margin:
         failures.append(
@@ -125,8 +146,14 @@ def gate(candidate: Sequence[float], current: Sequence[float], config: GateConfi
         )
     if kept < config.min_non_degradation:
         failures.append(f"non-degradation {kept:.3f} < required {config.min_non_degradation:.3f}")
+    if retention is not None and retention < config.min_retention:
+        failures.append(
+            f"keeps {retention:.3f} of the {len(right)} examples production gets right"
+            f" < required {config.min_retention:.3f}"
+        )
+    kept_right = "" if retention is None else f", keeps {retention:.3f} of {len(right)} right"
     reason = "; ".join(failures) or (
         f"mean reward {candidate_mean:.3f} vs production {current_mean:.3f},"
-        f" non-degradation {kept:.3f} (n={n})"
+        f" non-degradation {kept:.3f}{kept_right} (n={n})"
     )
-    return GateDecision(not failures, candidate_mean, current_mean, kept, n, reason)
+    return GateDecision(not failures, candidate_mean, current_mean, kept, retention, n, reason)

@@ -295,7 +295,13 @@ def evolve_prompts(
     else:
         mean = sum(current_scores) / len(current_scores)
         decision = GateDecision(
-            False, mean, mean, 1.0, len(heldout), "GEPA found no candidate other than production"
+            False,
+            mean,
+            mean,
+            1.0,
+            None,
+            len(heldout),
+            "GEPA found no candidate other than production",
         )
     return GepaOutcome(
         current=current,
