@@ -822,6 +822,9 @@ def demo(
     except KeyboardInterrupt:
         err.print("interrupted: everything the demo started was stopped")
         raise typer.Exit(130) from None
+    except TimeoutError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
     raise typer.Exit(code)
 

@@ -313,7 +313,11 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console, job_timeout: 
                         break
                 time.sleep(2)
         if job is None or job.state not in TERMINAL:
-            raise TimeoutError(f"no finished GEPA job for {agent} within {job_timeout:.0f}s")
+            last = "no job yet" if job is None else f"last {job.state}: {job.message}"
+            raise TimeoutError(
+                f"no finished GEPA job for {agent} within {job_timeout:.0f}s ({last});"
+                " a machine busy with other work is slower: rerun with a larger --job-timeout"
+            )
         console.print(f"job {job.job_id} ended [bold]{job.state}[/]: {job.message}")
         if job.state == "SUCCEEDED" and job.result_version is not None:
             prompts.wait_for(agent, "student", job.result_version, timeout=60)
