@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from atlas.settings import PROJECT_CONFIGS
 from rim.config import build_rim, load_rim_config
 from schemas.models import ScoredTrace
@@ -15,6 +17,7 @@ from tests.fakes import ScriptedTaskWorld
 from trainer.datasets import DatasetConfig, build_splits, split_of
 from trainer.evaluation import GateConfig, PromptEvaluator, gate
 from trainer.gepa_engine import GepaConfig, evolve_prompts, reflection_lm
+from trainer.grpo import GrpoConfig
 
 SEEDS = {"student": "You are a helpful assistant.", "teacher": "You are a reviewer."}
 
@@ -46,6 +49,18 @@ def test_gate_refuses_to_break_what_a_weak_production_gets_right() -> None:
     kept = gate(shown, wordy, config)
     assert kept.passed and kept.retention == 0.95 and "keeps 0.950 of 60 right" in kept.reason
     assert gate([0.2] * 4, [0.0] * 4, config).retention is None  # nothing right to keep
+
+
+def test_trigger_params_override_nested_knobs_of_both_job_kinds_and_refuse_typos() -> None:
+    grpo = GrpoConfig().with_overrides(12, {"dataset.heldout_size": "60", "role": "student"})
+    assert (grpo.steps, grpo.dataset.heldout_size, grpo.role) == (12, 60, "student")
+    gepa = GepaConfig().with_overrides(None, {"gate.min_retention": "0.8"})
+    assert gepa.gate.min_retention == 0.8 and gepa.budget == GepaConfig().budget
+    for bad in ({"dataset.heldout": "60"}, {"dataset": "60"}, {"nope.steps": "1"}):
+        with pytest.raises(ValueError, match="unknown GRPO setting"):
+            GrpoConfig().with_overrides(None, bad)
+    with pytest.raises(ValueError, match="role"):
+        GrpoConfig().with_overrides(None, {"role": "critic"})
 
 
 def _trace(i: int, text: str, reference: str | None, edit: str | None) -> TrainingTrace:

@@ -32,6 +32,7 @@ from trainer.demonstrations import (
     encode,
 )
 from trainer.evaluation import GateConfig, GateDecision, PromptEvaluator, Scored, gate
+from trainer.overrides import with_params
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -70,18 +71,7 @@ class GepaConfig(BaseModel):
 
     def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GepaConfig:
         """This config with a trigger's budget and params (``name`` or ``section.name``)."""
-        values = self.model_dump()
-        for name, value in params.items():
-            *sections, leaf = name.split(".")
-            target = values
-            for section in sections:
-                target = target.get(section) if isinstance(target, dict) else None
-            if not isinstance(target, dict) or leaf not in target:
-                raise ValueError(f"unknown GEPA setting {name!r} in the trigger's params")
-            target[leaf] = value
-        if budget is not None:
-            values["budget"] = budget
-        return type(self).model_validate(values)
+        return with_params(self, params, "GEPA", "budget", budget)
 
 
 def load_gepa_config(config_dir: Path) -> GepaConfig:

@@ -26,7 +26,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ from runtime.tasks import Task
 from schemas.models import InteractionEvent
 from trainer.datasets import DatasetConfig
 from trainer.evaluation import GateConfig
+from trainer.overrides import with_params
 
 
 class GrpoConfig(BaseModel):
@@ -73,15 +74,9 @@ class GrpoConfig(BaseModel):
         description="A checkpoint must not be worse on average (margin 0) nor per example.",
     )
 
-    def with_overrides(self, budget: int | None, params: dict[str, str]) -> GrpoConfig:
-        values = self.model_dump()
-        for name, value in params.items():
-            if name not in values or isinstance(values[name], dict):
-                raise ValueError(f"unknown GRPO setting {name!r} in the trigger's params")
-            values[name] = value
-        if budget is not None:
-            values["steps"] = budget
-        return type(self).model_validate(values)
+    def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GrpoConfig:
+        """This config with a trigger's budget (steps) and params (``name`` or ``section.name``)."""
+        return with_params(self, params, "GRPO", "steps", budget)
 
 
 def load_grpo_config(config_dir: Path) -> GrpoConfig:
