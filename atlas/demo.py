@@ -31,6 +31,7 @@ from rich.table import Table
 from atlas import stack
 from atlas.settings import Settings
 from deploy.local.processes import pid_alive, stop_pid
+from trainer.evaluation import GateConfig
 
 
 @dataclass(frozen=True)
@@ -410,8 +411,8 @@ def report(console: Console, store: Any, agent: str, since: datetime, job: Any, 
     console.print(gate)
     console.print(
         f"the demo's gate: candidate mean >= production + 0.01, non-degradation >="
-        f" {DEMO_NON_DEGRADATION} (the product default is 0.97) and >= 0.9 of the examples"
-        " production gets right kept right"
+        f" {DEMO_NON_DEGRADATION} (the product default is 0.97) and >="
+        f" {GateConfig().min_retention} of the examples production gets right kept right"
     )
     trigger = stored_trigger(store, job.trigger_id)
     console.print(

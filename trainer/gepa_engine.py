@@ -285,13 +285,13 @@ def evolve_prompts(
     else:
         mean = sum(current_scores) / len(current_scores)
         decision = GateDecision(
-            False,
-            mean,
-            mean,
-            1.0,
-            None,
-            len(heldout),
-            "GEPA found no candidate other than production",
+            passed=False,
+            candidate_reward=mean,
+            current_reward=mean,
+            non_degradation=1.0,
+            retention=None,
+            n=len(heldout),
+            reason="GEPA found no candidate other than production",
         )
     return GepaOutcome(
         current=current,
