@@ -219,9 +219,6 @@ class GrpoTrainer:
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(model_dir)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.reference.eval().requires_grad_(False)

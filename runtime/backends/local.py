@@ -64,11 +64,16 @@ def default_model_dir(cache_dir: Path) -> Path:
 
 
 def load_tokenizer(model_dir: Path) -> Any:
-    """The model folder's tokenizer. The GGUF's metadata asks for clean-up of spaces, which
-    transformers ignores for BPE tokenizers with a warning on every load; say no up front."""
+    """The model folder's tokenizer, set up for batched generation (left padding, a pad token).
+    The GGUF's metadata asks for clean-up of spaces, which transformers ignores for BPE
+    tokenizers with a warning on every load; say no up front."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir, clean_up_tokenization_spaces=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, clean_up_tokenization_spaces=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 class LocalBackend:
@@ -103,9 +108,6 @@ class LocalBackend:
         if not (path / "config.json").exists():
             raise BackendError(f"{path} is not a model folder (no config.json)")
         tokenizer = load_tokenizer(path)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
         with self._lock:
             self.tokenizer, self.model, self.model_dir = tokenizer, model, path
