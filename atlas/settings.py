@@ -5,7 +5,6 @@ Unset connection settings fall back to the local stack that ``atlas up`` started
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +13,8 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.local.processes import StackError
+from schemas.codec import AvroCodec
+from schemas.limits import EventLimits
 
 PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -67,9 +68,10 @@ class Settings(BaseSettings):
         default=None,
         description="Where published checkpoints live; unset = $ATLAS_HOME/checkpoints.",
     )
-    worker_id: str = Field(
-        default_factory=lambda: socket.gethostname(),
-        description="Names this worker in job reports; keep it stable across restarts.",
+    worker_id: str | None = Field(
+        default=None,
+        description="Names this worker in job reports; unset = <host>-<kind>-<n>, the lowest "
+        "slot free on this host, so a restarted worker gets its old id back.",
     )
     openai_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint (vLLM, llama.cpp); unset = OpenAI."
@@ -80,6 +82,39 @@ class Settings(BaseSettings):
         default=None,
         description="http://user:pass@host:8123/db or chdb:///path; unset = the local store.",
     )
+    max_field_bytes: int = Field(
+        default=EventLimits().max_field_bytes,
+        ge=1024,
+        description="Largest text field of an event; bigger events are refused/dead-lettered.",
+    )
+    max_message_bytes: int = Field(
+        default=EventLimits().max_message_bytes,
+        ge=4096,
+        description="Largest encoded event; keep it under the topics' max.message.bytes.",
+    )
+    feedback_window_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="The reward worker keeps a trace's state this long after its last change.",
+    )
+    pending_feedback_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Feedback waits this long for its interaction, then is dead-lettered.",
+    )
+    rewards_store: Literal["memory", "rocksdb"] = Field(
+        default="rocksdb",
+        description="The reward worker's table store: rocksdb (on disk, fast restarts) or memory.",
+    )
+
+    def limits(self) -> EventLimits:
+        return EventLimits(
+            max_field_bytes=self.max_field_bytes, max_message_bytes=self.max_message_bytes
+        )
+
+    def codec(self) -> AvroCodec:
+        """The codec every process of this deployment uses: its registry and size limits."""
+        return AvroCodec(registry_url=self.schema_registry_url, limits=self.limits())
 
     @property
     def state_file(self) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from atlas import registry
 from atlas.agent import Backends, load_agent_config
 from atlas.settings import Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
@@ -45,15 +46,24 @@ def topic_partitions(kafka_config: dict[str, str], topic: str) -> int:
     return len(partitions)
 
 
-def run_rewards_worker(settings: Settings, worker_id: str = "atlas-rewards") -> None:
+REWARDS_GROUP = "atlas-rewards"
+
+
+def run_rewards_worker(settings: Settings) -> None:
     """Run the Faust reward processor until SIGTERM/SIGINT."""
     import faust
 
     from streams.app import create_app
 
+    lease = registry.claim(settings.home, "rewards", REWARDS_GROUP, settings.worker_id)
     kafka = settings.kafka_config()
-    processor = RewardProcessor(build_settings_rim(settings))
-    data_dir = settings.home / "workers" / worker_id
+    processor = RewardProcessor(
+        build_settings_rim(settings),
+        pending_ttl_s=settings.pending_feedback_ttl_s,
+        feedback_window_s=settings.feedback_window_s,
+    )
+    # Its own folder per slot: RocksDB allows one process per database.
+    data_dir = registry.workers_dir(settings.home) / f"rewards-{lease.record.slot}"
     data_dir.mkdir(parents=True, exist_ok=True)
     policy_config = RetrainPolicyConfig.model_validate(
         yaml.safe_load((settings.config_dir / "retrain_policy.yaml").read_text()) or {}
@@ -62,20 +72,48 @@ def run_rewards_worker(settings: Settings, worker_id: str = "atlas-rewards") -> 
         kafka["bootstrap.servers"],
         processor,
         topic_partitions(kafka, INTERACTIONS),
+        app_id=REWARDS_GROUP,
         data_dir=str(data_dir),
+        codec=settings.codec(),
         policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
+        store=f"{settings.rewards_store}://",
     )
-    faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+    logging.getLogger(__name__).info(
+        "rewards worker %s (pid %d), %s store in %s",
+        lease.worker_id,
+        lease.record.pid,
+        settings.rewards_store,
+        data_dir,
+    )
+    try:
+        faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+    finally:
+        lease.release()
+
+
+SINK_GROUP = "atlas-sink"
 
 
 def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> SinkStats:
     """Run the ClickHouse sink until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or threading.Event()
     stop_on_signals(stop)
+    lease = registry.claim(settings.home, "sink", SINK_GROUP, settings.worker_id)
     url = settings.store_url()
-    sink = ClickHouseSink(settings.kafka_config(), lambda: connect(url))
-    logging.getLogger(__name__).info("sink: Kafka %s -> %s", settings.bootstrap(), url)
-    return sink.run(stop)
+    sink = ClickHouseSink(
+        settings.kafka_config(), lambda: connect(url), group_id=SINK_GROUP, codec=settings.codec()
+    )
+    logging.getLogger(__name__).info(
+        "sink %s (pid %d): Kafka %s -> %s",
+        lease.worker_id,
+        lease.record.pid,
+        settings.bootstrap(),
+        url,
+    )
+    try:
+        return sink.run(stop)
+    finally:
+        lease.release()
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -116,8 +154,15 @@ def run_trigger_worker(
     else:
         grpo = grpo_job_context(settings)
         run_job = lambda trigger, reporter: run_grpo_job(trigger, reporter, grpo)  # noqa: E731
-    worker = TriggerWorker(kind, settings.kafka_config(), run_job, settings.worker_id)
-    worker.run(stop)
+    group = f"atlas-{kind}"
+    lease = registry.claim(settings.home, kind, group, settings.worker_id)
+    worker = TriggerWorker(
+        kind, settings.kafka_config(), run_job, lease.worker_id, settings.codec(), group
+    )
+    try:
+        worker.run(stop)
+    finally:
+        lease.release()
     return worker.jobs_run
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from runtime.follow import reached
 from schemas.codec import AvroCodec, DecodeError
@@ -55,7 +55,7 @@ class TransactionalProducer:
                     topic_of(event), key=key_of(event), value=self.codec.encode(event)
                 )
             self._producer.commit_transaction(30)
-        except KafkaException:
+        except BaseException:  # an encoding error as much as a broker error: none of them
             self._producer.abort_transaction(30)
             raise
 

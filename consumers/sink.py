@@ -1,12 +1,18 @@
 """The ClickHouse sink: Kafka topics into the store, in batches, without loss or duplicates.
 
 * A batch closes at ``batch_size`` messages or ``batch_seconds``, whichever comes first.
-* Offsets are committed only after the batch's insert succeeded.
+* Offsets are committed only after the batch's insert succeeded and its dead letters were
+  acknowledged by Kafka; a dead letter that cannot be delivered stops the commit.
 * Each insert carries a deduplication token derived from the batch's offset ranges, and the
   tables converge on their keys, so a replayed batch never duplicates a row.
 * While ClickHouse is down, the sink pauses its partitions (keeping its group membership),
-  retries the same batch with exponential backoff, and skips nothing.
-* A message that cannot be decoded is dead-lettered (original bytes + reason) and skipped.
+  retries the same batch with exponential backoff, and skips nothing; when the oldest event it
+  holds gets near its topic's retention it says so at ERROR level, before anything expires.
+* When the store is up but refuses a batch, the batch is split until the event it refuses is
+  found; that event is dead-lettered, the rest is stored: one poison event never blocks a
+  partition.
+* A message that cannot be decoded is dead-lettered (original bytes + reason) if the sink owns
+  its topic (``schemas/topics.py``), else only counted: its owner dead-letters it, once.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from dataclasses import dataclass, field
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from schemas.codec import AvroCodec, DecodeError
-from schemas.models import DeadLetter, Event
+from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
+from schemas.codec import AvroCodec
+from schemas.models import Event
 from schemas.topics import (
     CHECKPOINTS,
     DEADLETTER,
@@ -39,6 +46,8 @@ from store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS)
+PROCESSOR_NAME = "sink"
+RETENTION_ALARM_SHARE = 0.5  # say so loudly once the oldest held event is this far to expiry
 
 
 @dataclass
@@ -47,7 +56,9 @@ class SinkStats:
     rows: int = 0
     messages: int = 0
     dead_letters: int = 0
+    skipped: int = 0  # undecodable on a topic another processor owns
     insert_failures: int = 0
+    refused: int = 0  # events the store refused, dead-lettered
     last_error: str | None = None
     lag_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -62,6 +73,10 @@ def dedup_token(group: str, messages: Sequence[Message]) -> str:
         for (topic, partition), offsets in sorted(ranges.items())
     )
     return f"{group}:{hashlib.sha1(spec.encode()).hexdigest()}"
+
+
+class StoreDown(Exception):
+    """The store cannot be reached; the batch waits."""
 
 
 class ClickHouseSink:
@@ -98,7 +113,12 @@ class ClickHouseSink:
                 "max.poll.interval.ms": 600_000,
             }
         )
-        self._producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": True})
+        self._dead = DeadLetterProducer(
+            Producer({**kafka_config, "acks": "all", "enable.idempotence": True}),
+            self.codec,
+            PROCESSOR_NAME,
+        )
+        self._retention_ms = topic_retention_ms(kafka_config, self.topics)
 
     def _writer(self) -> StoreWriter:
         if self._client is None:
@@ -116,7 +136,7 @@ class ClickHouseSink:
                     self._sink(batch, stop)
         finally:
             self._consumer.close()
-            self._producer.flush(10)
+            self._dead.flush(10)
         return self.stats
 
     def _poll_batch(self, stop: threading.Event) -> list[Message]:
@@ -136,19 +156,20 @@ class ClickHouseSink:
                     log.warning("consumer error: %s", error)
         return batch
 
-    def _decode(self, batch: Sequence[Message]) -> list[Event]:
-        events: list[Event] = []
+    def _decode(self, batch: Sequence[Message]) -> list[tuple[Message, Event]]:
+        decoded: list[tuple[Message, Event]] = []
         for message in batch:
-            event_type = TOPICS[message.topic()].event_type
+            contract = TOPICS[message.topic()]
             try:
-                events.append(self.codec.decode(message.value() or b"", event_type))
-            except DecodeError as exc:
-                self._dead_letter(message, str(exc))
-        return events
+                event = self.codec.decode(message.value() or b"", contract.event_type)
+                decoded.append((message, event))
+            except Exception as exc:  # any failure on one message is that message's alone
+                self._refuse(message, f"{exc}", type(exc).__name__)
+        return decoded
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        self.stats.dead_letters += 1
+    def _refuse(self, message: Message, reason: str, error_type: str) -> None:
         if message.topic() == DEADLETTER:
+            self.stats.skipped += 1
             log.error(
                 "unreadable dead letter at %s[%d]@%d skipped: %s",
                 message.topic(),
@@ -156,37 +177,25 @@ class ClickHouseSink:
                 message.offset(),
                 reason,
             )
-            return
-        letter = DeadLetter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            key=message.key(),
-            original=message.value() or b"",
-            reason=reason,
-            error_type="DecodeError",
-            processor="sink",
-        )
-        self._producer.produce(
-            DEADLETTER, value=self.codec.encode(letter), key=message.topic().encode()
-        )
-        self._producer.poll(0)
+        elif TOPICS[message.topic()].owner != PROCESSOR_NAME:
+            self.stats.skipped += 1  # its owner dead-letters it
+        else:
+            self.stats.dead_letters += 1
+            self._dead.send(message, reason, error_type)
 
     def _sink(self, batch: list[Message], stop: threading.Event) -> None:
-        events = self._decode(batch)
-        token = dedup_token(self.group_id, batch)
+        decoded = self._decode(batch)
         backoff = 0.5
         paused: list[TopicPartition] = []
         while True:
             try:
-                if events:
-                    self.stats.rows += self._writer().write(events, dedup_token=token)
+                self._insert(decoded)
                 break
-            except Exception as exc:  # any store failure: keep the batch, retry, skip nothing
+            except StoreDown as exc:  # keep the batch, retry, skip nothing
                 self.stats.insert_failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                log.warning("insert failed (%s); retrying in %.1fs", self.stats.last_error, backoff)
-                self._client = None
+                self.stats.last_error = str(exc)
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff)
+                self._warn_near_retention(batch)
                 if not paused:
                     paused = self._consumer.assignment()
                     self._consumer.pause(paused)
@@ -197,20 +206,67 @@ class ClickHouseSink:
         if paused:
             log.info("store is back: batch of %d messages inserted", len(batch))
             self._consumer.resume(self._consumer.assignment())
-        self._producer.flush(30)  # dead letters durable before their offsets are committed
+        if not self._dead.confirm(stop):  # dead letters durable before their offsets commit
+            return  # stopping: not committed, the next run replays this batch
         self._consumer.commit(asynchronous=False)
         now = time.time() * 1000
         self.stats.lag_ms.extend(now - m.timestamp()[1] for m in batch if m.timestamp()[1] > 0)
         self.stats.batches += 1
         self.stats.messages += len(batch)
 
+    def _insert(self, decoded: list[tuple[Message, Event]]) -> None:
+        """Insert the events; StoreDown if the store cannot be reached. A batch the store
+        refuses while it is up is halved until the refused event is found and dead-lettered."""
+        if not decoded:
+            return
+        token = dedup_token(self.group_id, [m for m, _ in decoded])
+        try:
+            self.stats.rows += self._writer().write([e for _, e in decoded], dedup_token=token)
+            return
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            if not self._store_is_up():
+                self._client = None
+                raise StoreDown(error) from exc
+        if len(decoded) == 1:
+            message, _ = decoded[0]
+            self.stats.refused += 1
+            log.error("the store refused %s@%d: %s", message.topic(), message.offset(), error)
+            self._refuse(message, f"the store refused the event: {error}", "StoreRefused")
+            return
+        middle = len(decoded) // 2
+        self._insert(decoded[:middle])
+        self._insert(decoded[middle:])
+
+    def _store_is_up(self) -> bool:
+        try:
+            return self._client is not None and bool(self._client.ping())
+        except Exception:
+            return False
+
+    def _warn_near_retention(self, batch: Sequence[Message]) -> None:
+        now_ms = time.time() * 1000
+        oldest: dict[str, float] = {}
+        for message in batch:
+            kind, stamp = message.timestamp()
+            if kind and stamp > 0:
+                oldest[message.topic()] = min(oldest.get(message.topic(), now_ms), stamp)
+        for topic, stamp in oldest.items():
+            retention = self._retention_ms.get(topic, -1)
+            age = now_ms - stamp
+            if retention > 0 and age > RETENTION_ALARM_SHARE * retention:
+                log.error(
+                    "the store has been unavailable while %s's oldest unstored event aged %.1fh;"
+                    " the topic keeps events %.1fh: they start to expire in %.1fh unless the"
+                    " store comes back",
+                    topic,
+                    age / 3.6e6,
+                    retention / 3.6e6,
+                    (retention - age) / 3.6e6,
+                )
+
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         """Sleep while still polling, so the group does not consider this member dead."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not stop.is_set():
-            message = self._consumer.poll(min(0.5, max(deadline - time.monotonic(), 0)))
-            if message is not None and message.error() is None:
-                # From a partition assigned during the outage: put it back, hold it too.
-                partition = TopicPartition(message.topic(), message.partition(), message.offset())
-                self._consumer.seek(partition)
-                self._consumer.pause([partition])
+            hold_new_partitions(self._consumer, min(0.5, max(deadline - time.monotonic(), 0)))

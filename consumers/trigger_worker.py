@@ -18,7 +18,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message
 
 from consumers.jobs import (
     JobAborted,
@@ -28,9 +28,10 @@ from consumers.jobs import (
     orphaned_jobs,
     read_job_states,
 )
+from consumers.kafka_plumbing import hold_new_partitions
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import DeadLetter, JobKind, JobStatus, RetrainTrigger
-from schemas.topics import DEADLETTER, TRIGGERS
+from schemas.models import JobKind, JobStatus, RetrainTrigger
+from schemas.topics import TRIGGERS
 
 log = logging.getLogger(__name__)
 JobRunner = Callable[[RetrainTrigger, JobReporter], None]
@@ -98,24 +99,18 @@ class TriggerWorker:
             consumer.close()
 
     def _decode(self, message: Message) -> RetrainTrigger | None:
+        """The trigger, or None for a message that is not one (the sink, which owns the
+        triggers topic, dead-letters it)."""
         try:
             return self.codec.decode(message.value() or b"", RetrainTrigger)
         except DecodeError as exc:
-            letter = DeadLetter(
-                source_topic=message.topic(),
-                source_partition=message.partition(),
-                source_offset=message.offset(),
-                key=message.key(),
-                original=message.value() or b"",
-                reason=str(exc),
-                error_type="DecodeError",
-                processor=f"{self.kind}-worker",
+            log.error(
+                "skipped an undecodable trigger at %s[%d]@%d: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                exc,
             )
-            dead = Producer({**self.kafka_config, "acks": "all"})
-            dead.produce(DEADLETTER, key=TRIGGERS.encode(), value=self.codec.encode(letter))
-            if dead.flush(30):
-                raise RuntimeError("could not dead-letter an undecodable trigger") from exc
-            log.error("undecodable trigger dead-lettered: %s", exc)
             return None
 
     def _start(
@@ -154,16 +149,7 @@ class TriggerWorker:
                 with contextlib.suppress(JobAborted):
                     reporter.report("FAILED", f"worker {self.worker_id} stopped during the job")
                 break
-            self._hold(consumer)
+            hold_new_partitions(consumer, 0.2)
             thread.join(0.5)
         consumer.resume(consumer.assignment())
         self.jobs_run += 1
-
-    @staticmethod
-    def _hold(consumer: Consumer) -> None:
-        """Poll to stay in the group; a partition assigned meanwhile is rewound and paused."""
-        message = consumer.poll(0.2)
-        if message is not None and message.error() is None:
-            partition = TopicPartition(message.topic(), message.partition(), message.offset())
-            consumer.seek(partition)
-            consumer.pause([partition])

@@ -9,6 +9,7 @@ so LLM judges cost one batched call per sampling temperature instead of one per 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,7 +41,8 @@ class Reward:
 
 
 def human_signal(answer: str, feedback: Sequence[FeedbackEvent]) -> float | None:
-    """The mean of the per-event signals, or None without feedback."""
+    """The mean of the per-event signals, or None without feedback. A rating whose range is
+    not finite and positive carries no signal (it would divide infinities)."""
     signals: list[float] = []
     tool_outcomes: list[bool] = []
     for event in feedback:
@@ -53,7 +55,8 @@ def human_signal(answer: str, feedback: Sequence[FeedbackEvent]) -> float | None
         elif event.kind == "rating" and event.rating is not None:
             span = event.rating_max - event.rating_min
             value = (event.rating - event.rating_min) / span if span > 0 else 0.0
-            signals.append(min(max(value, 0.0), 1.0))
+            if math.isfinite(value):
+                signals.append(min(max(value, 0.0), 1.0))
         elif event.kind == "tool_outcome" and event.tool_success is not None:
             tool_outcomes.append(event.tool_success)
     if tool_outcomes:
@@ -90,13 +93,18 @@ class Rim:
     ) -> Reward:
         """The reward from already computed judge scores plus the human signal: re-scoring a
         trace when feedback arrives does not call the judges again."""
-        scored = [s for s in judge_scores if s.score is not None]
+        scored = [s for s in judge_scores if s.score is not None and math.isfinite(s.score)]
         errors = [f"{s.judge}: {s.error}" for s in judge_scores if s.error]
+        errors += [
+            f"{s.judge}: non-finite score ignored"
+            for s in judge_scores
+            if s.score is not None and not math.isfinite(s.score)
+        ]
         judge_score = None
         if scored:
             weights = [self.weights.judges.get(s.judge, 1.0) for s in scored]
             total = sum(weights)
-            if total > 0:
+            if total > 0 and math.isfinite(total):
                 judge_score = sum(w * s.score for w, s in zip(weights, scored, strict=True)) / total  # type: ignore[misc]
         human = human_signal(trace.final_answer, feedback)
         if human is not None and judge_score is not None:
@@ -110,6 +118,9 @@ class Rim:
         else:
             final = 0.0
             errors.append("no judge scored and no human feedback")
+        if not math.isfinite(final):  # unreachable with finite inputs; never publish a NaN
+            errors.append(f"non-finite reward {final} replaced by 0")
+            final = 0.0
         uncertainties = [s.uncertainty for s in scored if s.uncertainty is not None]
         rationale = "; ".join(f"{s.judge}: {s.rationale}" for s in scored if s.rationale)
         if human is not None:

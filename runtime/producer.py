@@ -45,6 +45,9 @@ class EventProducer:
                 **kafka_config,
                 "acks": "all",
                 "enable.idempotence": True,
+                # Java's (and Faust's) partitioner: a trace's interaction and its feedback land
+                # in the same partition whichever client produced them.
+                "partitioner": "murmur2_random",
                 "linger.ms": 5,
                 "queue.buffering.max.messages": buffer_messages,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),

@@ -1,21 +1,27 @@
 """One Avro codec for every event, in one of two wire formats.
 
-* Without a schema registry: Avro *single-object encoding* (``C3 01`` + the writer schema's
-  8-byte CRC-64-AVRO fingerprint + the binary body). A reader resolves the writer schema by
-  fingerprint among the versions it ships (``schemas/avro`` and ``schemas/avro/history``).
-  A payload from a *newer* writer (unknown fingerprint) is read with the reader's own schema:
-  correct because our contracts only ever evolve by appending optional fields at the end of
-  the top-level record (``tests/test_schema_evolution.py`` enforces it), so the old reader
-  reads the prefix it knows.
+* Without a schema registry: Avro *single-object encoding* exactly as the Avro specification
+  defines it: ``C3 01``, the writer schema's 8-byte CRC-64-AVRO fingerprint in little-endian
+  byte order, then the binary body (Apache Avro's ``BinaryMessageEncoder`` writes the same
+  bytes). A reader resolves the writer schema by fingerprint among the versions it ships
+  (``schemas/avro`` and ``schemas/avro/history``). An unknown fingerprint is refused
+  ("unknown writer schema <hex>"), never guessed: upgrade readers (which carry the new
+  contract in their history) before writers. Messages written before the fingerprint fix
+  (the fingerprint's bytes reversed) are still read through an explicit compatibility path
+  that logs each such schema once; it goes away in the next release.
 * With ``registry_url``: Confluent's wire format (``00`` + 4-byte schema id + body) through
   confluent-kafka's Avro serializers, subject ``<topic>-value``, so any Confluent-ecosystem
   consumer can read our topics. Either format is decoded in either mode.
+
+Both directions check the size limits of ``schemas/limits.py``; a decoded event is validated
+by its pydantic model (no NaN or infinity, no empty ids).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +30,11 @@ import fastavro
 import fastavro.schema
 from pydantic import ValidationError
 
+from schemas.limits import EventLimits, LimitError, check_fields
 from schemas.models import EVENT_TYPES, Event
 from schemas.topics import topic_of
+
+log = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(__file__).parent / "avro"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -42,9 +51,18 @@ class DecodeError(Exception):
 
 
 def _fingerprint(parsed: dict[str, Any]) -> bytes:
+    """The spec's single-object fingerprint: CRC-64-AVRO of the parsing canonical form, as 8
+    little-endian bytes. fastavro's hex already lists those bytes in that order."""
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
-    value = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16)
-    return value.to_bytes(8, "little")
+    return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _short(schema: dict[str, Any]) -> str:
+    return str(schema["name"]).rpartition(".")[2]
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 NAMED_KINDS = ("record", "enum", "fixed")
@@ -122,6 +140,8 @@ class SchemaCatalog:
 
     current: dict[str, dict[str, Any]] = field(default_factory=dict)
     writers: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    # The same schemas under the byte-reversed fingerprints written before the fix.
+    legacy: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path = SCHEMA_DIR) -> SchemaCatalog:
@@ -136,6 +156,7 @@ class SchemaCatalog:
         for path in sorted((directory / "history").glob("*.avsc")):
             parsed = _parse(path, _read(path), named)
             catalog.writers.setdefault(_fingerprint(parsed), parsed)
+        catalog.legacy = {fp[::-1]: schema for fp, schema in catalog.writers.items()}
         return catalog
 
     def fingerprint(self, schema_name: str) -> bytes:
@@ -151,8 +172,12 @@ class AvroCodec:
         registry_url: str | None = None,
         registry_config: dict[str, str] | None = None,
         catalog: SchemaCatalog | None = None,
+        limits: EventLimits | None = None,
     ):
         self.catalog = catalog or SchemaCatalog.load()
+        self.limits = limits or EventLimits()
+        self.legacy_reads = 0  # messages read through the reversed-fingerprint path
+        self._legacy_logged: set[str] = set()
         self._fingerprints = {name: self.catalog.fingerprint(name) for name in self.catalog.current}
         self._registry = None
         self._serializers: dict[str, Any] = {}
@@ -167,17 +192,21 @@ class AvroCodec:
         return self._registry is not None
 
     def encode(self, event: Event) -> bytes:
+        """The event's bytes; LimitError (naming the field) if it is over a size limit."""
         record = event.model_dump()
         name = event.schema_name
         if self._registry is not None:
-            return self._registry_encode(name, record, topic_of(event))
-        body = io.BytesIO()
-        body.write(SINGLE_OBJECT_MAGIC + self._fingerprints[name])
-        try:
-            fastavro.schemaless_writer(body, self.catalog.current[name], record, strict=True)
-        except (ValueError, TypeError) as exc:
-            raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from exc
-        return body.getvalue()
+            data = self._registry_encode(name, record, topic_of(event))
+        else:
+            body = io.BytesIO()
+            body.write(SINGLE_OBJECT_MAGIC + self._fingerprints[name])
+            try:
+                fastavro.schemaless_writer(body, self.catalog.current[name], record, strict=True)
+            except (ValueError, TypeError) as exc:
+                raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from exc
+            data = body.getvalue()
+        check_fields(record, len(data), self.limits, type(event).__name__)
+        return data
 
     def decode(self, data: bytes, event_type: type[E]) -> E:
         if not data:
@@ -192,6 +221,10 @@ class AvroCodec:
                 f" expected {event_type.__name__}"
             )
         try:
+            check_fields(record, len(data), self.limits, event_type.__name__)
+        except LimitError as exc:
+            raise DecodeError(str(exc)) from None
+        try:
             return event_type.model_validate(record)
         except ValidationError as exc:
             problems = "; ".join(
@@ -199,14 +232,43 @@ class AvroCodec:
             )
             raise DecodeError(f"invalid {event_type.__name__}: {problems}") from exc
 
+    def _writer_schema(self, fingerprint: bytes, event_type: type[Event]) -> dict[str, Any]:
+        writer = self.catalog.writers.get(fingerprint)
+        if writer is not None:
+            return writer
+        writer = self.catalog.legacy.get(fingerprint)
+        if writer is None:
+            raise DecodeError(
+                f"unknown writer schema {fingerprint.hex()} (CRC-64-AVRO fingerprint) where a"
+                f" {event_type.__name__} was expected: not one of this reader's contracts;"
+                " upgrade the reader if a newer writer sent it"
+            )
+        self.legacy_reads += 1
+        if writer["name"] not in self._legacy_logged:
+            self._legacy_logged.add(writer["name"])
+            log.warning(
+                "reading %s messages with the byte-reversed fingerprint %s written by atlas-stream"
+                " before the Avro-spec fix; re-encode or let them expire: the next release"
+                " refuses them",
+                _short(writer),
+                fingerprint.hex(),
+            )
+        return writer
+
     def _local_decode(self, data: bytes, event_type: type[Event]) -> dict[str, Any]:
         reader = self.catalog.current[event_type.schema_name]
-        writer = self.catalog.writers.get(data[2:10], reader)
+        writer = self._writer_schema(data[2:10], event_type)
+        if writer["name"] != reader["name"]:
+            raise DecodeError(
+                f"{_a(_short(writer))} on {topic_of(event_type)}, which carries"
+                f" {event_type.__name__} events"
+            )
         try:
             return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
         except fastavro.read.SchemaResolutionError as exc:
             raise DecodeError(
-                f"message is a {writer['name']}, not a {event_type.schema_name}"
+                f"{_a(_short(writer))} that cannot be read as the current {event_type.__name__}:"
+                f" {exc}"
             ) from exc
         except Exception as exc:  # truncated or corrupt bodies raise anything from EOF up
             raise DecodeError(

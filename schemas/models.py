@@ -2,15 +2,16 @@
 
 Field names, order and optionality match the ``.avsc`` files exactly (a test holds them
 together); the ``.avsc`` files are the contract, these classes are how Python code touches it.
+They also refuse what Avro cannot: NaN and infinity in any number, ids that are empty or blank.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Mode = Literal["auto", "paired", "coach"]
 FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
@@ -19,6 +20,8 @@ CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
+# An id joins events and names rows and keys: never empty or only blanks.
+Id = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 
 
 def utcnow() -> datetime:
@@ -32,7 +35,7 @@ def new_id() -> str:
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class Event(Record):
@@ -70,9 +73,9 @@ class Usage(Record):
 class InteractionEvent(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.InteractionEvent"
 
-    event_id: str = Field(default_factory=new_id)
-    trace_id: str = Field(default_factory=new_id)
-    agent_id: str
+    event_id: Id = Field(default_factory=new_id)
+    trace_id: Id = Field(default_factory=new_id)
+    agent_id: Id
     created_at: datetime = Field(default_factory=utcnow)
     task_id: str
     task_family: str | None = None
@@ -92,8 +95,8 @@ class InteractionEvent(Event):
 class FeedbackEvent(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.FeedbackEvent"
 
-    event_id: str = Field(default_factory=new_id)
-    trace_id: str
+    event_id: Id = Field(default_factory=new_id)
+    trace_id: Id
     agent_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     kind: FeedbackKind
@@ -120,8 +123,8 @@ class JudgeScore(Record):
 class ScoredTrace(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.ScoredTrace"
 
-    trace_id: str
-    agent_id: str
+    trace_id: Id
+    agent_id: Id
     revision: int
     scored_at: datetime = Field(default_factory=utcnow)
     interaction: InteractionEvent
@@ -144,8 +147,8 @@ class Demonstration(Record):
 class PromptVersion(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
 
-    agent_id: str
-    role: str
+    agent_id: Id
+    role: Id
     version: int
     parent_version: int | None = None
     text: str
@@ -164,8 +167,8 @@ class PromptVersion(Event):
 class CheckpointEvent(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.CheckpointEvent"
 
-    agent_id: str
-    role: str
+    agent_id: Id
+    role: Id
     version: int
     parent_version: int | None = None
     uri: str
@@ -185,9 +188,9 @@ class CheckpointEvent(Event):
 class RetrainTrigger(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.RetrainTrigger"
 
-    trigger_id: str = Field(default_factory=new_id)
+    trigger_id: Id = Field(default_factory=new_id)
     kind: JobKind
-    agent_id: str
+    agent_id: Id
     reason: str
     requested_by: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -200,10 +203,10 @@ class RetrainTrigger(Event):
 class JobStatus(Event):
     schema_name: ClassVar[str] = "io.atlas_stream.JobStatus"
 
-    job_id: str
-    trigger_id: str
+    job_id: Id
+    trigger_id: Id
     kind: JobKind
-    agent_id: str
+    agent_id: Id
     state: JobState
     seq: int
     updated_at: datetime = Field(default_factory=utcnow)

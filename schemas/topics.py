@@ -28,6 +28,9 @@ class TopicContract:
     event_type: type[Event]
     key_of: Callable[[Event], str]
     key_doc: str
+    # The processor that dead-letters the topic's bad messages; others only skip them, so
+    # each bad message is dead-lettered exactly once.
+    owner: str = "sink"
 
 
 def _attr(name: str) -> Callable[[Event], str]:
@@ -50,8 +53,8 @@ DEADLETTER = "atlas.deadletter.v1"
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract
     for contract in (
-        TopicContract(INTERACTIONS, InteractionEvent, _attr("trace_id"), "trace_id"),
-        TopicContract(FEEDBACK, FeedbackEvent, _attr("trace_id"), "trace_id"),
+        TopicContract(INTERACTIONS, InteractionEvent, _attr("trace_id"), "trace_id", "rewards"),
+        TopicContract(FEEDBACK, FeedbackEvent, _attr("trace_id"), "trace_id", "rewards"),
         TopicContract(REWARDS, ScoredTrace, _attr("trace_id"), "trace_id"),
         TopicContract(PROMPTS, PromptVersion, _agent_role, "agent_id/role"),
         TopicContract(CHECKPOINTS, CheckpointEvent, _agent_role, "agent_id/role"),

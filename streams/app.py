@@ -6,26 +6,49 @@ feedback ─────┘                         └─> atlas.deadletter.v1 
 
 Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
 trace's state; several workers in the consumer group share the partitions. RIM runs in a thread
-so slow judges never starve the consumer's heartbeats. Undecodable or invalid input goes to the
-dead-letter topic and the stream goes on.
+so slow judges never starve the consumer's heartbeats.
+
+Guarantees:
+* Every event gets an outcome: a scored trace, nothing (a replay), or a dead letter with its
+  original bytes and a reason. An exception while handling one event (undecodable, invalid,
+  a state that does not load, a judge or a bug) dead-letters that event and the stream goes on.
+* An event's offset is committed only after its outputs are on Kafka (``streams/delivery.py``).
+* A trace's state is read, changed and written with no ``await`` in between, so the two agents
+  never overwrite each other's change (judging happens before the read).
+* State expires: feedback waiting for an interaction after ``pending_ttl_s`` (dead-lettered,
+  one letter per feedback event under its own source offset), a scored trace
+  ``feedback_window_s`` after its last change; both leave a tombstone on the changelog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent, ScoredTrace
-from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS, TRIGGERS
-from streams.processor import Outcome, RewardProcessor, TraceState
-from streams.retrain_policy import AgentRewardState, RetrainPolicy
+from schemas.deadletter import make_dead_letter
+from schemas.models import FeedbackEvent, InteractionEvent
+from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
+from streams.delivery import Deliveries, Send, as_current_event
+from streams.policy_agent import watch_agents
+from streams.processor import Judgement, Outcome, RewardProcessor, TraceState
+from streams.retrain_policy import RetrainPolicy
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "rewards"
+EXPIRY_SCAN_CHUNK = 2000
+
+
+@dataclass
+class StreamStats:
+    scored: int = 0
+    dead_letters: int = 0
+    expired: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
 
 
 def create_app(
@@ -38,12 +61,14 @@ def create_app(
     batch_seconds: float = 0.5,
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
+    store: str = "memory://",
+    expiry_interval_s: float = 60.0,
 ) -> faust.App:
     codec = codec or AvroCodec()
     app = faust.App(
         app_id,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
-        store="memory://",
+        store=store,
         datadir=data_dir,
         topic_partitions=partitions,
         web_enabled=False,
@@ -63,29 +88,46 @@ def create_app(
     traces = app.Table(
         "traces", default=None, partitions=partitions, key_type=bytes, value_type=bytes
     )
-    dead_letters = {"count": 0}
+    stats = StreamStats()
+    deliveries = Deliveries()
+    app.atlas_stats = stats  # type: ignore[attr-defined]
 
-    async def publish(topic: faust.TopicT, key: bytes, value: bytes) -> None:
-        # force=True: Faust would otherwise attach the message to the "current event", which
-        # inside take_events() is some other event of the batch, possibly on another partition;
-        # a worker killed between the two partitions' commits then loses the message. Sent now,
-        # it sits in the producer, which Faust flushes before every offset commit.
-        await topic.send(key=key, value=value, force=True)
+    def send_to(topic: faust.TopicT, key: bytes, value: bytes) -> Send:
+        # force=True: sent now, not attached to Faust's "current event" (inside take_events,
+        # some other event of the batch, possibly of another partition).
+        async def send() -> asyncio.Future[Any]:
+            return await topic.send(key=key, value=value, force=True)
+
+        return send
+
+    def changelog_of(key: bytes, partition: int) -> Send:
+        # A retry sends the key's value as it is then, never an older state over a newer one.
+        async def send() -> asyncio.Future[Any]:
+            return traces.send_changelog(partition, key, traces.data.get(key))
+
+        return send
 
     def state_of(key: bytes) -> TraceState | None:
         stored = traces.data.get(key)
-        return TraceState.model_validate_json(stored) if stored else None
+        if not stored:
+            return None
+        try:
+            return TraceState.model_validate_json(stored)
+        except ValueError as exc:
+            raise DecodeError(
+                f"the stored state of trace {key[:80]!r} cannot be read: {exc}"
+            ) from None
 
-    def put(event: Any, key: bytes, state: TraceState) -> None:
-        # The changelog entry must land in the partition of the event that changed the key
-        # (not the batch's last event), so a rebalance restores it on the right worker.
-        value = state.model_dump_json().encode()
-        traces.data[key] = value
-        traces.send_changelog(event.message.partition, key, value)
+    def put(event: Any, key: bytes, state: TraceState) -> Send:
+        # The changelog entry lands in the partition of the event that changed the key.
+        state.partition = event.message.partition
+        with as_current_event(event):
+            traces.data[key] = state.model_dump_json().encode()
+        return changelog_of(key, event.message.partition)
 
-    async def dead_letter(event: Any, reason: str, error_type: str) -> None:
+    def dead_letter(event: Any, reason: str, error_type: str) -> Send:
         message = event.message
-        letter = DeadLetter(
+        letter = make_dead_letter(
             source_topic=message.topic,
             source_partition=message.partition,
             source_offset=message.offset,
@@ -94,17 +136,19 @@ def create_app(
             reason=reason,
             error_type=error_type,
             processor=PROCESSOR_NAME,
+            limits=codec.limits,
         )
-        dead_letters["count"] += 1
+        stats.dead_letters += 1
+        stats.by_error[error_type] = stats.by_error.get(error_type, 0) + 1
         log.warning(
             "dead letter #%d %s[%d]@%d: %s",
-            dead_letters["count"],
+            stats.dead_letters,
             message.topic,
             message.partition,
             message.offset,
-            reason,
+            letter.reason[:300],
         )
-        await publish(deadletter, message.topic.encode(), codec.encode(letter))
+        return send_to(deadletter, message.topic.encode(), codec.encode(letter))
 
     def decode(event: Any, event_type: type) -> Any:
         decoded = codec.decode(event.value or b"", event_type)
@@ -114,110 +158,122 @@ def create_app(
             )
         return decoded
 
-    async def emit(outcome: Outcome, event: Any) -> None:
-        put(event, outcome.trace_id.encode(), outcome.state)
+    def outputs(outcome: Outcome, event: Any) -> list[Send]:
+        """Write the outcome's state and name what must be delivered for it."""
+        sends = [put(event, outcome.trace_id.encode(), outcome.state)]
         if outcome.scored is not None:
-            await publish(rewards, outcome.trace_id.encode(), codec.encode(outcome.scored))
+            stats.scored += 1
+            value = codec.encode(outcome.scored)
+            sends.append(send_to(rewards, outcome.trace_id.encode(), value))
         if outcome.rejected:
-            await dead_letter(event, outcome.rejected, "InvalidEvent")
+            sends.append(dead_letter(event, outcome.rejected, "InvalidEvent"))
+        return sends
+
+    def failed(event: Any, exc: Exception) -> list[Send]:
+        if isinstance(exc, DecodeError):
+            return [dead_letter(event, str(exc), "DecodeError")]
+        message = event.message
+        log.exception("%s[%d]@%d failed", message.topic, message.partition, message.offset)
+        return [dead_letter(event, f"{type(exc).__name__}: {exc}", "ProcessingError")]
+
+    async def judge_batch(events: list[InteractionEvent]) -> list[Judgement | Exception]:
+        """One batched judging call; if the batch raises, each event alone, so one poison
+        event cannot take its batch with it."""
+        loop = asyncio.get_running_loop()
+        try:
+            return list(await loop.run_in_executor(None, processor.judge, events))
+        except Exception:
+            log.exception("judging a batch of %d failed; judging one by one", len(events))
+        results: list[Judgement | Exception] = []
+        for single in events:
+            try:
+                [judged] = await loop.run_in_executor(None, processor.judge, [single])
+                results.append(judged)
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     @app.agent(interactions)
     async def score_interactions(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
         async for events in stream.take_events(batch_size, within=batch_seconds):
-            batch, sources = [], []
+            ready: list[tuple[Any, InteractionEvent]] = []
+            to_judge: dict[str, InteractionEvent] = {}
             for event in events:
                 try:
                     decoded = decode(event, InteractionEvent)
-                except DecodeError as exc:
-                    await dead_letter(event, str(exc), "DecodeError")
-                    continue
-                batch.append((decoded, state_of(decoded.trace_id.encode())))
-                sources.append(event)
-            if not batch:
-                continue
-            outcomes = await loop.run_in_executor(None, processor.on_interactions, batch)
-            for source, outcome in zip(sources, outcomes, strict=True):
-                await emit(outcome, source)
+                    if processor.wants_judging(decoded, state_of(decoded.trace_id.encode())):
+                        to_judge[decoded.event_id] = decoded
+                    ready.append((event, decoded))
+                except Exception as exc:
+                    await deliveries.hold(event, failed(event, exc))
+            judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
+            for event, decoded in ready:
+                try:
+                    judgement = judged.get(decoded.event_id)
+                    if isinstance(judgement, Exception):
+                        raise judgement
+                    # No await from here to put(): the state read is the state written over.
+                    state = state_of(decoded.trace_id.encode())
+                    sends = outputs(processor.on_interaction(decoded, state, judgement), event)
+                except Exception as exc:
+                    sends = failed(event, exc)
+                await deliveries.hold(event, sends)
 
     @app.agent(feedback)
     async def merge_feedback(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
                 decoded = decode(event, FeedbackEvent)
-            except DecodeError as exc:
-                await dead_letter(event, str(exc), "DecodeError")
-                continue
-            outcome = processor.on_feedback(decoded, state_of(decoded.trace_id.encode()))
-            await emit(outcome, event)
+                source = (event.message.partition, event.message.offset)
+                state = state_of(decoded.trace_id.encode())
+                sends = outputs(processor.on_feedback(decoded, state, source), event)
+            except Exception as exc:
+                sends = failed(event, exc)
+            await deliveries.hold(event, sends)
 
-    @app.timer(interval=60.0)
-    async def expire_pending_feedback() -> None:
-        for key, stored in list(traces.data.items()):
-            state = TraceState.model_validate_json(stored)
-            if processor.expired(state):
-                log.warning(
-                    "dropping %d feedback event(s) for trace %s: no interaction after %.0fs",
-                    len(state.feedback),
-                    key.decode(),
-                    processor.pending_ttl_s,
-                )
-                letter = DeadLetter(
-                    source_topic=FEEDBACK,
-                    source_partition=-1,
-                    source_offset=-1,
-                    key=key,
-                    original=b"".join(codec.encode(f) for f in state.feedback[:1]),
-                    reason=f"{len(state.feedback)} feedback event(s) waited more than "
-                    f"{processor.pending_ttl_s:.0f}s for an interaction that never came",
-                    error_type="OrphanFeedback",
-                    processor=PROCESSOR_NAME,
-                )
-                await publish(deadletter, FEEDBACK.encode(), codec.encode(letter))
-                traces.data.pop(key, None)
+    @app.timer(interval=expiry_interval_s)
+    async def expire_states() -> None:
+        """Drop expired states with a tombstone on the changelog; dead-letter orphan feedback.
+        Scans in chunks so the agents keep running in between."""
+        keys = list(traces.data.keys())
+        for start in range(0, len(keys), EXPIRY_SCAN_CHUNK):
+            for key in keys[start : start + EXPIRY_SCAN_CHUNK]:
+                await expire(key)
+            await asyncio.sleep(0)
+
+    async def expire(key: bytes) -> None:
+        try:
+            state = state_of(key)
+        except DecodeError as exc:
+            log.error("dropping an unreadable state: %s", exc)
+            state = None
+        if state is not None and not processor.expired(state):
+            return
+        for orphan, partition, offset in processor.orphans(state) if state else []:
+            letter = make_dead_letter(
+                source_topic=FEEDBACK,
+                source_partition=partition,
+                source_offset=offset,
+                key=key,
+                original=codec.encode(orphan),
+                reason=(
+                    f"feedback {orphan.event_id} waited more than {processor.pending_ttl_s:.0f}s"
+                    f" for the interaction of trace {orphan.trace_id}, which never came (or"
+                    f" was scored more than the {processor.feedback_window_s:.0f}s feedback"
+                    " window ago)"
+                ),
+                error_type="OrphanFeedback",
+                processor=PROCESSOR_NAME,
+                limits=codec.limits,
+            )
+            stats.dead_letters += 1
+            await (await send_to(deadletter, FEEDBACK.encode(), codec.encode(letter))())
+        stats.expired += 1
+        partition = state.partition if state is not None else -1
+        traces.data.pop(key, None)
+        if partition >= 0:
+            await changelog_of(key, partition)()  # the tombstone: a restore will not bring it back
 
     if policy is not None:
-        watch_agents(app, policy, rewards, partitions, codec, publish)
+        watch_agents(app, policy, rewards, partitions, codec, deliveries)
     return app
-
-
-def watch_agents(
-    app: faust.App,
-    policy: RetrainPolicy,
-    rewards: faust.TopicT,
-    partitions: int,
-    codec: AvroCodec,
-    publish: Any,
-) -> None:
-    """The automatic retrain policy: scored traces regrouped by agent (a repartition topic),
-    per-agent state in a changelog-backed table, triggers to atlas.triggers.v1."""
-    triggers = app.topic(TRIGGERS, key_serializer="raw", value_serializer="raw")
-    states = app.Table(
-        "agent_rewards", default=None, partitions=partitions, key_type=bytes, value_type=bytes
-    )
-    unreadable = b"\x00unreadable"
-
-    def agent_of(value: bytes) -> bytes:
-        try:
-            return codec.decode(value, ScoredTrace).agent_id.encode()
-        except DecodeError:
-            return unreadable  # the sink dead-letters it; the policy just skips it
-
-    @app.agent(rewards)
-    async def watch_rewards(stream: faust.StreamT) -> None:
-        async for event in stream.group_by(agent_of, name="by-agent").events():
-            if event.key == unreadable:
-                continue
-            scored = codec.decode(event.value, ScoredTrace)
-            stored = states.get(event.key)
-            state = AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
-            state, trigger = policy.observe(state, scored)
-            states[event.key] = state.model_dump_json().encode()
-            if trigger is not None:
-                log.warning(
-                    "retrain trigger %s for %s: %s",
-                    trigger.trigger_id,
-                    trigger.agent_id,
-                    trigger.reason,
-                )
-                await publish(triggers, trigger.agent_id.encode(), codec.encode(trigger))

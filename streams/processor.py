@@ -4,6 +4,14 @@ An interaction yields revision 1 (judges run once, batched); each feedback event
 next revision with the human signal merged into the stored judge scores (judges are not run
 again). Feedback that arrives before its interaction waits in the state, bounded in count and
 age. Replays are idempotent: an event already applied (same event_id) changes nothing.
+
+Judging is slow and runs in a thread, so it is split from the state change: ``judge`` needs no
+state, and ``on_interaction`` applies a judgement to the state as it is *after* judging. The
+stream reads, changes and writes a trace's state without awaiting in between, so feedback
+merged while the judges ran is never overwritten.
+
+A trace's state lives for ``feedback_window_s`` after its last change, then expires (feedback
+later than that waits as if the interaction had never come, and is dead-lettered).
 """
 
 from __future__ import annotations
@@ -12,17 +20,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from rim.reward import Reward, Rim
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, ScoredTrace, utcnow
 
 RESCORE = "atlas.rescore"  # metadata key of an interaction re-sent by `atlas replay`
 AFTER_REVISION = "atlas.after_revision"
+DAY_S = 86_400.0
 
 
 class TraceState(BaseModel):
     """What the changelog-backed table keeps per trace_id."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     interaction: InteractionEvent | None = None
     judge_scores: list[JudgeScore] = Field(default_factory=list)
@@ -30,10 +41,24 @@ class TraceState(BaseModel):
     feedback: list[FeedbackEvent] = Field(default_factory=list)
     revision: int = 0
     first_seen: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    # Where each waiting feedback event came from (event_id -> partition, offset), so an
+    # orphan is dead-lettered under its own source coordinates.
+    sources: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    # The table partition that holds the state (set by the stream), for its tombstone.
+    partition: int = -1
 
     @property
     def pending(self) -> bool:
         return self.interaction is None and bool(self.feedback)
+
+
+@dataclass
+class Judgement:
+    """What the judges said about one interaction; computed without touching any state."""
+
+    judge_scores: list[JudgeScore]
+    baseline_reward: float | None
 
 
 @dataclass
@@ -44,11 +69,35 @@ class Outcome:
     rejected: str | None = None  # why the input is dead-lettered instead
 
 
+def rescore_floor(event: InteractionEvent) -> int | None:
+    """The revision a replayed interaction must follow, or None if it is not a replay.
+    ValueError if the replay marker is not a revision number."""
+    if RESCORE not in event.metadata:
+        return None
+    raw = event.metadata.get(AFTER_REVISION, "0") or "0"
+    try:
+        floor = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"metadata {AFTER_REVISION}={raw[:40]!r} is not a revision number"
+        ) from None
+    if not 0 <= floor < 2**31:
+        raise ValueError(f"metadata {AFTER_REVISION}={floor} is out of range")
+    return floor
+
+
 class RewardProcessor:
-    def __init__(self, rim: Rim, max_pending_feedback: int = 50, pending_ttl_s: float = 3600.0):
+    def __init__(
+        self,
+        rim: Rim,
+        max_pending_feedback: int = 50,
+        pending_ttl_s: float = 3600.0,
+        feedback_window_s: float = 7 * DAY_S,
+    ):
         self.rim = rim
         self.max_pending_feedback = max_pending_feedback
         self.pending_ttl_s = pending_ttl_s
+        self.feedback_window_s = feedback_window_s
 
     def _scored(self, state: TraceState, reward: Reward) -> ScoredTrace:
         assert state.interaction is not None
@@ -69,65 +118,65 @@ class RewardProcessor:
             errors=reward.errors,
         )
 
-    def on_interactions(
-        self, batch: Sequence[tuple[InteractionEvent, TraceState | None]]
-    ) -> list[Outcome]:
-        """One outcome per input, in order; every new interaction is scored in one RIM call.
-        A trace seen twice in the batch (a replay) is scored once."""
-        states: dict[str, TraceState] = {}
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        fresh: list[int] = []
-        for i, (event, stored) in enumerate(batch):
-            if not event.trace_id.strip():
-                outcomes[i] = Outcome(
-                    event.trace_id, TraceState(), rejected="interaction without a trace_id"
-                )
-                continue
-            state = states.setdefault(event.trace_id, stored or TraceState())
-            if RESCORE in event.metadata:
-                # `atlas replay`: score the stored trace again with today's judges, as the
-                # next revision after both the table's and the store's latest.
-                floor = int(event.metadata.get(AFTER_REVISION, "0") or 0)
-                state.revision = max(state.revision, floor)
-                state.interaction = event.model_copy(
-                    update={
-                        "metadata": {
-                            k: v
-                            for k, v in event.metadata.items()
-                            if k not in (RESCORE, AFTER_REVISION)
-                        }
-                    }
-                )
-                fresh.append(i)
-                continue
-            if state.interaction is not None:
-                duplicate = state.interaction.event_id == event.event_id
-                reason = (
-                    None
-                    if duplicate
-                    else (
-                        f"trace {event.trace_id} already has interaction "
-                        f"{state.interaction.event_id}"
-                    )
-                )
-                outcomes[i] = Outcome(event.trace_id, state, rejected=reason)
-                continue
-            state.interaction = event
-            fresh.append(i)
-        if fresh:
-            events = [states[batch[i][0].trace_id].interaction for i in fresh]
-            judged = self.rim.judge_many(events)
-            baselines = self.rim.baseline_rewards(events)
-            for i, event, scores, baseline in zip(fresh, events, judged, baselines, strict=True):
-                assert event is not None
-                state = states[event.trace_id]
-                state.judge_scores, state.baseline_reward = scores, baseline
-                state.revision += 1
-                reward = self.rim.combine(event, scores, state.feedback)
-                outcomes[i] = Outcome(event.trace_id, state, self._scored(state, reward))
-        return [o for o in outcomes if o is not None]
+    def wants_judging(self, event: InteractionEvent, state: TraceState | None) -> bool:
+        """False for an interaction its trace already has (a replay or a conflict)."""
+        return RESCORE in event.metadata or state is None or state.interaction is None
 
-    def on_feedback(self, event: FeedbackEvent, state: TraceState | None) -> Outcome:
+    def judge(self, events: Sequence[InteractionEvent]) -> list[Judgement]:
+        """Every judge over the batch at once (one batched model call per judge); no state.
+        Replay markers are not shown to the judges."""
+        events = [_without_replay_marker(e) for e in events]
+        judged = self.rim.judge_many(events)
+        baselines = self.rim.baseline_rewards(events)
+        return [Judgement(s, b) for s, b in zip(judged, baselines, strict=True)]
+
+    def on_interaction(
+        self, event: InteractionEvent, state: TraceState | None, judgement: Judgement | None
+    ) -> Outcome:
+        """Apply ``judgement`` (None when ``wants_judging`` said no) to the trace's current
+        state (changed in place). A conflicting second interaction for a trace is rejected."""
+        state = state or TraceState()
+        try:
+            floor = rescore_floor(event)
+        except ValueError as exc:
+            return Outcome(event.trace_id, state, rejected=str(exc))
+        if floor is not None:
+            # `atlas replay`: score the stored trace again with today's judges, as the next
+            # revision after both the table's and the store's latest.
+            state.revision = max(state.revision, floor)
+            state.interaction = _without_replay_marker(event)
+        elif state.interaction is not None:
+            if state.interaction.event_id == event.event_id:
+                return Outcome(event.trace_id, state)  # a replay: already applied
+            return Outcome(
+                event.trace_id,
+                state,
+                rejected=(
+                    f"trace {event.trace_id} already has interaction {state.interaction.event_id}"
+                ),
+            )
+        else:
+            state.interaction = event
+        if judgement is None:
+            raise ValueError(f"interaction {event.event_id} was not judged")
+        state.judge_scores, state.baseline_reward = (
+            judgement.judge_scores,
+            judgement.baseline_reward,
+        )
+        state.revision += 1
+        state.sources = {}
+        state.updated_at = time.time()
+        reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
+        return Outcome(event.trace_id, state, self._scored(state, reward))
+
+    def on_feedback(
+        self,
+        event: FeedbackEvent,
+        state: TraceState | None,
+        source: tuple[int, int] = (-1, -1),
+    ) -> Outcome:
+        """Merge one feedback event (from partition/offset ``source``) into the trace's state
+        (changed in place)."""
         state = state or TraceState()
         if any(f.event_id == event.event_id for f in state.feedback):
             return Outcome(event.trace_id, state)  # a replay: already applied
@@ -142,12 +191,32 @@ class RewardProcessor:
                     ),
                 )
             state.feedback.append(event)
+            state.sources[event.event_id] = source
+            state.updated_at = time.time()
             return Outcome(event.trace_id, state)
         state.feedback.append(event)
         state.revision += 1
+        state.updated_at = time.time()
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
         return Outcome(event.trace_id, state, self._scored(state, reward))
 
     def expired(self, state: TraceState, now: float | None = None) -> bool:
-        """Feedback that waited longer than the TTL for an interaction that never came."""
-        return state.pending and (now or time.time()) - state.first_seen > self.pending_ttl_s
+        """Feedback that waited longer than the TTL for an interaction that never came, or a
+        scored trace unchanged for longer than the feedback window."""
+        now = time.time() if now is None else now
+        if state.pending:
+            return now - state.first_seen > self.pending_ttl_s
+        return now - state.updated_at > self.feedback_window_s
+
+    def orphans(self, state: TraceState) -> list[tuple[FeedbackEvent, int, int]]:
+        """The waiting feedback of an expired pending state, with each event's source."""
+        if not state.pending:
+            return []
+        return [(f, *state.sources.get(f.event_id, (-1, -1))) for f in state.feedback]
+
+
+def _without_replay_marker(event: InteractionEvent) -> InteractionEvent:
+    if RESCORE not in event.metadata:
+        return event
+    metadata = {k: v for k, v in event.metadata.items() if k not in (RESCORE, AFTER_REVISION)}
+    return event.model_copy(update={"metadata": metadata})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.models import JobKind, RetrainTrigger, ScoredTrace
 
@@ -30,6 +30,8 @@ class RetrainPolicyConfig(BaseModel):
 
 
 class AgentRewardState(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     recent: list[float] = Field(default_factory=list)
     reference: float | None = None
     new_traces: int = 0

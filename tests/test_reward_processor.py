@@ -6,23 +6,46 @@ import random
 
 from rim.judges import FormatJudge, ReferenceMatchJudge
 from rim.reward import Rim
-from schemas.models import FeedbackEvent
-from streams.processor import AFTER_REVISION, RESCORE, RewardProcessor
+from schemas.models import FeedbackEvent, InteractionEvent
+from streams.processor import AFTER_REVISION, RESCORE, Outcome, RewardProcessor, TraceState
 from tests.factories import interaction
 
 RIM = Rim([ReferenceMatchJudge(), FormatJudge()])
 
 
+def score(
+    processor: RewardProcessor, event: InteractionEvent, state: TraceState | None = None
+) -> Outcome:
+    """What the stream does: judge when asked to, then apply to the current state."""
+    judgement = processor.judge([event])[0] if processor.wants_judging(event, state) else None
+    return processor.on_interaction(event, state, judgement)
+
+
 def test_interaction_then_feedback_gives_revisions_1_and_2() -> None:
     processor = RewardProcessor(RIM)
     event = interaction(random.Random(1))
-    [first] = processor.on_interactions([(event, None)])
+    first = score(processor, event)
     assert first.scored and first.scored.revision == 1 and first.scored.human_score is None
     approve = FeedbackEvent(trace_id=event.trace_id, kind="approve")
+    judges = first.scored.judge_scores
     second = processor.on_feedback(approve, first.state)
     assert second.scored and second.scored.revision == 2 and second.scored.human_score == 1.0
-    assert second.scored.judge_scores == first.scored.judge_scores  # judges not run again
+    assert second.scored.judge_scores == judges  # judges not run again
     assert processor.on_feedback(approve, second.state).scored is None  # replayed feedback
+
+
+def test_feedback_merged_while_the_judges_ran_is_kept() -> None:
+    """The race behind the lost fast feedback: judging starts from one state, feedback changes
+    the state meanwhile, and the judgement is applied to the state as it is afterwards."""
+    processor = RewardProcessor(RIM)
+    event = interaction(random.Random(9))
+    assert processor.wants_judging(event, None)
+    judgement = processor.judge([event])[0]  # slow, in a thread, in the stream
+    waiting = processor.on_feedback(
+        FeedbackEvent(trace_id=event.trace_id, kind="reject"), None, source=(3, 41)
+    )
+    scored = processor.on_interaction(event, waiting.state, judgement)
+    assert scored.scored and (scored.scored.feedback_count, scored.scored.human_score) == (1, 0.0)
 
 
 def test_feedback_before_its_interaction_waits_then_merges() -> None:
@@ -30,36 +53,47 @@ def test_feedback_before_its_interaction_waits_then_merges() -> None:
     event = interaction(random.Random(2))
     waiting = processor.on_feedback(FeedbackEvent(trace_id=event.trace_id, kind="reject"), None)
     assert waiting.scored is None and waiting.state.pending
-    [scored] = processor.on_interactions([(event, waiting.state)])
+    scored = score(processor, event, waiting.state)
     assert scored.scored and (scored.scored.revision, scored.scored.feedback_count) == (1, 1)
     assert scored.scored.human_score == 0.0
 
 
-def test_pending_feedback_is_bounded_and_expires() -> None:
+def test_pending_feedback_is_bounded_and_expires_with_its_own_sources() -> None:
     processor = RewardProcessor(RIM, max_pending_feedback=2, pending_ttl_s=10)
     state = None
-    for _ in range(2):
-        state = processor.on_feedback(FeedbackEvent(trace_id="t", kind="approve"), state).state
-    overflow = processor.on_feedback(FeedbackEvent(trace_id="t", kind="approve"), state)
+    events = [FeedbackEvent(trace_id="t", kind="approve") for _ in range(3)]
+    for offset, event in enumerate(events[:2]):
+        state = processor.on_feedback(event, state, source=(4, 100 + offset)).state
+    overflow = processor.on_feedback(events[2], state)
     assert overflow.rejected and "interaction never arrived" in overflow.rejected
     assert not processor.expired(state, now=state.first_seen + 5)
     assert processor.expired(state, now=state.first_seen + 11)
+    assert [(f.event_id, p, o) for f, p, o in processor.orphans(state)] == [
+        (events[0].event_id, 4, 100),
+        (events[1].event_id, 4, 101),
+    ]
+
+
+def test_a_scored_trace_expires_after_the_feedback_window() -> None:
+    processor = RewardProcessor(RIM, feedback_window_s=60)
+    state = score(processor, interaction(random.Random(5))).state
+    assert not processor.expired(state, now=state.updated_at + 59)
+    assert processor.expired(state, now=state.updated_at + 61)
+    assert processor.orphans(state) == []
 
 
 def test_duplicates_are_idempotent_and_conflicts_rejected() -> None:
     processor = RewardProcessor(RIM)
     rng = random.Random(3)
     event = interaction(rng)
-    outcomes = processor.on_interactions([(event, None), (event, None)])
-    assert [o.scored is not None for o in outcomes] == [True, False]
-    assert outcomes[1].rejected is None
+    first = score(processor, event)
+    assert first.scored is not None
+    assert not processor.wants_judging(event, first.state)
+    again = score(processor, event, first.state)
+    assert again.scored is None and again.rejected is None
     impostor = event.model_copy(update={"event_id": "other"})
-    [conflict] = processor.on_interactions([(impostor, outcomes[0].state)])
-    assert conflict.scored is None and "already has interaction" in conflict.rejected
-    blank = event.model_copy(update={"trace_id": " "})
-    assert (
-        processor.on_interactions([(blank, None)])[0].rejected == "interaction without a trace_id"
-    )
+    conflict = score(processor, impostor, first.state)
+    assert conflict.scored is None and "already has interaction" in (conflict.rejected or "")
 
 
 def test_rescore_from_replay_is_the_next_revision() -> None:
@@ -68,6 +102,17 @@ def test_rescore_from_replay_is_the_next_revision() -> None:
     replayed = event.model_copy(
         update={"metadata": {**event.metadata, RESCORE: "r1", AFTER_REVISION: "5"}}
     )
-    [outcome] = processor.on_interactions([(replayed, None)])
+    outcome = score(processor, replayed)
     assert outcome.scored and outcome.scored.revision == 6
     assert RESCORE not in outcome.scored.interaction.metadata
+
+
+def test_a_bad_replay_marker_is_rejected_with_a_reason() -> None:
+    processor = RewardProcessor(RIM)
+    event = interaction(random.Random(6))
+    bad = event.model_copy(
+        update={"metadata": {**event.metadata, RESCORE: "r1", AFTER_REVISION: "soon"}}
+    )
+    outcome = score(processor, bad)
+    assert outcome.scored is None
+    assert outcome.rejected == "metadata atlas.after_revision='soon' is not a revision number"

@@ -70,13 +70,56 @@ def test_every_event_type_round_trips_through_the_codec() -> None:
         assert codec.decode(data, type(event)) == event
 
 
-def test_decoding_the_wrong_type_names_both_types() -> None:
+def test_decoding_the_wrong_type_names_the_event_and_the_topic() -> None:
     codec = AvroCodec()
     data = codec.encode(interaction(random.Random(2)))
     with pytest.raises(
-        DecodeError, match=r"InteractionEvent, not a io\.atlas_stream\.FeedbackEvent"
+        DecodeError,
+        match=r"^an InteractionEvent on atlas\.feedback\.v1, which carries FeedbackEvent events$",
     ):
         codec.decode(data, FeedbackEvent)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "spec_bytes"),
+    [
+        # SchemaNormalization.parsingFingerprint64 of Apache Avro's Java library, little-endian.
+        (InteractionEvent, "0f42a604154517c5"),
+        (FeedbackEvent, "5b6a616fdb5656fc"),
+        (ScoredTrace, "59c7732cab8f998a"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+def test_messages_carry_the_avro_spec_fingerprint(event_type: type, spec_bytes: str) -> None:
+    catalog = SchemaCatalog.load()
+    assert catalog.fingerprint(event_type.schema_name).hex() == spec_bytes
+    event = one_of_each(random.Random(5))[
+        [InteractionEvent, FeedbackEvent, ScoredTrace].index(event_type)
+    ]
+    assert AvroCodec().encode(event)[2:10].hex() == spec_bytes
+
+
+def test_an_unknown_fingerprint_is_refused_never_guessed() -> None:
+    codec = AvroCodec()
+    data = codec.encode(FeedbackEvent(trace_id="t", kind="approve"))
+    forged = data[:2] + bytes(8) + data[10:]
+    with pytest.raises(DecodeError, match=r"^unknown writer schema 0000000000000000"):
+        codec.decode(forged, FeedbackEvent)
+
+
+def test_messages_with_the_old_reversed_fingerprint_are_read_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    codec = AvroCodec()
+    event = FeedbackEvent(trace_id="t", kind="approve")
+    data = codec.encode(event)
+    legacy = data[:2] + data[2:10][::-1] + data[10:]
+    with caplog.at_level("WARNING"):
+        assert codec.decode(legacy, FeedbackEvent) == event
+        assert codec.decode(legacy, FeedbackEvent) == event
+    assert codec.legacy_reads == 2
+    warnings = [r for r in caplog.records if "byte-reversed fingerprint" in r.getMessage()]
+    assert len(warnings) == 1 and "FeedbackEvent" in warnings[0].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -112,9 +155,13 @@ def test_message_missing_a_required_field_is_a_decode_error(schema_dir_copy: Pat
     writer = fastavro.parse_schema(contract)
     body = io.BytesIO()
     fastavro.schemaless_writer(body, writer, {"event_id": "e", "created_at": 0, "kind": "approve"})
-    # Unknown fingerprint, so the reader reads with its own schema and finds no valid trace_id.
-    data = SINGLE_OBJECT_MAGIC + b"\x01" * 8 + body.getvalue()
-    with pytest.raises(DecodeError):
+    fingerprint = bytes.fromhex(
+        fastavro.schema.fingerprint(
+            fastavro.schema.to_parsing_canonical_form(writer), "CRC-64-AVRO"
+        )
+    )
+    data = SINGLE_OBJECT_MAGIC + fingerprint + body.getvalue()
+    with pytest.raises(DecodeError, match="unknown writer schema"):
         codec.decode(data, FeedbackEvent)
 
 

@@ -1,0 +1,94 @@
+"""The automatic retrain policy as a Faust agent: scored traces regrouped by agent (a
+repartition topic), per-agent state in a changelog-backed table, triggers to atlas.triggers.v1.
+
+A scored trace that cannot be decoded is the sink's to dead-letter (it owns the rewards topic);
+one that the policy fails on is dead-lettered here, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import faust
+
+from schemas.codec import AvroCodec, DecodeError
+from schemas.deadletter import make_dead_letter
+from schemas.models import ScoredTrace
+from schemas.topics import DEADLETTER, TRIGGERS
+from streams.delivery import Deliveries
+from streams.retrain_policy import AgentRewardState, RetrainPolicy
+
+log = logging.getLogger(__name__)
+PROCESSOR_NAME = "retrain-policy"
+UNREADABLE = b"\x00unreadable"
+
+
+def watch_agents(
+    app: faust.App,
+    policy: RetrainPolicy,
+    rewards: faust.TopicT,
+    partitions: int,
+    codec: AvroCodec,
+    deliveries: Deliveries,
+) -> None:
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    triggers = app.topic(TRIGGERS, **raw)
+    deadletter = app.topic(DEADLETTER, **raw)
+    states = app.Table(
+        "agent_rewards", default=None, partitions=partitions, key_type=bytes, value_type=bytes
+    )
+
+    def agent_of(value: bytes) -> bytes:
+        try:
+            return codec.decode(value, ScoredTrace).agent_id.encode()
+        except DecodeError:
+            return UNREADABLE
+
+    async def send(topic: faust.TopicT, key: bytes, value: bytes) -> Any:
+        return await topic.send(key=key, value=value, force=True)
+
+    @app.agent(rewards)
+    async def watch_rewards(stream: faust.StreamT) -> None:
+        async for event in stream.group_by(agent_of, name="by-agent").events():
+            if event.key == UNREADABLE:
+                continue
+            try:
+                scored = codec.decode(event.value, ScoredTrace)
+                stored = states.get(event.key)
+                state = (
+                    AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
+                )
+                state, trigger = policy.observe(state, scored)
+                states[event.key] = state.model_dump_json().encode()
+            except Exception as exc:
+                message = event.message
+                log.exception("retrain policy failed on %s@%d", message.topic, message.offset)
+                letter = make_dead_letter(
+                    source_topic=message.topic,
+                    source_partition=message.partition,
+                    source_offset=message.offset,
+                    key=message.key,
+                    original=message.value or b"",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    error_type="ProcessingError",
+                    processor=PROCESSOR_NAME,
+                    limits=codec.limits,
+                )
+                dead = functools.partial(
+                    send, deadletter, message.topic.encode(), codec.encode(letter)
+                )
+                await deliveries.hold(event, [dead])
+                continue
+            if trigger is not None:
+                log.warning(
+                    "retrain trigger %s for %s: %s",
+                    trigger.trigger_id,
+                    trigger.agent_id,
+                    trigger.reason,
+                )
+                publish = functools.partial(
+                    send, triggers, trigger.agent_id.encode(), codec.encode(trigger)
+                )
+                await deliveries.hold(event, [publish])
