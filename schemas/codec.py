@@ -270,6 +270,11 @@ class AvroCodec:
                 f"{_a(_short(writer))} that cannot be read as the current {event_type.__name__}:"
                 f" {exc}"
             ) from exc
+        except IndexError as exc:  # fastavro indexes enum symbols and union branches
+            raise DecodeError(
+                f"corrupt {event_type.__name__} body: an enum symbol or union branch index is"
+                " out of range"
+            ) from exc
         except Exception as exc:  # truncated or corrupt bodies raise anything from EOF up
             raise DecodeError(
                 f"corrupt {event_type.__name__} body: {type(exc).__name__}: {exc}"

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Mode = Literal["auto", "paired", "coach"]
 FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
@@ -20,8 +20,29 @@ CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
 # An id joins events and names rows and keys: never empty or only blanks.
-Id = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+Id = Annotated[str, AfterValidator(_not_blank)]
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2262, 1, 1, tzinfo=UTC)  # inside every store's 64-bit time range
+
+
+def _plausible(value: datetime) -> datetime:
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(f"{value.isoformat()} is not between 1970 and 2262")
+    return value
+
+
+# Every instant an event carries: timestamp-millis in Avro, DateTime64(3) in the store.
+Instant = Annotated[datetime, AfterValidator(_plausible)]
 
 
 def utcnow() -> datetime:
@@ -76,7 +97,7 @@ class InteractionEvent(Event):
     event_id: Id = Field(default_factory=new_id)
     trace_id: Id = Field(default_factory=new_id)
     agent_id: Id
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Instant = Field(default_factory=utcnow)
     task_id: str
     task_family: str | None = None
     task_input: str
@@ -98,7 +119,7 @@ class FeedbackEvent(Event):
     event_id: Id = Field(default_factory=new_id)
     trace_id: Id
     agent_id: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Instant = Field(default_factory=utcnow)
     kind: FeedbackKind
     edited_text: str | None = None
     rating: float | None = None
@@ -126,7 +147,7 @@ class ScoredTrace(Event):
     trace_id: Id
     agent_id: Id
     revision: int
-    scored_at: datetime = Field(default_factory=utcnow)
+    scored_at: Instant = Field(default_factory=utcnow)
     interaction: InteractionEvent
     reward: float
     judge_scores: list[JudgeScore] = Field(default_factory=list)
@@ -153,11 +174,11 @@ class PromptVersion(Event):
     parent_version: int | None = None
     text: str
     source: PromptSource
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Instant = Field(default_factory=utcnow)
     job_id: str | None = None
     trigger_id: str | None = None
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+    window_start: Instant | None = None
+    window_end: Instant | None = None
     heldout_reward: float | None = None
     baseline_reward: float | None = None
     non_degradation: float | None = None
@@ -175,11 +196,11 @@ class CheckpointEvent(Event):
     base_model: str
     sha256: dict[str, str] = Field(default_factory=dict)
     source: CheckpointSource
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Instant = Field(default_factory=utcnow)
     job_id: str | None = None
     trigger_id: str | None = None
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+    window_start: Instant | None = None
+    window_end: Instant | None = None
     heldout_reward: float | None = None
     baseline_reward: float | None = None
     non_degradation: float | None = None
@@ -193,9 +214,9 @@ class RetrainTrigger(Event):
     agent_id: Id
     reason: str
     requested_by: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+    created_at: Instant = Field(default_factory=utcnow)
+    window_start: Instant | None = None
+    window_end: Instant | None = None
     budget: int | None = None
     params: dict[str, str] = Field(default_factory=dict)
 
@@ -209,7 +230,7 @@ class JobStatus(Event):
     agent_id: Id
     state: JobState
     seq: int
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: Instant = Field(default_factory=utcnow)
     progress: float | None = None
     message: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -228,7 +249,7 @@ class DeadLetter(Event):
     reason: str
     error_type: str
     processor: str
-    failed_at: datetime = Field(default_factory=utcnow)
+    failed_at: Instant = Field(default_factory=utcnow)
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (
