@@ -130,6 +130,13 @@ def agent_run(
     follow_checkpoints: Annotated[
         bool, typer.Option(help="Hot-load checkpoints published for this agent (local models).")
     ] = False,
+    spill: Annotated[
+        bool,
+        typer.Option(
+            help="Keep events Kafka did not acknowledge in $ATLAS_HOME/spill/AGENT.jsonl and"
+            " send them on the next run."
+        ),
+    ] = True,
 ) -> None:
     """Run a local agent (student + teacher through the closed loop) on built-in tasks,
     produce every interaction to Kafka, and print accuracy, modes and tokens."""
@@ -142,11 +149,16 @@ def agent_run(
     from runtime.producer import EventProducer
     from runtime.prompts import PromptSubscriber, StaticPrompts
     from runtime.tasks import generate, is_correct
+    from schemas.models import path_component
     from store.client import connect
     from store.queries import StoreRecentRewards
 
     if mode not in ("auto", "paired", "coach", "policy"):
         raise typer.BadParameter("choose auto, paired, coach or policy", param_hint="--mode")
+    try:
+        path_component(agent_id, "agent id")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agent") from None
     try:
         tasks = generate(task, split, n, seed)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -173,7 +185,11 @@ def agent_run(
     users = SimulatedUser(user_noise, seed) if simulate_users else None
     events = []
     try:
-        with EventProducer(kafka) as producer, Progress(console=console) as progress:
+        spill_path = settings.home / "spill" / f"{agent_id}.jsonl" if spill else None
+        with (
+            EventProducer(kafka, codec=settings.codec(), spill_path=spill_path) as producer,
+            Progress(console=console) as progress,
+        ):
             bar = progress.add_task(f"{agent_id} on {task}", total=len(tasks))
             for start in range(0, len(tasks), batch):
                 chunk = tasks[start : start + batch]

@@ -2,9 +2,13 @@
 
 ``acks=all`` with idempotence on (a retried send is written once), every delivery report
 checked. While Kafka is unreachable, events wait in the client's bounded buffer; when the
-buffer stays full past ``block_seconds`` ``send`` raises, and an event whose delivery times out
-is kept in ``failed`` (with the reason) and reported by ``flush``/``close``, which raise until
-the caller has re-sent (``resend_failed``) or taken them.
+buffer stays full past ``block_seconds`` ``send`` raises (or spills, below), and an event
+whose delivery times out is kept in ``failed`` (with the reason) and reported by
+``flush``/``close``, which raise until the caller has re-sent (``resend_failed``) or taken them.
+
+With ``spill_path``, undelivered events are not only kept in memory: an event whose delivery
+failed, or that is still unacknowledged when the producer closes, is appended to that file
+(``runtime/spill.py``), and the next producer opened on the same file sends it again first.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import functools
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from runtime.spill import Spilled, SpillFile
 from schemas.codec import AvroCodec
 from schemas.models import Event, FeedbackEvent, FeedbackKind, InteractionEvent
 from schemas.topics import key_of, topic_of
@@ -36,6 +42,7 @@ class EventProducer:
         buffer_messages: int = 100_000,
         delivery_timeout_s: float = 120.0,
         block_seconds: float = 10.0,
+        spill_path: Path | None = None,
     ):
         self.codec = codec or AvroCodec()
         self.block_seconds = block_seconds
@@ -56,17 +63,49 @@ class EventProducer:
         self._lock = threading.Lock()
         self.failed: list[tuple[Event, str]] = []
         self.delivered = 0
+        self.spilled = 0
+        self.spill = SpillFile(spill_path) if spill_path is not None else None
+        self._closing = False
+        if self.spill is not None:
+            self._resend_spilled()
 
-    def _on_delivery(self, event: Event, err: KafkaError | None, _message: Any) -> None:
+    def _resend_spilled(self) -> None:
+        assert self.spill is not None
+        messages, taken = self.spill.take()
+        if not messages:
+            SpillFile.done(taken)
+            return
+        log.warning("resending %d event(s) spilled to %s", len(messages), self.spill.path)
+        for message in messages:
+            self._produce(message.topic, message.key, message.value, None)
+        if self._producer.flush(60) == 0:
+            SpillFile.done(taken)  # failures among them were spilled again by _on_delivery
+
+    def _on_delivery(self, event: Event | None, err: KafkaError | None, message: Any) -> None:
         with self._lock:
             if err is None:
                 self.delivered += 1
                 return
-            self.failed.append((event, err.str()))
+            if self.spill is None:
+                assert event is not None
+                self.failed.append((event, err.str()))
+        if self.spill is not None:
+            self.spill.append([Spilled(message.topic(), message.key(), message.value())])
+            self.spilled += 1
+            if not self._closing:
+                log.error(
+                    "%s event not delivered (%s): spilled to %s",
+                    message.topic(),
+                    err,
+                    self.spill.path,
+                )
+            return
         log.error("event %s to %s not delivered: %s", type(event).__name__, topic_of(event), err)
 
     def send(self, event: Event) -> None:
-        value, key, topic = self.codec.encode(event), key_of(event), topic_of(event)
+        self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, event: Event | None) -> None:
         deadline = time.monotonic() + self.block_seconds
         while True:
             try:
@@ -78,6 +117,10 @@ class EventProducer:
                 )
                 break
             except BufferError:
+                if time.monotonic() >= deadline and self.spill is not None:
+                    self.spill.append([Spilled(topic, key, value)])  # on disk, sent next start
+                    self.spilled += 1
+                    return
                 if time.monotonic() >= deadline:
                     raise ProducerError(
                         f"producer buffer full for {self.block_seconds:.0f}s: Kafka at"
@@ -156,7 +199,21 @@ class EventProducer:
         return len(pending)
 
     def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
+        if self.spill is None:
+            self.flush(timeout)
+            return
+        remaining = self._producer.flush(timeout)
+        if remaining:  # still unacknowledged: to the spill file, sent by the next producer
+            self._closing = True
+            self._producer.purge()
+            self._producer.flush(5)  # delivery reports of the purged messages spill them
+        if self.spilled:
+            log.warning(
+                "%d event(s) Kafka did not acknowledge are kept in %s and sent again when a"
+                " producer opens it",
+                self.spilled,
+                self.spill.path,
+            )
 
     def __enter__(self) -> EventProducer:
         return self

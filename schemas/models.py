@@ -7,6 +7,7 @@ They also refuse what Avro cannot: NaN and infinity in any number, ids that are 
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
@@ -30,6 +31,20 @@ def _not_blank(value: str) -> str:
 
 # An id joins events and names rows and keys: never empty or only blanks.
 Id = Annotated[str, AfterValidator(_not_blank)]
+PATH_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def path_component(value: str, what: str = "id") -> str:
+    """``value`` if it can name a file or folder as it is (no separators, no '..', no leading
+    dot), else ValueError: every id that becomes part of a path goes through here."""
+    if not PATH_SAFE.fullmatch(value):
+        raise ValueError(
+            f"{what} {value[:80]!r} cannot name a file: use letters, digits, '.', '_' and '-'"
+            " (at most 128, starting with a letter or digit)"
+        )
+    return value
+
+
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2262, 1, 1, tzinfo=UTC)  # inside every store's 64-bit time range
 

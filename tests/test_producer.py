@@ -88,6 +88,51 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
         stop_pid(process.pid, KAFKA_MAIN)
 
 
+def test_events_of_an_agent_stopped_while_kafka_is_down_are_sent_by_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """Spill on: what Kafka did not acknowledge when the producer closed (a full buffer, a
+    timed-out delivery, a message still in flight) is on disk, and a producer opened on the
+    same file after Kafka is back delivers it first."""
+    settings = Settings()
+    libs = fetch_jars(settings.cache_dir)
+    node = KafkaNode(tmp_path / "kafka", free_port(), free_port())
+    process = node.start(libs)
+    spill = tmp_path / "spill" / "agent.jsonl"
+    try:
+        node.wait_ready(process)
+        ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
+        run = uuid.uuid4().hex
+        config = {"bootstrap.servers": node.bootstrap, "log_level": "0"}
+        before, during = _events(30, run), _events(70, run)
+        producer = EventProducer(config, delivery_timeout_s=5, spill_path=spill)
+        for event in before:
+            producer.send(event)
+        producer.flush(30)
+
+        stop_pid(process.pid, KAFKA_MAIN)
+        small = EventProducer(
+            config, buffer_messages=20, block_seconds=0.5, delivery_timeout_s=60, spill_path=spill
+        )
+        for event in during:  # 20 fill the buffer, 50 spill at once
+            small.send(event)
+        small.close(timeout=2)  # the 20 buffered ones are purged into the spill file too
+        assert small.spilled == 70 and spill.exists()
+
+        process = node.start(libs)
+        node.wait_ready(process)
+        resent = EventProducer(config, spill_path=spill)  # sends the spilled events first
+        resent.close()
+        assert resent.delivered == 70 and not spill.exists()
+        assert list(spill.parent.glob("*.resending-*")) == []
+
+        seen = _read_all(node.bootstrap, run)
+        assert set(seen) == {e.event_id for e in before + during}
+        assert len(seen) == 100  # nothing was in flight at the purge: no duplicates here
+    finally:
+        stop_pid(process.pid, KAFKA_MAIN)
+
+
 def test_full_buffer_fails_loudly_instead_of_dropping() -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
     quiet = {"bootstrap.servers": dead, "log_level": "0"}  # no connection-refused noise
