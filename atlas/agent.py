@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, Field
 
 from atlas.settings import Settings
 from runtime.backends.base import ModelBackend
 from runtime.core import GenerationLimits
 from runtime.policy import ModePolicyConfig
+from schemas.configfile import load_config
 
 
 class AgentConfig(BaseModel):
@@ -21,8 +21,7 @@ class AgentConfig(BaseModel):
 
 
 def load_agent_config(config_dir: Path) -> AgentConfig:
-    path = config_dir / "agent.yaml"
-    return AgentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    return load_config(config_dir / "agent.yaml", AgentConfig)
 
 
 class Backends:

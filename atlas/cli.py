@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +19,8 @@ from deploy.local.processes import StackError
 from runtime.backends.base import BackendError
 from runtime.producer import ProducerError
 from schemas.codec import DecodeError, SchemaError
+from schemas.configfile import ConfigError, validation_summary
+from schemas.limits import LimitError
 from store.client import StoreUnavailable
 
 app = typer.Typer(
@@ -33,18 +36,32 @@ EXPECTED_ERRORS = (
     StoreUnavailable,
     SchemaError,
     DecodeError,
+    LimitError,
     BackendError,
     ProducerError,
 )
+USAGE_EXIT = 2  # the operator's input is wrong: a config file, a setting, an option
 
 
 def clear_errors(command: F) -> F:
-    """Turn the errors a user can act on into one line on stderr and exit status 1."""
+    """Turn the errors a user can act on into one line on stderr: exit status 2 for what the
+    operator gave (configs, ATLAS_* settings), 1 for the rest."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ConfigError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(USAGE_EXIT) from None
+        except ValidationError as exc:  # Settings() from ATLAS_* variables or .env
+            err.print(
+                f"[bold red]error:[/] invalid setting {validation_summary(exc)}"
+                " (settings come from ATLAS_* environment variables or .env)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(USAGE_EXIT) from None
         except EXPECTED_ERRORS as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

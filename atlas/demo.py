@@ -31,6 +31,7 @@ from rich.table import Table
 from atlas import stack
 from atlas.settings import Settings
 from deploy.local.processes import pid_alive, stop_pid
+from schemas.configfile import read_yaml
 from trainer.evaluation import GateConfig
 
 
@@ -92,7 +93,7 @@ def write_configs(source: Path, target: Path, overrides: dict[str, dict[str, Any
     shutil.copytree(source, target, dirs_exist_ok=True)
     for name, values in overrides.items():
         path = target / f"{name}.yaml"
-        config = yaml.safe_load(path.read_text()) or {}
+        config = read_yaml(path)
         for key, value in values.items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):
                 config[key] = {**config[key], **value}

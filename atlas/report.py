@@ -14,12 +14,22 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+MAX_DURATION = timedelta(days=3660)
+
+
 def parse_duration(text: str) -> timedelta:
-    """'30m', '24h', '7d' -> timedelta; ValueError with the accepted forms otherwise."""
+    """'30m', '24h', '7d' -> timedelta (at most ten years); ValueError saying what is accepted
+    otherwise."""
     found = DURATION.match(text.strip())
     if not found:
         raise ValueError(f"invalid duration {text!r}: use a number and s, m, h, d or w (e.g. 24h)")
-    return timedelta(**{UNITS[found.group(2)]: float(found.group(1))})
+    try:
+        duration = timedelta(**{UNITS[found.group(2)]: float(found.group(1))})
+    except OverflowError:
+        duration = MAX_DURATION * 2
+    if duration > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is longer than ten years: use e.g. 3650d at most")
+    return duration
 
 
 def _fmt(value: Any) -> str:

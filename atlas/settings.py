@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.local.processes import StackError
 from schemas.codec import AvroCodec
+from schemas.configfile import read_yaml
 from schemas.limits import EventLimits
 
 PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -125,7 +125,16 @@ class Settings(BaseSettings):
 
         if not self.state_file.exists():
             return {}
-        return json.loads(self.state_file.read_text())
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StackError(
+                f"{self.state_file} is unreadable ({exc}); if nothing runs, delete it and run"
+                " `atlas up` (it records the stack's PIDs and addresses)"
+            ) from None
+        if not isinstance(state, dict):
+            raise StackError(f"{self.state_file} is not a stack record; delete it and `atlas up`")
+        return state
 
     def bootstrap(self) -> str:
         if self.kafka_bootstrap:
@@ -170,7 +179,7 @@ def topic_specs(config_dir: Path) -> dict[str, TopicSpec]:
     from schemas.topics import TOPICS
 
     path = config_dir / "topics.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     defaults = raw.get("defaults", {})
     listed = raw.get("topics", {}) or {}
     unknown = sorted(set(listed) - set(TOPICS))

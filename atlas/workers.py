@@ -8,8 +8,6 @@ import signal
 import threading
 from pathlib import Path
 
-import yaml
-
 from atlas import registry
 from atlas.agent import Backends, load_agent_config
 from atlas.settings import Settings
@@ -19,6 +17,7 @@ from consumers.sink import ClickHouseSink, SinkStats
 from consumers.trigger_worker import JobRunner, TriggerWorker
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
+from schemas.configfile import load_config
 from schemas.models import JobKind
 from schemas.topics import INTERACTIONS
 from store.client import connect
@@ -65,9 +64,7 @@ def run_rewards_worker(settings: Settings) -> None:
     # Its own folder per slot: RocksDB allows one process per database.
     data_dir = registry.workers_dir(settings.home) / f"rewards-{lease.record.slot}"
     data_dir.mkdir(parents=True, exist_ok=True)
-    policy_config = RetrainPolicyConfig.model_validate(
-        yaml.safe_load((settings.config_dir / "retrain_policy.yaml").read_text()) or {}
-    )
+    policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
     app = create_app(
         kafka["bootstrap.servers"],
         processor,

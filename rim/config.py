@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, Field
 
 from rim.judges import (
@@ -18,6 +17,7 @@ from rim.judges import (
 )
 from rim.reward import RewardWeights, Rim
 from runtime.backends.base import ModelBackend
+from schemas.configfile import load_config
 
 
 class JudgeSpec(BaseModel):
@@ -44,7 +44,7 @@ class RimConfig(BaseModel):
 
 
 def load_rim_config(config_dir: Path) -> RimConfig:
-    return RimConfig.model_validate(yaml.safe_load((config_dir / "rim.yaml").read_text()))
+    return load_config(config_dir / "rim.yaml", RimConfig)
 
 
 def build_rim(

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from gepa import EvaluationBatch, optimize
 from gepa.strategies.instruction_proposal import InstructionProposalSignature
 from pydantic import BaseModel, Field
 
 from runtime.backends.base import GenerationParams, ModelBackend
 from runtime.core import GenerationLimits
+from schemas.configfile import load_config
 from schemas.models import Mode
 from trainer.datasets import DatasetConfig, Example, Splits
 from trainer.demonstrations import (
@@ -75,7 +75,7 @@ class GepaConfig(BaseModel):
 
 
 def load_gepa_config(config_dir: Path) -> GepaConfig:
-    return GepaConfig.model_validate(yaml.safe_load((config_dir / "gepa.yaml").read_text()) or {})
+    return load_config(config_dir / "gepa.yaml", GepaConfig)
 
 
 def reflection_lm(backend: ModelBackend, config: GepaConfig) -> Callable[[Any], str]:

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field
 
 from rim.reward import Rim
@@ -39,6 +38,7 @@ from runtime.backends.base import GenerationParams, Message, ModelBackend
 from runtime.backends.local import load_tokenizer
 from runtime.core import GUIDANCE, RETRY, withhold_answer
 from runtime.tasks import Task
+from schemas.configfile import load_config
 from schemas.models import InteractionEvent
 from trainer.datasets import DatasetConfig
 from trainer.evaluation import GateConfig
@@ -80,7 +80,7 @@ class GrpoConfig(BaseModel):
 
 
 def load_grpo_config(config_dir: Path) -> GrpoConfig:
-    return GrpoConfig.model_validate(yaml.safe_load((config_dir / "grpo.yaml").read_text()) or {})
+    return load_config(config_dir / "grpo.yaml", GrpoConfig)
 
 
 @dataclass
