@@ -62,7 +62,6 @@ def create_app(
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
     store: str = "memory://",
-    expiry_interval_s: float = 60.0,
 ) -> faust.App:
     codec = codec or AvroCodec()
     app = faust.App(
@@ -230,6 +229,11 @@ def create_app(
             except Exception as exc:
                 sends = failed(event, exc)
             await deliveries.hold(event, sends)
+
+    # Often enough that nothing outlives its window by more than a quarter of it.
+    expiry_interval_s = min(
+        60.0, max(1.0, min(processor.pending_ttl_s, processor.feedback_window_s) / 4)
+    )
 
     @app.timer(interval=expiry_interval_s)
     async def expire_states() -> None:
