@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
 from streams.delivery import Deliveries, Send, as_current_event
 from streams.policy_agent import watch_agents
-from streams.processor import Judgement, Outcome, RewardProcessor, TraceState
+from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
 from streams.retrain_policy import RetrainPolicy
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def create_app(
         if not stored:
             return None
         try:
-            return TraceState.model_validate_json(stored)
+            return TraceState.from_bytes(stored)
         except ValueError as exc:
             raise DecodeError(
                 f"the stored state of trace {key[:80]!r} cannot be read: {exc}"
@@ -121,7 +122,7 @@ def create_app(
         # The changelog entry lands in the partition of the event that changed the key.
         state.partition = event.message.partition
         with as_current_event(event):
-            traces.data[key] = state.model_dump_json().encode()
+            traces.data[key] = state.to_bytes()
         return changelog_of(key, event.message.partition)
 
     def dead_letter(event: Any, reason: str, error_type: str) -> Send:
@@ -239,11 +240,17 @@ def create_app(
     async def expire_states() -> None:
         """Drop expired states with a tombstone on the changelog; dead-letter orphan feedback.
         Scans in chunks so the agents keep running in between."""
-        keys = list(traces.data.keys())
-        for start in range(0, len(keys), EXPIRY_SCAN_CHUNK):
-            for key in keys[start : start + EXPIRY_SCAN_CHUNK]:
-                await expire(key)
-            await asyncio.sleep(0)
+        now, held, expired = time.time(), 0, []
+        for key, value in list(traces.data.items()):
+            held += 1
+            clock = stored_clock(value) if value else None
+            if clock is None or processor.expired(*clock, now=now):
+                expired.append(key)
+            if held % EXPIRY_SCAN_CHUNK == 0:
+                await asyncio.sleep(0)  # let the agents run between chunks
+        for key in expired:
+            await expire(key)
+        log.info("trace states: %d held, %d expired now", held - len(expired), len(expired))
 
     async def expire(key: bytes) -> None:
         try:
@@ -251,8 +258,8 @@ def create_app(
         except DecodeError as exc:
             log.error("dropping an unreadable state: %s", exc)
             state = None
-        if state is not None and not processor.expired(state):
-            return
+        if state is not None and not processor.expired(state.pending, state.clock):
+            return  # changed since the scan
         for orphan, partition, offset in processor.orphans(state) if state else []:
             letter = make_dead_letter(
                 source_topic=FEEDBACK,

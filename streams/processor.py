@@ -52,6 +52,29 @@ class TraceState(BaseModel):
     def pending(self) -> bool:
         return self.interaction is None and bool(self.feedback)
 
+    @property
+    def clock(self) -> float:
+        """When the state's expiry window started: first seen while pending, else last change."""
+        return self.first_seen if self.pending else self.updated_at
+
+    def to_bytes(self) -> bytes:
+        """The table's value: a one-line header (pending flag, clock) then the JSON, so the
+        expiry scan reads a few bytes per state instead of parsing it."""
+        return b"%d %.3f\n" % (self.pending, self.clock) + self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> TraceState:
+        return cls.model_validate_json(value[value.find(b"\n") + 1 :])
+
+
+def stored_clock(value: bytes) -> tuple[bool, float] | None:
+    """(pending, clock) from a stored state's header; None if the header is unreadable."""
+    try:
+        pending, clock = value[: value.index(b"\n")].split()
+        return pending == b"1", float(clock)
+    except ValueError:
+        return None
+
 
 @dataclass
 class Judgement:
@@ -200,13 +223,11 @@ class RewardProcessor:
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
         return Outcome(event.trace_id, state, self._scored(state, reward))
 
-    def expired(self, state: TraceState, now: float | None = None) -> bool:
+    def expired(self, pending: bool, clock: float, now: float | None = None) -> bool:
         """Feedback that waited longer than the TTL for an interaction that never came, or a
-        scored trace unchanged for longer than the feedback window."""
+        scored trace unchanged for longer than the feedback window (see ``TraceState.clock``)."""
         now = time.time() if now is None else now
-        if state.pending:
-            return now - state.first_seen > self.pending_ttl_s
-        return now - state.updated_at > self.feedback_window_s
+        return now - clock > (self.pending_ttl_s if pending else self.feedback_window_s)
 
     def orphans(self, state: TraceState) -> list[tuple[FeedbackEvent, int, int]]:
         """The waiting feedback of an expired pending state, with each event's source."""

@@ -7,7 +7,14 @@ import random
 from rim.judges import FormatJudge, ReferenceMatchJudge
 from rim.reward import Rim
 from schemas.models import FeedbackEvent, InteractionEvent
-from streams.processor import AFTER_REVISION, RESCORE, Outcome, RewardProcessor, TraceState
+from streams.processor import (
+    AFTER_REVISION,
+    RESCORE,
+    Outcome,
+    RewardProcessor,
+    TraceState,
+    stored_clock,
+)
 from tests.factories import interaction
 
 RIM = Rim([ReferenceMatchJudge(), FormatJudge()])
@@ -66,8 +73,9 @@ def test_pending_feedback_is_bounded_and_expires_with_its_own_sources() -> None:
         state = processor.on_feedback(event, state, source=(4, 100 + offset)).state
     overflow = processor.on_feedback(events[2], state)
     assert overflow.rejected and "interaction never arrived" in overflow.rejected
-    assert not processor.expired(state, now=state.first_seen + 5)
-    assert processor.expired(state, now=state.first_seen + 11)
+    assert stored_clock(state.to_bytes()) == (True, round(state.first_seen, 3))
+    assert not processor.expired(state.pending, state.clock, now=state.first_seen + 5)
+    assert processor.expired(state.pending, state.clock, now=state.first_seen + 11)
     assert [(f.event_id, p, o) for f, p, o in processor.orphans(state)] == [
         (events[0].event_id, 4, 100),
         (events[1].event_id, 4, 101),
@@ -77,8 +85,11 @@ def test_pending_feedback_is_bounded_and_expires_with_its_own_sources() -> None:
 def test_a_scored_trace_expires_after_the_feedback_window() -> None:
     processor = RewardProcessor(RIM, feedback_window_s=60)
     state = score(processor, interaction(random.Random(5))).state
-    assert not processor.expired(state, now=state.updated_at + 59)
-    assert processor.expired(state, now=state.updated_at + 61)
+    assert not processor.expired(*stored_clock(state.to_bytes()), now=state.updated_at + 59)
+    assert processor.expired(*stored_clock(state.to_bytes()), now=state.updated_at + 61)
+    assert TraceState.from_bytes(state.to_bytes()) == state
+    legacy = state.model_dump_json().encode()  # written before the header existed
+    assert stored_clock(legacy) is None and TraceState.from_bytes(legacy) == state
     assert processor.orphans(state) == []
 
 
