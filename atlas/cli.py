@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from confluent_kafka import KafkaException
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -108,7 +109,8 @@ def down() -> None:
 @app.command()
 @clear_errors
 def status() -> None:
-    """Show what the local stack runs and where."""
+    """Show what the local stack runs and where, the workers running on this host (PIDs to
+    stop or restart one), and how far behind each consumer group is."""
     settings = Settings()
     _print_status(stack.read_status(settings))
     if settings.kafka_bootstrap:
@@ -117,6 +119,37 @@ def status() -> None:
         )
     if settings.clickhouse_url:
         console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.clickhouse_url}")
+    _print_workers(settings)
+
+
+def _print_workers(settings: Settings) -> None:
+    from atlas import registry
+    from atlas.lag import group_lags
+
+    workers = Table("worker", "id", "pid", "consumer group", "since", title="workers on this host")
+    for w in registry.running(settings.home):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.started_at))
+        workers.add_row(w.kind, w.worker_id, str(w.pid), w.group, started)
+    console.print(workers if workers.row_count else "no workers run on this host")
+    try:
+        lags = group_lags(settings.kafka_config())
+    except (StackError, KafkaException) as exc:
+        console.print(f"consumer groups: Kafka unreachable ({exc})")
+        return
+    groups = Table("consumer group", "lag (messages)", "oldest unconsumed", title="consumer groups")
+    for lag in lags:
+        age = "-" if lag.oldest_age_s is None else _age(lag.oldest_age_s)
+        groups.add_row(
+            lag.group, f"{lag.lag:,}" if lag.committed else f"{lag.lag:,} (never ran)", age
+        )
+    console.print(groups)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 agent_app = typer.Typer(help="Run agents on the local stack.", no_args_is_help=True)

@@ -1,0 +1,92 @@
+"""How far behind each consumer group is: messages not yet committed, and the age of the oldest
+of them, per group of the atlas workers. `atlas status` shows it, so an operator sees a stuck
+sink (the store is down) long before its topics' retention deletes anything."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from consumers.sink import DEFAULT_TOPICS
+from schemas.topics import FEEDBACK, INTERACTIONS, TRIGGERS
+
+GROUP_TOPICS: dict[str, tuple[str, ...]] = {
+    "atlas-rewards": (INTERACTIONS, FEEDBACK),
+    "atlas-sink": DEFAULT_TOPICS,
+    "atlas-gepa": (TRIGGERS,),
+    "atlas-grpo": (TRIGGERS,),
+}
+
+
+@dataclass
+class GroupLag:
+    group: str
+    lag: int  # messages after the committed offsets
+    oldest_age_s: float | None  # age of the oldest of them (None: nothing waiting)
+    committed: bool  # the group has committed offsets at all
+
+
+def group_lags(kafka_config: dict[str, str], timeout: float = 10.0) -> list[GroupLag]:
+    admin = AdminClient(kafka_config)
+    probe = Consumer(
+        {**kafka_config, "group.id": f"atlas-status-{uuid.uuid4().hex}", "log_level": 0}
+    )
+    try:
+        return [_lag(admin, probe, g, t, timeout) for g, t in GROUP_TOPICS.items()]
+    finally:
+        probe.close()
+
+
+def _lag(
+    admin: AdminClient, probe: Consumer, group: str, topics: tuple[str, ...], timeout: float
+) -> GroupLag:
+    metadata = probe.list_topics(timeout=timeout).topics
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata
+        for p in metadata[topic].partitions
+    ]
+    request = ConsumerGroupTopicPartitions(group, partitions)
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout)
+    committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+    waiting: list[TopicPartition] = []
+    lag = 0
+    for tp in partitions:
+        low, high = probe.get_watermark_offsets(tp, timeout=timeout)
+        start = committed.get((tp.topic, tp.partition), -1)
+        start = max(start, low) if start >= 0 else low  # nothing committed: from the start
+        if high > start:
+            lag += high - start
+            waiting.append(TopicPartition(tp.topic, tp.partition, start))
+    return GroupLag(
+        group,
+        lag,
+        _oldest_age(probe, waiting, timeout),
+        any(offset >= 0 for offset in committed.values()),
+    )
+
+
+def _oldest_age(probe: Consumer, waiting: list[TopicPartition], timeout: float) -> float | None:
+    """The age of the oldest first-uncommitted message among ``waiting``."""
+    if not waiting:
+        return None
+    probe.assign(waiting)
+    oldest: float | None = None
+    seen: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(waiting) and time.monotonic() < deadline:
+        for message in probe.consume(len(waiting), timeout=0.5):
+            where = (message.topic(), message.partition())
+            if message.error() is not None or where in seen:
+                continue
+            seen.add(where)
+            kind, stamp = message.timestamp()
+            if kind and stamp > 0:
+                oldest = stamp if oldest is None else min(oldest, stamp)
+    probe.unassign()
+    return None if oldest is None else max(0.0, time.time() - oldest / 1000)
