@@ -1,0 +1,98 @@
+"""The sink on the real broker and store when the store is up but refuses one event: the batch
+is split until that event is found, it is dead-lettered with the store's reason, every other
+event of the batch is stored, and the partition moves on."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from typing import Any
+
+from clickhouse_connect.driver.exceptions import DatabaseError
+from confluent_kafka import Producer
+
+from atlas.settings import Settings
+from consumers.sink import ClickHouseSink
+from schemas.codec import AvroCodec
+from schemas.topics import DEADLETTER, REWARDS
+from store.client import connect
+from tests.factories import interaction, scored
+from tests.workers import eventually
+
+
+class RefusingStore:
+    """The real store, except that it refuses any insert holding ``poison`` (as ClickHouse
+    refuses a value its column cannot hold)."""
+
+    def __init__(self, client: Any, poison: str):
+        self.client, self.poison, self.refusals = client, poison, 0
+
+    def insert(self, table: str, rows: list[list[Any]], **kwargs: Any) -> Any:
+        if any(self.poison in row for row in rows):
+            self.refusals += 1
+            raise DatabaseError(f"Code: 53. Type mismatch in a row of {table}")
+        return self.client.insert(table, rows, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_one_event_the_store_refuses_is_dead_lettered_and_the_rest_stored(
+    stack_settings: Settings, kafka_config: dict[str, str]
+) -> None:
+    agent = f"poison-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(4)
+    traces = [scored(interaction(rng, agent), rng) for _ in range(40)]
+    poison = traces[17].trace_id
+    codec = AvroCodec()
+    producer = Producer({**kafka_config, "acks": "all"})
+    for trace in traces:
+        producer.produce(REWARDS, key=trace.trace_id.encode(), value=codec.encode(trace))
+    assert producer.flush(30) == 0
+
+    url = stack_settings.store_url()
+    store = RefusingStore(connect(url), poison)
+    sink = ClickHouseSink(
+        kafka_config,
+        lambda: store,
+        topics=[REWARDS, DEADLETTER],
+        group_id=f"poison-{agent}",
+        batch_size=1000,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    thread.start()
+    check = connect(url)
+    try:
+
+        def stored() -> int:
+            return check.query(
+                "SELECT count() FROM latest_traces WHERE agent_id = {a:String}",
+                parameters={"a": agent},
+            ).result_rows[0][0]
+
+        eventually(lambda: stored() == 39, 120, "the 39 other traces stored", interval=1)
+        letter = eventually(
+            lambda: (
+                check.query(
+                    "SELECT reason, error_type, processor FROM dead_letters FINAL"
+                    " WHERE source_topic = {t:String} AND key = {k:String}",
+                    parameters={"t": REWARDS, "k": poison},
+                ).result_rows
+            ),
+            60,
+            "the refused trace's dead letter",
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    assert letter == [
+        (
+            "the store refused the event: DatabaseError: Code: 53. Type mismatch in a row of"
+            " scored_traces",
+            "StoreRefused",
+            "sink",
+        )
+    ]
+    assert sink.stats.refused == 1 and store.refusals >= 2  # found by halving the batch
