@@ -21,6 +21,7 @@ from deploy.local.kafka import KAFKA_MAIN, KafkaNode, fetch_jars, require_tool
 from deploy.local.processes import (
     StackError,
     free_port,
+    kill_pid,
     log_tail,
     pid_alive,
     port_is_free,
@@ -218,10 +219,40 @@ def down(settings: Settings) -> list[str]:
     return stopped
 
 
-def stop_store(settings: Settings) -> bool:
-    """Stop only the local store (the broker keeps running); True if it was running."""
+def stop_store(settings: Settings, kill: bool = False) -> bool:
+    """Stop only the local store (the broker keeps running), or crash it with SIGKILL; True if
+    it was running."""
     status = read_status(settings)
-    return bool(status.store and stop_pid(status.store.pid, STORE_MAIN))
+    if not status.store:
+        return False
+    return (kill_pid if kill else stop_pid)(status.store.pid, STORE_MAIN)
+
+
+def stop_kafka(settings: Settings, kill: bool = False) -> bool:
+    """Stop only the broker (the store keeps running), or crash it with SIGKILL."""
+    status = read_status(settings)
+    if not status.kafka:
+        return False
+    return (kill_pid if kill else stop_pid)(status.kafka.pid, KAFKA_MAIN)
+
+
+def start_kafka(settings: Settings) -> KafkaState:
+    """Start the broker again on its recorded ports and data (after a crash or a stop)."""
+    raw = settings.local_stack()
+    if not raw.get("kafka"):
+        raise StackError("Kafka was never started: run `atlas up`")
+    kafka = KafkaState(**raw["kafka"])
+    if pid_alive(kafka.pid, KAFKA_MAIN):
+        return kafka
+    for port, what in ((kafka.broker_port, "Kafka"), (kafka.controller_port, "the controller")):
+        require_free_port(port, what)
+    node = KafkaNode(Path(kafka.data_dir), kafka.broker_port, kafka.controller_port)
+    process = node.start(fetch_jars(settings.cache_dir))
+    node.wait_ready(process)
+    kafka.pid = process.pid
+    raw["kafka"] = asdict(kafka)
+    settings.state_file.write_text(json.dumps(raw, indent=2))
+    return kafka
 
 
 def start_store(settings: Settings) -> StoreState:

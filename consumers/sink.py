@@ -75,6 +75,24 @@ def dedup_token(group: str, messages: Sequence[Message]) -> str:
     return f"{group}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
 
+def expiry_warnings(
+    oldest_ms: dict[str, float], retention_ms: dict[str, int], now_ms: float
+) -> list[str]:
+    """What to say, per topic, when the oldest event the sink still holds is past
+    ``RETENTION_ALARM_SHARE`` of the topic's retention: Kafka deletes it at 100%."""
+    warnings = []
+    for topic, stamp in sorted(oldest_ms.items()):
+        retention, age = retention_ms.get(topic, -1), now_ms - stamp
+        if retention > 0 and age > RETENTION_ALARM_SHARE * retention:
+            warnings.append(
+                f"the store is unavailable and the oldest unstored event of {topic} is"
+                f" {age / 3.6e6:.1f}h old; the topic keeps events {retention / 3.6e6:.1f}h:"
+                f" they start to expire in {(retention - age) / 3.6e6:.1f}h unless the store"
+                " comes back"
+            )
+    return warnings
+
+
 class StoreDown(Exception):
     """The store cannot be reached; the batch waits."""
 
@@ -251,19 +269,8 @@ class ClickHouseSink:
             kind, stamp = message.timestamp()
             if kind and stamp > 0:
                 oldest[message.topic()] = min(oldest.get(message.topic(), now_ms), stamp)
-        for topic, stamp in oldest.items():
-            retention = self._retention_ms.get(topic, -1)
-            age = now_ms - stamp
-            if retention > 0 and age > RETENTION_ALARM_SHARE * retention:
-                log.error(
-                    "the store has been unavailable while %s's oldest unstored event aged %.1fh;"
-                    " the topic keeps events %.1fh: they start to expire in %.1fh unless the"
-                    " store comes back",
-                    topic,
-                    age / 3.6e6,
-                    retention / 3.6e6,
-                    (retention - age) / 3.6e6,
-                )
+        for warning in expiry_warnings(oldest, self._retention_ms, now_ms):
+            log.error(warning)
 
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         """Sleep while still polling, so the group does not consider this member dead."""

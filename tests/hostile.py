@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import fastavro
 
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, SchemaCatalog
+from schemas.limits import EventLimits
 from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import FEEDBACK, INTERACTIONS
 from streams.processor import AFTER_REVISION, RESCORE
@@ -30,6 +31,10 @@ class Hostile:
 
 
 Builder = Callable[[str, random.Random, AvroCodec], tuple[str, bytes, str]]
+
+
+def _oversized(codec: AvroCodec) -> int:
+    return codec.limits.max_field_bytes + 37_856  # 300,000 bytes at the default limit
 
 
 def _event(key: str, rng: random.Random, **changes: object) -> InteractionEvent:
@@ -80,9 +85,9 @@ BUILDERS: dict[str, Builder] = {
     "oversized field": lambda k, r, c: (
         INTERACTIONS,
         AvroCodec(catalog=c.catalog, limits=_no_limits()).encode(
-            _event(k, r, task_input="x" * 300_000)
+            _event(k, r, task_input="x" * _oversized(c))
         ),
-        "field task_input is 300,000 bytes",
+        f"field task_input is {_oversized(c):,} bytes",
     ),
     "NaN": lambda k, r, c: (
         INTERACTIONS,
@@ -133,15 +138,16 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def _no_limits():  # type: ignore[no-untyped-def]
-    from schemas.limits import EventLimits
-
+def _no_limits() -> EventLimits:
     return EventLimits(max_field_bytes=10_000_000, max_message_bytes=10_000_000)
 
 
-def hostile_messages(run: str, n: int, seed: int = 5) -> list[Hostile]:
-    """``n`` hostile messages cycling through every kind, keyed ``<run>-bad-<i>``."""
-    rng, codec = random.Random(seed), AvroCodec(catalog=SchemaCatalog.load())
+def hostile_messages(
+    run: str, n: int, seed: int = 5, limits: EventLimits | None = None
+) -> list[Hostile]:
+    """``n`` hostile messages cycling through every kind, keyed ``<run>-bad-<i>``; the
+    oversized ones are just over ``limits`` (the processors' limits)."""
+    rng, codec = random.Random(seed), AvroCodec(catalog=SchemaCatalog.load(), limits=limits)
     kinds = list(BUILDERS)
     found = []
     for i in range(n):

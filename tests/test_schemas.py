@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, SchemaCatalog, SchemaError
+from schemas.limits import EventLimits, LimitError
 from schemas.models import EVENT_TYPES, FeedbackEvent, InteractionEvent, ScoredTrace
 from tests.factories import interaction, one_of_each
 
@@ -190,3 +191,21 @@ def test_scored_trace_embeds_the_whole_interaction() -> None:
     decoded = codec.decode(codec.encode(trace), ScoredTrace)
     assert decoded.interaction.steps == event.steps
     assert decoded.judge_scores[1].samples == 3
+
+
+def test_an_oversized_event_is_refused_naming_the_field() -> None:
+    limits = EventLimits(max_field_bytes=4096, max_message_bytes=100_000)
+    codec = AvroCodec(limits=limits)
+    event = interaction(random.Random(6))
+    event.steps[1].content = "é" * 3000  # 6,000 UTF-8 bytes
+    with pytest.raises(LimitError, match=r"^InteractionEvent field steps\[1\]\.content is 6,000"):
+        codec.encode(event)
+    event.steps[1].content = "ok"
+    event.metadata = {f"k{i}": "v" * 4000 for i in range(30)}
+    with pytest.raises(LimitError, match=r"over the 100,000-byte message limit .*metadata\.k"):
+        codec.encode(event)
+    with pytest.raises(DecodeError, match="field task_input is 5,000 bytes"):
+        big = AvroCodec().encode(
+            interaction(random.Random(7)).model_copy(update={"task_input": "x" * 5000})
+        )
+        codec.decode(big, InteractionEvent)

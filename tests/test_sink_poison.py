@@ -13,7 +13,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
 from atlas.settings import Settings
-from consumers.sink import ClickHouseSink
+from consumers.sink import ClickHouseSink, expiry_warnings
 from schemas.codec import AvroCodec
 from schemas.topics import DEADLETTER, REWARDS
 from store.client import connect
@@ -96,3 +96,16 @@ def test_one_event_the_store_refuses_is_dead_lettered_and_the_rest_stored(
         )
     ]
     assert sink.stats.refused == 1 and store.refusals >= 2  # found by halving the batch
+
+
+def test_the_sink_says_loudly_before_its_topics_expire_what_it_holds() -> None:
+    hour = 3.6e6
+    now = 100 * hour
+    oldest = {REWARDS: now - 90 * hour, DEADLETTER: now - 2 * hour}
+    retention = {REWARDS: int(168 * hour), DEADLETTER: int(720 * hour)}
+    assert expiry_warnings(oldest, retention, now) == [
+        f"the store is unavailable and the oldest unstored event of {REWARDS} is 90.0h old;"
+        " the topic keeps events 168.0h: they start to expire in 78.0h unless the store comes"
+        " back"
+    ]
+    assert expiry_warnings(oldest, {REWARDS: -1}, now) == []  # kept forever

@@ -62,6 +62,13 @@ def stop_pid(pid: int, marker: str, timeout: float = 30.0) -> bool:
             _reap(pid)
             return True
         time.sleep(0.1)
+    return kill_pid(pid, marker)
+
+
+def kill_pid(pid: int, marker: str) -> bool:
+    """SIGKILL the process at once (a crash, for fault tests); False if it was not running."""
+    if not pid_alive(pid, marker):
+        return False
     os.kill(pid, signal.SIGKILL)
     while pid_alive(pid, marker):
         time.sleep(0.05)
