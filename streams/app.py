@@ -159,12 +159,14 @@ def create_app(
         return decoded
 
     def outputs(outcome: Outcome, event: Any) -> list[Send]:
-        """Write the outcome's state and name what must be delivered for it."""
-        sends = [put(event, outcome.trace_id.encode(), outcome.state)]
-        if outcome.scored is not None:
+        """Write the outcome's state and name what must be delivered for it. Everything that
+        can fail (encoding) happens before the state is written."""
+        key = outcome.trace_id.encode()
+        scored = None if outcome.scored is None else codec.encode(outcome.scored)
+        sends = [put(event, key, outcome.state)]
+        if scored is not None:
             stats.scored += 1
-            value = codec.encode(outcome.scored)
-            sends.append(send_to(rewards, outcome.trace_id.encode(), value))
+            sends.append(send_to(rewards, key, scored))
         if outcome.rejected:
             sends.append(dead_letter(event, outcome.rejected, "InvalidEvent"))
         return sends
@@ -249,7 +251,11 @@ def create_app(
             if held % EXPIRY_SCAN_CHUNK == 0:
                 await asyncio.sleep(0)  # let the agents run between chunks
         for key in expired:
-            await expire(key)
+            try:
+                await expire(key)
+            except Exception:  # e.g. Kafka away: the state stays, the next pass retries
+                log.exception("expiring a trace state failed; retried on the next pass")
+                return
         log.info("trace states: %d held, %d expired now", held - len(expired), len(expired))
 
     async def expire(key: bytes) -> None:

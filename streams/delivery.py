@@ -51,21 +51,29 @@ class Deliveries:
                 event.ack()
 
         for send in sends:
-            self._watch(await send(), send, settled)
+            try:
+                future = await send()
+            except Exception as exc:  # not even queued: the retry loop takes it from here
+                self._failed(send, settled, repr(exc))
+                continue
+            self._watch(future, send, settled)
 
     def _watch(self, future: asyncio.Future[Any], send: Send, settled: Callable[[], None]) -> None:
         def done(finished: asyncio.Future[Any]) -> None:
             if not finished.cancelled() and finished.exception() is None:
                 settled()
-                return
-            self.failed_sends += 1
-            error = "cancelled" if finished.cancelled() else repr(finished.exception())
-            log.error("a send was not delivered (%s); retrying, its offset is held", error)
-            task = asyncio.ensure_future(self._retry(send, settled))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
+            else:
+                error = "cancelled" if finished.cancelled() else repr(finished.exception())
+                self._failed(send, settled, error)
 
         future.add_done_callback(done)
+
+    def _failed(self, send: Send, settled: Callable[[], None], error: str) -> None:
+        self.failed_sends += 1
+        log.error("a send was not delivered (%s); retrying, its offset is held", error)
+        task = asyncio.ensure_future(self._retry(send, settled))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _retry(self, send: Send, settled: Callable[[], None]) -> None:
         delay = 0.5
