@@ -8,11 +8,31 @@ make its own dead letter undeliverable.
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas.limits import EventLimits, truncated
 from schemas.models import DeadLetter
 
 MAX_KEY_BYTES = 1024
 MAX_REASON_CHARS = 2000
+
+
+def dead_letter_for(
+    message: Any, reason: str, error_type: str, processor: str, limits: EventLimits | None = None
+) -> DeadLetter:
+    """The dead letter of a consumed Faust message (``.topic``, ``.partition``, ``.offset``,
+    ``.key``, ``.value`` attributes)."""
+    return make_dead_letter(
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        key=message.key,
+        original=message.value or b"",
+        reason=reason,
+        error_type=error_type,
+        processor=processor,
+        limits=limits,
+    )
 
 
 def make_dead_letter(

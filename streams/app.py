@@ -31,7 +31,7 @@ from typing import Any
 import faust
 
 from schemas.codec import AvroCodec, DecodeError
-from schemas.deadletter import make_dead_letter
+from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
 from streams.delivery import Deliveries, Send, as_current_event
@@ -127,17 +127,7 @@ def create_app(
 
     def dead_letter(event: Any, reason: str, error_type: str) -> Send:
         message = event.message
-        letter = make_dead_letter(
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            key=message.key,
-            original=message.value or b"",
-            reason=reason,
-            error_type=error_type,
-            processor=PROCESSOR_NAME,
-            limits=codec.limits,
-        )
+        letter = dead_letter_for(message, reason, error_type, PROCESSOR_NAME, codec.limits)
         stats.dead_letters += 1
         stats.by_error[error_type] = stats.by_error.get(error_type, 0) + 1
         log.warning(

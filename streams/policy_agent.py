@@ -14,7 +14,7 @@ from typing import Any
 import faust
 
 from schemas.codec import AvroCodec, DecodeError
-from schemas.deadletter import make_dead_letter
+from schemas.deadletter import dead_letter_for
 from schemas.models import ScoredTrace
 from schemas.topics import DEADLETTER, TRIGGERS
 from streams.delivery import Deliveries
@@ -65,16 +65,9 @@ def watch_agents(
             except Exception as exc:
                 message = event.message
                 log.exception("retrain policy failed on %s@%d", message.topic, message.offset)
-                letter = make_dead_letter(
-                    source_topic=message.topic,
-                    source_partition=message.partition,
-                    source_offset=message.offset,
-                    key=message.key,
-                    original=message.value or b"",
-                    reason=f"{type(exc).__name__}: {exc}",
-                    error_type="ProcessingError",
-                    processor=PROCESSOR_NAME,
-                    limits=codec.limits,
+                reason = f"{type(exc).__name__}: {exc}"
+                letter = dead_letter_for(
+                    message, reason, "ProcessingError", PROCESSOR_NAME, codec.limits
                 )
                 dead = functools.partial(
                     send, deadletter, message.topic.encode(), codec.encode(letter)
