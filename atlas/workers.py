@@ -50,7 +50,11 @@ REWARDS_GROUP = "atlas-rewards"
 
 def run_rewards_worker(settings: Settings) -> None:
     """Run the Faust reward processor until SIGTERM/SIGINT."""
+    import faulthandler
+
     import faust
+
+    faulthandler.enable()  # a crash in native code (RocksDB, librdkafka) leaves a stack trace
 
     from streams.app import create_app
 

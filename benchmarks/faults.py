@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,7 +80,12 @@ class Rig:
         self.workers[name] = WorkerProcess(self.settings, kind, self.logs, env=self.env)
 
     def alive(self) -> bool:
-        return all(w.process.poll() is None for w in self.workers.values())
+        dead = {
+            n: w.process.poll() for n, w in self.workers.items() if w.process.poll() is not None
+        }
+        for name, code in dead.items():
+            print(f"worker {name} exited with status {code}; log: {self.workers[name].log}")
+        return not dead
 
     def stop(self) -> None:
         for worker in self.workers.values():
@@ -103,7 +109,7 @@ def offer(rig: Rig, agent: str, rate: float, seconds: float, fault: Callable[[],
         for i in range(total):
             if i == total // 2:
                 injector.start()
-            event = interaction(rng, agent)
+            event = interaction(rng, agent, at=datetime.now(UTC))
             producer.record_interaction(event)
             expected[event.trace_id] = 0
             if i % 5 == 0:
@@ -162,14 +168,14 @@ def tally(rig: Rig, name: str, agent: str, expected: dict[str, int], started: fl
 
 
 def run_traffic_scenario(
-    rig: Rig, name: str, fault: Callable[[], None], args: argparse.Namespace
+    rig: Rig, name: str, fault: Callable[[], None], rate: float, seconds: float
 ) -> Outcome:
     agent, started = f"fault-{uuid.uuid4().hex[:8]}", time.monotonic()
-    expected = offer(rig, agent, args.rate, args.seconds, fault)
+    expected = offer(rig, agent, rate, seconds, fault)
     return tally(rig, name, agent, expected, started)
 
 
-def malformed(rig: Rig, args: argparse.Namespace) -> Outcome:
+def malformed(rig: Rig) -> Outcome:
     run, agent, started = uuid.uuid4().hex[:10], f"fault-{uuid.uuid4().hex[:8]}", time.monotonic()
     bad = hostile_messages(run, 10_000, limits=EventLimits(max_field_bytes=FIELD_LIMIT))
     rng = random.Random(run)
@@ -177,7 +183,7 @@ def malformed(rig: Rig, args: argparse.Namespace) -> Outcome:
     raw = Producer({**rig.kafka, "acks": "all", "linger.ms": 5})
     with EventProducer(rig.kafka) as producer:
         for i in range(1_000):
-            event = interaction(rng, agent)
+            event = interaction(rng, agent, at=datetime.now(UTC))
             producer.record_interaction(event)
             expected[event.trace_id] = 0
             for message in bad[i * 10 : (i + 1) * 10]:
@@ -225,7 +231,13 @@ def gepa_mid_job(rig: Rig, settings: Settings, logs: Path, env: dict[str, str]) 
         ).result_rows
 
     try:
-        eventually(lambda: any("optimizing" in m for _, m in states()), 600, "the job optimizing")
+        eventually(
+            lambda: (
+                (last := states()[-1:]) and last[0][0] == "RUNNING" and "optimizing" in last[0][1]
+            ),
+            600,
+            "the job optimizing",
+        )
         worker.kill9()
         worker = WorkerProcess(settings, "gepa", logs, env=env)
         eventually(lambda: states()[-1][0] == "FAILED", 300, "the killed job FAILED", interval=2)
@@ -249,6 +261,32 @@ def gepa_mid_job(rig: Rig, settings: Settings, logs: Path, env: dict[str, str]) 
         kept_running,
         time.monotonic() - started,
     )
+
+
+def traffic_faults(rig: Rig, outage_s: float = 60.0) -> dict[str, Callable[[], None]]:
+    """The faults injected halfway through a load, by scenario name."""
+    settings = rig.settings
+
+    def store_away() -> None:
+        stack.stop_store(settings)
+        time.sleep(outage_s)
+        stack.start_store(settings)
+
+    def crash(stop: Callable[..., bool], start: Callable[[Settings], object]) -> Callable[[], None]:
+        def fault() -> None:
+            stop(settings, kill=True)
+            time.sleep(3)
+            start(settings)
+
+        return fault
+
+    return {
+        "kill -9 reward worker": lambda: rig.kill_and_restart("rewards-a"),
+        "kill -9 sink": lambda: rig.kill_and_restart("sink"),
+        "kill -9 broker, restart": crash(stack.stop_kafka, stack.start_kafka),
+        "kill -9 store, restart": crash(stack.stop_store, stack.start_store),
+        f"store unreachable {outage_s:.0f} s": store_away,
+    }
 
 
 def main() -> None:
@@ -275,41 +313,20 @@ def main() -> None:
     )
     stack.up(settings)
     rig = Rig(settings, home, configs)
-    outage = 60.0
-
-    def store_away() -> None:
-        stack.stop_store(settings)
-        time.sleep(outage)
-        stack.start_store(settings)
-
-    def crash(stop: Callable[..., bool], start: Callable[[Settings], object]) -> Callable[[], None]:
-        def fault() -> None:
-            stop(settings, kill=True)
-            time.sleep(3)
-            start(settings)
-
-        return fault
-
-    traffic = {
-        "kill -9 reward worker": lambda: rig.kill_and_restart("rewards-a"),
-        "kill -9 sink": lambda: rig.kill_and_restart("sink"),
-        "kill -9 broker, restart": crash(stack.stop_kafka, stack.start_kafka),
-        "kill -9 store, restart": crash(stack.stop_store, stack.start_store),
-        "store unreachable 60 s": store_away,
-    }
+    traffic = traffic_faults(rig)
     results: list[Outcome] = []
     suite_started = time.monotonic()
     try:
         time.sleep(10)  # the workers join their groups
         for name, fault in traffic.items():
             if args.only is None or name in args.only:
-                results.append(run_traffic_scenario(rig, name, fault, args))
+                results.append(run_traffic_scenario(rig, name, fault, args.rate, args.seconds))
                 print(results[-1], flush=True)
         if args.only is None or "malformed" in args.only:
-            results.append(malformed(rig, args))
+            results.append(malformed(rig))
             print(results[-1], flush=True)
         if args.only is None or "gepa" in args.only:
-            env = {"ATLAS_CONFIG_DIR": str(configs), "ATLAS_REFLECTION_BACKEND": "none"}
+            env = {"ATLAS_CONFIG_DIR": str(configs)}  # reflects with the local model: slow
             results.append(gepa_mid_job(rig, settings, home, env))
             print(results[-1], flush=True)
     finally:

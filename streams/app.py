@@ -34,6 +34,7 @@ from schemas.codec import AvroCodec, DecodeError
 from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
+from streams.contiguity import ContiguityGuard, KafkaPartitionReader, PartitionReader
 from streams.delivery import Deliveries, Send, as_current_event
 from streams.policy_agent import watch_agents
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
@@ -51,6 +52,10 @@ class StreamStats:
     expired: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
+    def count_dead(self, error_type: str) -> None:
+        self.dead_letters += 1
+        self.by_error[error_type] = self.by_error.get(error_type, 0) + 1
+
 
 def create_app(
     bootstrap: str,
@@ -63,8 +68,12 @@ def create_app(
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
     store: str = "memory://",
+    reader: PartitionReader | None = None,
 ) -> faust.App:
     codec = codec or AvroCodec()
+    guard = ContiguityGuard(
+        reader or KafkaPartitionReader({"bootstrap.servers": bootstrap}, app_id)
+    )
     app = faust.App(
         app_id,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
@@ -90,7 +99,6 @@ def create_app(
     )
     stats = StreamStats()
     deliveries = Deliveries()
-    app.atlas_stats = stats  # type: ignore[attr-defined]
 
     def send_to(topic: faust.TopicT, key: bytes, value: bytes) -> Send:
         # force=True: sent now, not attached to Faust's "current event" (inside take_events,
@@ -128,8 +136,7 @@ def create_app(
     def dead_letter(event: Any, reason: str, error_type: str) -> Send:
         message = event.message
         letter = dead_letter_for(message, reason, error_type, PROCESSOR_NAME, codec.limits)
-        stats.dead_letters += 1
-        stats.by_error[error_type] = stats.by_error.get(error_type, 0) + 1
+        stats.count_dead(error_type)
         log.warning(
             "dead letter #%d %s[%d]@%d: %s",
             stats.dead_letters,
@@ -185,43 +192,60 @@ def create_app(
                 results.append(exc)
         return results
 
+    async def with_missed(event: Any) -> list[Any]:
+        """``event``, preceded by any event of its partition the consumer skipped; retried
+        while Kafka cannot be read: nothing after a gap is acknowledged before the gap."""
+        delay = 0.5
+        while True:
+            try:
+                return [*await guard.missed(event.message), event]
+            except Exception as exc:
+                log.error("cannot read past a gap yet (%r); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     @app.agent(interactions)
     async def score_interactions(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_size, within=batch_seconds):
-            ready: list[tuple[Any, InteractionEvent]] = []
+        async for batch in stream.take_events(batch_size, within=batch_seconds):
+            events = [item for event in batch for item in await with_missed(event)]
+            decoded: list[InteractionEvent | Exception] = []
             to_judge: dict[str, InteractionEvent] = {}
             for event in events:
                 try:
-                    decoded = decode(event, InteractionEvent)
-                    if processor.wants_judging(decoded, state_of(decoded.trace_id.encode())):
-                        to_judge[decoded.event_id] = decoded
-                    ready.append((event, decoded))
+                    decoded.append(decode(event, InteractionEvent))
+                    if processor.wants_judging(
+                        decoded[-1], state_of(decoded[-1].trace_id.encode())
+                    ):
+                        to_judge[decoded[-1].event_id] = decoded[-1]
                 except Exception as exc:
-                    await deliveries.hold(event, failed(event, exc))
+                    decoded.append(exc)
             judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
-            for event, decoded in ready:
+            for event, item in zip(events, decoded, strict=True):  # held in partition order
                 try:
-                    judgement = judged.get(decoded.event_id)
+                    if isinstance(item, Exception):
+                        raise item
+                    judgement = judged.get(item.event_id)
                     if isinstance(judgement, Exception):
                         raise judgement
                     # No await from here to put(): the state read is the state written over.
-                    state = state_of(decoded.trace_id.encode())
-                    sends = outputs(processor.on_interaction(decoded, state, judgement), event)
+                    state = state_of(item.trace_id.encode())
+                    sends = outputs(processor.on_interaction(item, state, judgement), event)
                 except Exception as exc:
                     sends = failed(event, exc)
                 await deliveries.hold(event, sends)
 
     @app.agent(feedback)
     async def merge_feedback(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                decoded = decode(event, FeedbackEvent)
-                source = (event.message.partition, event.message.offset)
-                state = state_of(decoded.trace_id.encode())
-                sends = outputs(processor.on_feedback(decoded, state, source), event)
-            except Exception as exc:
-                sends = failed(event, exc)
-            await deliveries.hold(event, sends)
+        async for received in stream.events():
+            for event in await with_missed(received):
+                try:
+                    decoded = decode(event, FeedbackEvent)
+                    source = (event.message.partition, event.message.offset)
+                    state = state_of(decoded.trace_id.encode())
+                    sends = outputs(processor.on_feedback(decoded, state, source), event)
+                except Exception as exc:
+                    sends = failed(event, exc)
+                await deliveries.hold(event, sends)
 
     # Often enough that nothing outlives its window by more than a quarter of it.
     expiry_interval_s = min(
@@ -240,22 +264,36 @@ def create_app(
                 expired.append(key)
             if held % EXPIRY_SCAN_CHUNK == 0:
                 await asyncio.sleep(0)  # let the agents run between chunks
+        tombstones: list[asyncio.Future[Any]] = []
         for key in expired:
             try:
-                await expire(key)
+                tombstones += await expire(key)
+                if len(tombstones) >= EXPIRY_SCAN_CHUNK:  # bounded: never floods the producer
+                    await asyncio.gather(*tombstones)
+                    tombstones = []
             except Exception:  # e.g. Kafka away: the state stays, the next pass retries
                 log.exception("expiring a trace state failed; retried on the next pass")
                 return
-        log.info("trace states: %d held, %d expired now", held - len(expired), len(expired))
+        log.info(
+            "trace states: %d held, %d expired now; since start: %d scored, %d expired,"
+            " %d recovered past the consumer, dead letters %s",
+            held - len(expired),
+            len(expired),
+            stats.scored,
+            stats.expired,
+            guard.recovered,
+            stats.by_error or "none",
+        )
 
-    async def expire(key: bytes) -> None:
+    async def expire(key: bytes) -> list[asyncio.Future[Any]]:
+        """Drop one expired state; returns its tombstone's pending delivery."""
         try:
             state = state_of(key)
         except DecodeError as exc:
             log.error("dropping an unreadable state: %s", exc)
             state = None
         if state is not None and not processor.expired(state.pending, state.clock):
-            return  # changed since the scan
+            return []  # changed since the scan
         for orphan, partition, offset in processor.orphans(state) if state else []:
             letter = make_dead_letter(
                 source_topic=FEEDBACK,
@@ -273,13 +311,13 @@ def create_app(
                 processor=PROCESSOR_NAME,
                 limits=codec.limits,
             )
-            stats.dead_letters += 1
+            stats.count_dead("OrphanFeedback")
             await (await send_to(deadletter, FEEDBACK.encode(), codec.encode(letter))())
         stats.expired += 1
         partition = state.partition if state is not None else -1
         traces.data.pop(key, None)
-        if partition >= 0:
-            await changelog_of(key, partition)()  # the tombstone: a restore will not bring it back
+        # The tombstone: a restore will not bring it back.
+        return [await changelog_of(key, partition)()] if partition >= 0 else []
 
     if policy is not None:
         watch_agents(app, policy, rewards, partitions, codec, deliveries)

@@ -1,15 +1,22 @@
-"""Acknowledging a source event only after everything it produced is on Kafka.
+"""Acknowledging a source event only after everything it produced is on Kafka, in order.
 
-Faust commits a partition's offset once every earlier event of it is acknowledged, and it
+Faust commits a partition's offset once the events before it are acknowledged, and it
 acknowledges an event as soon as the agent's loop moves past it, before the messages the event
 caused (its scored trace, its table's changelog entry, its dead letter) are acknowledged by the
-broker. ``Deliveries.hold`` takes one more reference on the source message and gives it back
-when every one of those sends is confirmed, so a worker killed at any moment leaves the offset
+broker. ``Deliveries.hold`` takes one more reference on every source message and gives it back
+when every one of its sends is confirmed, so a worker killed at any moment leaves the offset
 before an event whose effects are not durable, and the next owner of the partition processes
 it again (every effect is idempotent downstream).
 
+Acknowledgements are given back in each partition's order: Faust does not look for a gap at
+the head of a partition that has no committed offset yet, so acknowledging offset 3 while 0
+is still in flight would let it commit past 0.
+
 A send that fails is retried (with backoff, forever, loudly): its partition's commit stops
 there, the data keeps flowing, and nothing is acknowledged that did not happen.
+
+The other way Faust loses events (skipping messages around a rebalance) is closed by
+``streams/contiguity.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust.streams
@@ -28,27 +37,38 @@ Send = Callable[[], Awaitable["asyncio.Future[Any]"]]
 MAX_RETRY_DELAY_S = 30.0
 
 
+@dataclass
+class _Held:
+    event: Any
+    remaining: int
+
+
 class Deliveries:
     def __init__(self) -> None:
         self.failed_sends = 0
         self._retries: set[asyncio.Task[None]] = set()
+        self._held: dict[Any, deque[_Held]] = defaultdict(deque)  # per topic-partition
 
     @property
     def retrying(self) -> int:
         return len(self._retries)
 
     async def hold(self, event: Any, sends: Sequence[Send]) -> None:
-        """Start ``sends`` and keep ``event`` unacknowledged until each is delivered."""
-        if not sends:
-            return
+        """Start ``sends`` and keep ``event`` unacknowledged until each is delivered and every
+        earlier event of its partition is acknowledged. Call it for every event, also those
+        that send nothing, so their acknowledgements keep their place in the order."""
         event.message.incref()
-        remaining = len(sends)
+        tp = event.message.tp
+        held = _Held(event, len(sends))
+        self._held[tp].append(held)
 
         def settled() -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining == 0:
-                event.ack()
+            held.remaining -= 1
+            if held.remaining == 0:
+                self._release(tp)
+
+        if not sends:
+            self._release(tp)
 
         for send in sends:
             try:
@@ -57,6 +77,11 @@ class Deliveries:
                 self._failed(send, settled, repr(exc))
                 continue
             self._watch(future, send, settled)
+
+    def _release(self, tp: Any) -> None:
+        queue = self._held[tp]
+        while queue and queue[0].remaining == 0:
+            queue.popleft().event.ack()
 
     def _watch(self, future: asyncio.Future[Any], send: Send, settled: Callable[[], None]) -> None:
         def done(finished: asyncio.Future[Any]) -> None:

@@ -53,6 +53,7 @@ def watch_agents(
     async def watch_rewards(stream: faust.StreamT) -> None:
         async for event in stream.group_by(agent_of, name="by-agent").events():
             if event.key == UNREADABLE:
+                await deliveries.hold(event, [])  # in order with the events held before it
                 continue
             try:
                 scored = codec.decode(event.value, ScoredTrace)
@@ -74,7 +75,9 @@ def watch_agents(
                 )
                 await deliveries.hold(event, [dead])
                 continue
-            if trigger is not None:
+            if trigger is None:
+                await deliveries.hold(event, [])
+            else:
                 log.warning(
                     "retrain trigger %s for %s: %s",
                     trigger.trigger_id,

@@ -1,6 +1,6 @@
-"""An event is acknowledged only once everything it produced is delivered; a failed send is
-retried and holds the acknowledgement until it succeeds (the Kafka path is in the stream e2e
-and fault tests)."""
+"""An event is acknowledged only once everything it produced is delivered, and after every
+earlier event of its partition; a failed send is retried and holds the acknowledgement until it
+succeeds (the Kafka path is in the stream e2e and fault tests)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from streams.delivery import Deliveries
 
 
 class Message:
-    def __init__(self) -> None:
-        self.refs = 1
+    def __init__(self, partition: int = 0) -> None:
+        self.refs, self.tp = 1, ("atlas.interactions.v1", partition)
 
     def incref(self) -> None:
         self.refs += 1
 
 
 class Event:
-    def __init__(self) -> None:
-        self.message, self.acks = Message(), 0
+    def __init__(self, partition: int = 0) -> None:
+        self.message, self.acks = Message(partition), 0
 
     def ack(self) -> None:
         self.acks += 1
@@ -76,3 +76,28 @@ def test_a_send_that_raises_before_queueing_is_retried() -> None:
         return event.acks
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_acknowledgements_keep_each_partitions_order() -> None:
+    """Faust would commit past an unacknowledged head of a partition with no committed offset:
+    a later event delivered first waits for the earlier one; other partitions do not."""
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        loop = asyncio.get_running_loop()
+        slow = loop.create_future()
+
+        async def send_slow() -> asyncio.Future[Any]:
+            return slow
+
+        first, second, other = Event(0), Event(0), Event(1)
+        deliveries = Deliveries()
+        await deliveries.hold(first, [send_slow])
+        await deliveries.hold(second, [])  # nothing to send: still after `first`
+        await deliveries.hold(other, [])
+        seen = [(first.acks, second.acks, other.acks)]
+        slow.set_result("ok")
+        await asyncio.sleep(0)
+        seen.append((first.acks, second.acks, other.acks))
+        return seen
+
+    assert asyncio.run(scenario()) == [(0, 0, 1), (1, 1, 1)]
