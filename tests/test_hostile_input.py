@@ -111,7 +111,14 @@ def test_feedback_right_after_its_interaction_is_never_lost(
                 parameters={"a": agent},
             ).result_rows[0]
 
-        eventually(lambda: merged() == (10_000, 10_000), 600, "10,000 merged pairs", interval=3)
+        try:
+            eventually(lambda: merged() == (10_000, 10_000), 300, "10,000 merged pairs", 3)
+        except AssertionError:
+            stored, with_feedback = merged()
+            raise AssertionError(
+                f"{10_000 - with_feedback} of 10,000 feedback events not merged"
+                f" ({stored} traces stored)"
+            ) from None
     finally:
         for worker in workers:
             worker.stop()
