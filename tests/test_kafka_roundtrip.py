@@ -6,7 +6,7 @@ import random
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from consumers.jobs import TransactionalProducer, read_job_reports
 from schemas.codec import AvroCodec
@@ -14,12 +14,14 @@ from schemas.limits import EventLimits, LimitError
 from schemas.models import JobStatus
 from schemas.topics import TOPICS, key_of, topic_of
 from tests.factories import one_of_each
+from tests.workers import reader_at_end
 
 
 def test_every_event_type_round_trips_through_kafka(kafka_config: dict[str, str]) -> None:
     codec = AvroCodec()
     events = one_of_each(random.Random(21))
     run = uuid.uuid4().hex  # tags this run's messages: the topics are shared by the session
+    consumer = reader_at_end(kafka_config, [topic_of(e) for e in events])
     producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": True})
     failures: list[str] = []
 
@@ -38,15 +40,6 @@ def test_every_event_type_round_trips_through_kafka(kafka_config: dict[str, str]
     assert producer.flush(30) == 0
     assert failures == []
 
-    consumer = Consumer(
-        {
-            **kafka_config,
-            "group.id": f"roundtrip-{run}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic_of(e) for e in events])
     received = {}
     try:
         for _ in range(300):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer
 
 from runtime.backends.base import BackendError, GenerationParams, chat
 from runtime.backends.openai_backend import OpenAIBackend
@@ -18,6 +17,7 @@ from schemas.codec import AvroCodec
 from schemas.models import InteractionEvent
 from schemas.topics import INTERACTIONS
 from tests.conftest import LLAMA_API_KEY
+from tests.workers import reader_at_end
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One word."}]
 SEEDS = StaticPrompts(
@@ -83,15 +83,12 @@ def test_20_paired_tasks_with_the_real_model_reach_the_broker(
     )
     tasks = generate("arithmetic", "test", 20)
     events = runtime.run_many(tasks, mode="paired")
+    consumer = reader_at_end(kafka_config, [INTERACTIONS])
     with EventProducer(kafka_config) as producer:
         for event in events:
             producer.record_interaction(event)
     assert producer.delivered == 20
 
-    consumer = Consumer(
-        {**kafka_config, "group.id": f"check-{agent}", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([INTERACTIONS])
     codec, received = AvroCodec(), {}
     try:
         for _ in range(200):

@@ -74,6 +74,26 @@ def wait_consumed(
     raise TimeoutError(f"{group} did not consume {topic} within {timeout}s")
 
 
+def reader_at_end(kafka_config: dict[str, str], topics: list[str]) -> Any:
+    """A consumer assigned to the current end of every partition of ``topics``: it sees only
+    what is produced from now on (the session's topics hold earlier tests' messages, hostile
+    ones included)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**kafka_config, "group.id": f"reader-{uuid.uuid4().hex}"})
+    metadata = consumer.list_topics(timeout=10).topics
+    consumer.assign(
+        [
+            TopicPartition(
+                topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+            )
+            for topic in topics
+            for p in metadata[topic].partitions
+        ]
+    )
+    return consumer
+
+
 def skip_to_end(kafka_config: dict[str, str], group: str, topic: str) -> None:
     """Commit ``group``'s offsets at the end of ``topic``: a worker started next sees only
     what is produced from now on (earlier tests leave triggers behind)."""
