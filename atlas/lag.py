@@ -8,8 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
 from consumers.sink import DEFAULT_TOPICS
 from schemas.topics import FEEDBACK, INTERACTIONS, TRIGGERS
@@ -30,19 +29,36 @@ class GroupLag:
     committed: bool  # the group has committed offsets at all
 
 
+def committed_offsets(
+    kafka_config: dict[str, str], group: str, partitions: list[TopicPartition], timeout: float
+) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed (-1 where none), read by a consumer that never joins
+    the group. Not the admin client's list_consumer_group_offsets: librdkafka 2.x crashes the
+    process when the group's coordinator answers NOT_COORDINATOR to it (librdkafka #5040)."""
+    reader = Consumer({**kafka_config, "group.id": group, "log_level": 0})
+    try:
+        found = reader.committed(partitions, timeout=timeout)
+    finally:
+        reader.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found}
+
+
 def group_lags(kafka_config: dict[str, str], timeout: float = 10.0) -> list[GroupLag]:
-    admin = AdminClient(kafka_config)
     probe = Consumer(
         {**kafka_config, "group.id": f"atlas-status-{uuid.uuid4().hex}", "log_level": 0}
     )
     try:
-        return [_lag(admin, probe, g, t, timeout) for g, t in GROUP_TOPICS.items()]
+        return [_lag(kafka_config, probe, g, t, timeout) for g, t in GROUP_TOPICS.items()]
     finally:
         probe.close()
 
 
 def _lag(
-    admin: AdminClient, probe: Consumer, group: str, topics: tuple[str, ...], timeout: float
+    kafka_config: dict[str, str],
+    probe: Consumer,
+    group: str,
+    topics: tuple[str, ...],
+    timeout: float,
 ) -> GroupLag:
     metadata = probe.list_topics(timeout=timeout).topics
     partitions = [
@@ -51,9 +67,7 @@ def _lag(
         if topic in metadata
         for p in metadata[topic].partitions
     ]
-    request = ConsumerGroupTopicPartitions(group, partitions)
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout)
-    committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+    committed = committed_offsets(kafka_config, group, partitions, timeout)
     waiting: list[TopicPartition] = []
     lag = 0
     for tp in partitions:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient
 
+from atlas.lag import committed_offsets
 from atlas.settings import Settings
 from consumers.trigger_worker import JobRunner, TriggerWorker
 from deploy.local.processes import stop_pid
@@ -52,8 +52,7 @@ def wait_consumed(
     kafka_config: dict[str, str], group: str, topic: str, timeout: float = 60
 ) -> None:
     """Block until ``group`` has committed offsets up to the end of every partition of ``topic``."""
-    admin = AdminClient(kafka_config)
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+    from confluent_kafka import Consumer
 
     probe = Consumer({**kafka_config, "group.id": f"probe-{uuid.uuid4().hex}"})
     partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
@@ -63,12 +62,9 @@ def wait_consumed(
     probe.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p) for p in partitions]
-        )
-        result = admin.list_consumer_group_offsets([request])[group].result(10)
-        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        committed = committed_offsets(kafka_config, group, wanted, 10)
+        if all(committed.get((topic, p), -1) >= end for p, end in ends.items()):
             return
         time.sleep(0.5)
     raise TimeoutError(f"{group} did not consume {topic} within {timeout}s")
