@@ -8,11 +8,16 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.sink import DEFAULT_TOPICS
 from schemas.topics import FEEDBACK, INTERACTIONS, TRIGGERS
 
+COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
 GROUP_TOPICS: dict[str, tuple[str, ...]] = {
     "atlas-rewards": (INTERACTIONS, FEEDBACK),
     "atlas-sink": DEFAULT_TOPICS,
@@ -36,8 +41,18 @@ def committed_offsets(
     the group. Not the admin client's list_consumer_group_offsets: librdkafka 2.x crashes the
     process when the group's coordinator answers NOT_COORDINATOR to it (librdkafka #5040)."""
     reader = Consumer({**kafka_config, "group.id": group, "log_level": 0})
+    deadline = time.monotonic() + timeout
     try:
-        found = reader.committed(partitions, timeout=timeout)
+        while True:
+            try:
+                found = reader.committed(partitions, timeout=timeout)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                again = error.retriable() or error.code() in COORDINATOR_NOT_READY
+                if not again or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         reader.close()
     return {(tp.topic, tp.partition): tp.offset for tp in found}
