@@ -118,7 +118,7 @@ def status() -> None:
             f"ATLAS_KAFKA_BOOTSTRAP overrides the local broker: {settings.kafka_bootstrap}"
         )
     if settings.clickhouse_url:
-        console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.clickhouse_url}")
+        console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.store()}")
     _print_workers(settings)
 
 
@@ -218,7 +218,7 @@ def agent_run(
     kafka = settings.kafka_config()
     rewards = None
     try:
-        rewards = StoreRecentRewards(connect(settings.store_url()), config.recent_reward_hours)
+        rewards = StoreRecentRewards(connect(settings.store()), config.recent_reward_hours)
     except (StackError, StoreUnavailable) as exc:
         err.print(f"[yellow]no recent rewards (the policy uses probes only):[/] {exc}")
     with console.status("loading models and prompts"):
@@ -227,7 +227,9 @@ def agent_run(
             student, teacher = backends.hot_loading(agent_id)
         else:
             student, teacher = backends.student_and_teacher()
-        prompts = PromptSubscriber(kafka, StaticPrompts(config.prompts)).start()
+        prompts = PromptSubscriber(
+            kafka, StaticPrompts(config.prompts), verifier=settings.verifier()
+        ).start()
     runtime = Runtime(
         agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
     )
@@ -287,7 +289,7 @@ def monitor(
         window = parse_duration(since)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
-    results = run_queries(connect(Settings().store_url()), datetime.now(UTC) - window, agent)
+    results = run_queries(connect(Settings().store()), datetime.now(UTC) - window, agent)
     print_monitor(console, results)
     if plot is not None:
         console.print(f"chart written to {plot_monitor(results, plot)}")
@@ -317,7 +319,7 @@ def replay(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     settings = Settings()
-    stored = stored_interactions(connect(settings.store_url()), datetime.now(UTC) - window, agent)
+    stored = stored_interactions(connect(settings.store()), datetime.now(UTC) - window, agent)
     replay_id = f"replay-{int(time.time())}"
     with EventProducer(settings.kafka_config()) as producer:
         for event, revision in stored:
@@ -430,7 +432,7 @@ def jobs(
     from store.queries import latest_job_states
 
     table = Table("job", "kind", "agent", "state", "progress", "updated", "message")
-    for job in latest_job_states(connect(Settings().store_url()), agent):
+    for job in latest_job_states(connect(Settings().store()), agent):
         table.add_row(
             job.job_id,
             job.kind,
@@ -451,7 +453,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id.")]) -> N
     from store.client import connect
     from store.queries import job_reports, prompt_history, stored_trigger
 
-    client = connect(Settings().store_url())
+    client = connect(Settings().store())
     reports = job_reports(client, job_id)
     if not reports:
         raise typer.BadParameter(f"no job {job_id!r} in the store", param_hint="JOB_ID")
@@ -502,11 +504,13 @@ def _publish(versions: list) -> None:  # type: ignore[type-arg]
     import uuid
 
     from consumers.jobs import TransactionalProducer
-    from schemas.codec import AvroCodec
 
     settings = Settings()
     producer = TransactionalProducer(
-        settings.kafka_config(), f"atlas-cli-{uuid.uuid4().hex}", AvroCodec()
+        settings.kafka_config(),
+        f"atlas-cli-{uuid.uuid4().hex}",
+        settings.codec(),
+        settings.signer(),
     )
     producer.send(versions)
     for v in versions:
@@ -545,7 +549,7 @@ def prompts_list(
         "job",
         "text",
     )
-    for v in prompt_history(connect(Settings().store_url()), agent, role):
+    for v in prompt_history(connect(Settings().store()), agent, role):
         live = current.get(v.role) is not None and current[v.role].version == v.version
         table.add_row(
             v.role,
@@ -579,7 +583,7 @@ def prompts_show(
 
         found = [
             v
-            for v in prompt_history(connect(Settings().store_url()), agent, role)
+            for v in prompt_history(connect(Settings().store()), agent, role)
             if v.version == version
         ]
         if not found:
@@ -694,7 +698,7 @@ def prompts_rollback(
     else:
         found = [
             v
-            for v in prompt_history(connect(Settings().store_url()), agent, role)
+            for v in prompt_history(connect(Settings().store()), agent, role)
             if v.version == target
         ]
         if not found:
@@ -727,7 +731,7 @@ def checkpoints_list(
     table = Table(
         "role", "version", "parent", "source", "created", "held-out", "prev.", "job", "uri"
     )
-    for c in checkpoint_history(connect(settings.store_url()), agent, role):
+    for c in checkpoint_history(connect(settings.store()), agent, role):
         live = current_checkpoint(settings.kafka_config(), agent, c.role)
         table.add_row(
             c.role,
@@ -760,7 +764,6 @@ def checkpoints_rollback(
     from consumers.grpo_worker import current_checkpoint
     from consumers.jobs import TransactionalProducer
     from runtime.backends.local import SMOLLM2_NAME, default_model_dir
-    from schemas.codec import AvroCodec
     from schemas.models import CheckpointEvent
     from store.client import connect
     from store.queries import checkpoint_history
@@ -778,7 +781,7 @@ def checkpoints_rollback(
     else:
         found = [
             c
-            for c in checkpoint_history(connect(settings.store_url()), agent, role)
+            for c in checkpoint_history(connect(settings.store()), agent, role)
             if c.version == target
         ]
         if not found:
@@ -795,9 +798,44 @@ def checkpoints_rollback(
         source="rollback",
     )
     TransactionalProducer(
-        settings.kafka_config(), f"atlas-cli-{uuid.uuid4().hex}", AvroCodec()
+        settings.kafka_config(),
+        f"atlas-cli-{uuid.uuid4().hex}",
+        settings.codec(),
+        settings.signer(),
     ).send([event])
     console.print(f"{agent}/{role}: checkpoint v{target} restored as v{event.version}")
+
+
+signing_app = typer.Typer(
+    help="The key that signs prompt versions and checkpoints.", no_args_is_help=True
+)
+app.add_typer(signing_app, name="signing")
+
+
+@signing_app.command("init")
+@clear_errors
+def signing_init(
+    force: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
+) -> None:
+    """Make the learner's ed25519 key pair in $ATLAS_HOME/secrets (the private key 0600).
+
+    From then on the learners and rollbacks of this host sign every prompt version and
+    checkpoint, and its agents switch only to correctly signed ones. Agents elsewhere get the
+    printed public key as ATLAS_SIGNING_PUBLIC_KEY; learners elsewhere the private key as
+    ATLAS_SIGNING_KEY (from a secret store, never a command line)."""
+    from schemas.secrets import private_dir
+    from schemas.signing import PRIVATE_KEY_FILE, create_keys
+
+    settings = Settings()
+    folder = private_dir(settings.secrets_dir)
+    if (folder / PRIVATE_KEY_FILE).exists() and not force:
+        raise typer.BadParameter(
+            f"{folder / PRIVATE_KEY_FILE} exists; --force replaces it (agents then refuse "
+            "everything signed with the old key)"
+        )
+    signer = create_keys(folder)
+    console.print(f"signing key: {folder / PRIVATE_KEY_FILE} (0600)")
+    console.print(f"public key (ATLAS_SIGNING_PUBLIC_KEY): {signer.public_key()}", soft_wrap=True)
 
 
 worker_app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
@@ -811,11 +849,9 @@ def worker_rewards() -> None:
 
     Run several to share the partitions; each keeps per-trace state in a changelog topic.
     """
-    import logging
+    from atlas.workers import configure_logging, run_rewards_worker
 
-    from atlas.workers import run_rewards_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     run_rewards_worker(Settings())
 
 
@@ -823,11 +859,9 @@ def worker_rewards() -> None:
 @clear_errors
 def worker_sink() -> None:
     """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches."""
-    import logging
+    from atlas.workers import configure_logging, run_sink_worker
 
-    from atlas.workers import run_sink_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     stats = run_sink_worker(Settings())
     console.print(
         f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
@@ -841,11 +875,9 @@ def worker_gepa() -> None:
     """Run GEPA jobs from `gepa` triggers: datasets from the store, GEPA over the agent's runtime
     and RIM, the held-out gate, then publish to atlas.prompts.v1. One job at a time per worker;
     keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
-    import logging
+    from atlas.workers import configure_logging, run_trigger_worker
 
-    from atlas.workers import run_trigger_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     jobs_run = run_trigger_worker(Settings(), "gepa")
     console.print(f"gepa worker stopped after {jobs_run} job(s)")
 
@@ -856,11 +888,9 @@ def worker_grpo() -> None:
     """Run GRPO jobs from `grpo` triggers: DeepSpeed GRPO in a child process (the deepspeed
     launcher), the held-out gate, then a checkpoint on atlas.checkpoints.v1. Needs the
     `train` extra. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
-    import logging
+    from atlas.workers import configure_logging, run_trigger_worker
 
-    from atlas.workers import run_trigger_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     jobs_run = run_trigger_worker(Settings(), "grpo")
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
 
@@ -880,7 +910,9 @@ def demo(
     import logging
 
     from atlas.demo import FULL, QUICK, run_demo
+    from schemas.secrets import scrub_log_records
 
+    scrub_log_records()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.perf_counter()
     try:

@@ -267,8 +267,10 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console, job_timeout: 
         config = load_agent_config(configs)
         with console.status("loading the offline model"):
             student, teacher = Backends(settings).student_and_teacher()
-            prompts = PromptSubscriber(kafka, StaticPrompts(config.prompts)).start()
-        store = connect(settings.store_url())
+            prompts = PromptSubscriber(
+                kafka, StaticPrompts(config.prompts), verifier=settings.verifier()
+            ).start()
+        store = connect(settings.store())
         runtime = Runtime(
             agent,
             student,

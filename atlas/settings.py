@@ -15,6 +15,9 @@ from deploy.local.processes import StackError
 from schemas.codec import AvroCodec
 from schemas.configfile import read_yaml
 from schemas.limits import EventLimits
+from schemas.secrets import read_secret, remember
+from schemas.signing import Signer, Verifier, load_signer, load_verifier
+from store.client import StoreTarget
 
 PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -77,10 +80,30 @@ class Settings(BaseSettings):
         default=None, description="OpenAI-compatible endpoint (vLLM, llama.cpp); unset = OpenAI."
     )
     openai_api_key: SecretStr | None = None
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="The learner's ed25519 key (base64 of 32 bytes) that signs prompt versions "
+        "and checkpoints; unset = $ATLAS_HOME/secrets/signing.key if present.",
+    )
+    signing_public_key: str | None = Field(
+        default=None,
+        description="The key agents check prompt versions and checkpoints against; unset = "
+        "$ATLAS_HOME/secrets/signing.pub if present, else nothing is checked.",
+    )
     local_max_batch: int = Field(default=8, ge=1, description="Prompts per local generate call.")
     clickhouse_url: str | None = Field(
         default=None,
-        description="http://user:pass@host:8123/db or chdb:///path; unset = the local store.",
+        description="https://user@host:8443/db (http: port 8123) or chdb:///path; unset = the "
+        "local store.",
+    )
+    clickhouse_password: SecretStr | None = Field(
+        default=None, description="The ClickHouse password; wins over one in the URL."
+    )
+    clickhouse_ca: str | None = Field(
+        default=None, description="CA bundle that signed the server's certificate (https)."
+    )
+    clickhouse_verify: bool = Field(
+        default=True, description="Verify the server's certificate (https); never off in prod."
     )
     max_field_bytes: int = Field(
         default=EventLimits().max_field_bytes,
@@ -107,6 +130,13 @@ class Settings(BaseSettings):
         description="The reward worker's table store: rocksdb (on disk, fast restarts) or memory.",
     )
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Every secret setting is known to the scrubber of logs and job messages."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                remember(value)
+
     def limits(self) -> EventLimits:
         return EventLimits(
             max_field_bytes=self.max_field_bytes, max_message_bytes=self.max_message_bytes
@@ -115,6 +145,16 @@ class Settings(BaseSettings):
     def codec(self) -> AvroCodec:
         """The codec every process of this deployment uses: its registry and size limits."""
         return AvroCodec(registry_url=self.schema_registry_url, limits=self.limits())
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    def signer(self) -> Signer | None:
+        return load_signer(self.signing_key, self.secrets_dir)
+
+    def verifier(self) -> Verifier | None:
+        return load_verifier(self.signing_public_key, self.secrets_dir)
 
     @property
     def state_file(self) -> Path:
@@ -159,13 +199,29 @@ class Settings(BaseSettings):
         config.update({k: v for k, v in optional.items() if v})
         return config
 
-    def store_url(self) -> str:
+    def store(self) -> StoreTarget:
+        """Where the store is, with its credentials: ATLAS_CLICKHOUSE_* or the local stack's."""
         if self.clickhouse_url:
-            return self.clickhouse_url
+            target = StoreTarget.parse(
+                self.clickhouse_url,
+                password=self.clickhouse_password,
+                ca_cert=self.clickhouse_ca,
+                verify=self.clickhouse_verify,
+            )
+            remember(target.password)  # it may have come from the URL
+            return target
         store = self.local_stack().get("store")
         if not store:
             raise StackError("no ClickHouse configured: run `atlas up` or set ATLAS_CLICKHOUSE_URL")
-        return str(store["url"])
+        password_file = store.get("password_file")
+        if not password_file:
+            raise StackError(
+                f"{self.state_file} records a store without a password (made by an older "
+                "version): `atlas down` then `atlas up`"
+            )
+        password = read_secret(Path(password_file))
+        remember(password)
+        return StoreTarget.parse(str(store["url"]), password=password)
 
 
 class TopicSpec(BaseModel):

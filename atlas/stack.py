@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from atlas.settings import Settings, topic_specs
 from deploy.local.kafka import KAFKA_MAIN, KafkaNode, fetch_jars, require_tool
@@ -28,7 +30,8 @@ from deploy.local.processes import (
     require_free_port,
     stop_pid,
 )
-from store.client import connect
+from schemas.secrets import ensure_secret, private_dir, write_private
+from store.client import StoreTarget, connect
 from store.migrations import migrate
 
 STORE_MAIN = "deploy.local.store_server"
@@ -51,6 +54,7 @@ class StoreState:
     port: int
     path: str
     log: str
+    password_file: str = ""
 
 
 @dataclass
@@ -110,10 +114,21 @@ def ensure_topics(
     return [topic.topic for topic in missing]
 
 
-def _start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
+def _start_store(store: StoreState) -> subprocess.Popen[bytes]:
+    with Path(store.log).open("ab") as out:
+        os.chmod(store.log, 0o600)
         process = subprocess.Popen(
-            [sys.executable, "-m", STORE_MAIN, "--path", str(path), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                STORE_MAIN,
+                "--path",
+                store.path,
+                "--port",
+                str(store.port),
+                "--password-file",
+                store.password_file,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -156,7 +171,7 @@ def up(
             f"the local stack is already running ({', '.join(where)}); `atlas down` stops it"
         )
     require_tool("java", "apt-get install -y default-jdk-headless")
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
     say("fetching Kafka jars (cached after the first run)")
     libs = fetch_jars(settings.cache_dir)
 
@@ -175,20 +190,28 @@ def up(
     port = _pick_port(store_port, previous_store and previous_store.port, "the store")
     if port in (node.broker_port, node.controller_port):
         raise StackError(f"port {port} is already used by Kafka; choose another for the store")
-    store_path = settings.home / "store"
-    store_log = settings.home / "store.out"
-    store_url = f"http://127.0.0.1:{port}"
+    password_file = settings.home / "secrets" / "store.password"
+    password = ensure_secret(password_file)
+    store = StoreState(
+        pid=0,
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        path=str(settings.home / "store"),
+        log=str(settings.home / "store.out"),
+        password_file=str(password_file),
+    )
 
-    say(f"starting Kafka on {node.bootstrap} and the store on {store_url}")
+    say(f"starting Kafka on {node.bootstrap} and the store on {store.url}")
     kafka_process = node.start(libs)
-    store_process = _start_store(store_path, port, store_log)
+    store_process = _start_store(store)
     kafka_pid, store_pid = kafka_process.pid, store_process.pid
+    store.pid = store_pid
     try:
         node.wait_ready(kafka_process)
-        _wait_store(store_process, store_url, store_log)
+        _wait_store(store_process, store.url, Path(store.log))
         say("creating topics and applying store migrations")
         ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
-        migrate(connect(store_url))
+        migrate(connect(StoreTarget.parse(store.url, password=password)))
     except BaseException:
         stop_pid(kafka_pid, KAFKA_MAIN)
         stop_pid(store_pid, STORE_MAIN)
@@ -201,10 +224,7 @@ def up(
         str(node.data_dir),
         str(node.log_file),
     )
-    store = StoreState(store_pid, store_url, port, str(store_path), str(store_log))
-    settings.state_file.write_text(
-        json.dumps({"kafka": asdict(kafka), "store": asdict(store)}, indent=2)
-    )
+    _save_state(settings, {"kafka": asdict(kafka), "store": asdict(store)})
     return StackStatus(kafka, store, True, True)
 
 
@@ -251,7 +271,7 @@ def start_kafka(settings: Settings) -> KafkaState:
     node.wait_ready(process)
     kafka.pid = process.pid
     raw["kafka"] = asdict(kafka)
-    settings.state_file.write_text(json.dumps(raw, indent=2))
+    _save_state(settings, raw)
     return kafka
 
 
@@ -264,9 +284,14 @@ def start_store(settings: Settings) -> StoreState:
     if pid_alive(store.pid, STORE_MAIN):
         return store
     require_free_port(store.port, "the store")
-    process = _start_store(Path(store.path), store.port, Path(store.log))
+    process = _start_store(store)
     _wait_store(process, store.url, Path(store.log))
     store.pid = process.pid
     raw["store"] = asdict(store)
-    settings.state_file.write_text(json.dumps(raw, indent=2))
+    _save_state(settings, raw)
     return store
+
+
+def _save_state(settings: Settings, state: dict[str, Any]) -> None:
+    """stack.json, atomically and private (it names the password file and every PID)."""
+    write_private(settings.state_file, json.dumps(state, indent=2))

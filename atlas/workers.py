@@ -19,12 +19,19 @@ from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
 from schemas.configfile import load_config
 from schemas.models import JobKind
+from schemas.secrets import scrub_log_records
 from schemas.topics import INTERACTIONS
 from store.client import connect
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
 from trainer.gepa_engine import load_gepa_config
 from trainer.grpo import load_grpo_config
+
+
+def configure_logging() -> None:
+    """INFO to stderr, every record scrubbed of the secrets this process holds."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    scrub_log_records()
 
 
 def build_settings_rim(settings: Settings) -> Rim:
@@ -100,7 +107,7 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
     stop = stop or threading.Event()
     stop_on_signals(stop)
     lease = registry.claim(settings.home, "sink", SINK_GROUP, settings.worker_id)
-    url = settings.store_url()
+    url = settings.store()
     sink = ClickHouseSink(
         settings.kafka_config(), lambda: connect(url), group_id=SINK_GROUP, codec=settings.codec()
     )
@@ -127,7 +134,7 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
     config = load_agent_config(settings.config_dir)
     backends = Backends(settings)
     student, teacher = backends.student_and_teacher()
-    url = settings.store_url()
+    url = settings.store()
     return GepaJobContext(
         kafka_config=settings.kafka_config(),
         connect_store=lambda: connect(url),
@@ -158,7 +165,13 @@ def run_trigger_worker(
     group = f"atlas-{kind}"
     lease = registry.claim(settings.home, kind, group, settings.worker_id)
     worker = TriggerWorker(
-        kind, settings.kafka_config(), run_job, lease.worker_id, settings.codec(), group
+        kind,
+        settings.kafka_config(),
+        run_job,
+        lease.worker_id,
+        settings.codec(),
+        group,
+        settings.signer(),
     )
     try:
         worker.run(stop)
@@ -177,7 +190,7 @@ def grpo_job_context(settings: Settings) -> GrpoJobContext:
         if settings.teacher_model
         else default_model_dir(settings.cache_dir)
     )
-    url = settings.store_url()
+    url = settings.store()
     return GrpoJobContext(
         kafka_config=settings.kafka_config(),
         connect_store=lambda: connect(url),

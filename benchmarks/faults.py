@@ -67,7 +67,7 @@ class Rig:
         self.settings, self.logs = settings, logs
         self.env = {**WORKER_ENV, "ATLAS_CONFIG_DIR": str(configs)}
         self.kafka = settings.kafka_config()
-        self.store = connect(settings.store_url())
+        self.store = connect(settings.store())
         self.workers = {
             name: WorkerProcess(settings, kind, logs, env=self.env)
             for name, kind in (("rewards-a", "rewards"), ("rewards-b", "rewards"), ("sink", "sink"))

@@ -44,7 +44,7 @@ def raw_copy(settings: Settings, n: int) -> float:
     for value in payload:
         producer.produce(topic, value=value)
     producer.flush(60)
-    client = connect(settings.store_url())
+    client = connect(settings.store())
     client.command(
         "CREATE TABLE IF NOT EXISTS raw_copy (value String) ENGINE = MergeTree ORDER BY tuple()"
     )
@@ -75,7 +75,7 @@ def stored(client: object, agent: str) -> set[str]:
 def pipeline(
     settings: Settings, n: int, rate: float, seconds: float, logs: Path
 ) -> tuple[float, list[float]]:
-    kafka, client = settings.kafka_config(), connect(settings.store_url())
+    kafka, client = settings.kafka_config(), connect(settings.store())
     workers = [WorkerProcess(settings, kind, logs) for kind in ("rewards", "sink")]
     rng = random.Random(2)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-from consumers.jobs import JobReporter
+from consumers.jobs import JobReporter, fresh_run_dir
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.prompts import PromptSubscriber, StaticPrompts
@@ -114,7 +114,8 @@ def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobCon
         progress=0.0,
         metrics={f"{k}_examples": float(v) for k, v in sizes.items()},
     )
-    run_dir = ctx.run_root / reporter.job_id if ctx.run_root else None
+    # GEPA resumes from a pickled state in its run folder: always a fresh, private one
+    run_dir = fresh_run_dir(ctx.run_root, reporter.job_id) if ctx.run_root else None
     outcome = evolve_prompts(
         as_candidate(current),
         splits,

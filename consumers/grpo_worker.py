@@ -27,13 +27,13 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from consumers.gepa_worker import current_prompts
-from consumers.jobs import JobReporter
+from consumers.jobs import JobReporter, fresh_run_dir
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
-from runtime.checkpoints import CheckpointFollower, sha256_of, verify
+from runtime.checkpoints import CARD, CheckpointFollower, sha256_of, verify
 from runtime.core import GenerationLimits
-from schemas.models import CheckpointEvent, RetrainTrigger
+from schemas.models import CheckpointEvent, RetrainTrigger, under
 from store.queries import training_traces
 from trainer.datasets import build_splits
 from trainer.evaluation import PromptEvaluator, gate
@@ -147,9 +147,7 @@ def publish_files(source: Path, target: Path, card: dict[str, object]) -> dict[s
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
     digests = {p.name: sha256_of(p) for p in sorted(staging.iterdir()) if p.is_file()}
-    (staging / "card.json").write_text(
-        json.dumps({**card, "sha256": digests}, indent=2, default=str)
-    )
+    (staging / CARD).write_text(json.dumps({**card, "sha256": digests}, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return digests
@@ -174,8 +172,7 @@ def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobCon
         r: v.text
         for r, v in current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts).items()
     }
-    run_dir = ctx.run_root / reporter.job_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_run_dir(ctx.run_root, reporter.job_id)
     spec = run_dir / "spec.json"
     spec.write_text(
         json.dumps(
@@ -230,7 +227,7 @@ def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobCon
         reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
         return
     version = (current.version if current else 0) + 1
-    target = ctx.checkpoint_root / trigger.agent_id / role / f"v{version}"
+    target = under(ctx.checkpoint_root, trigger.agent_id, role, f"v{version}")
     lineage = {
         "job_id": reporter.job_id,
         "trigger_id": trigger.trigger_id,

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from runtime.follow import reached
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import Event, JobKind, JobState, JobStatus, RetrainTrigger
-from schemas.topics import JOBS, key_of, topic_of
+from schemas.models import Event, JobKind, JobState, JobStatus, RetrainTrigger, under
+from schemas.secrets import private_dir, scrub
+from schemas.signing import Signer
+from schemas.topics import CHECKPOINTS, JOBS, PROMPTS, key_of, topic_of
 
+SIGNED_TOPICS = frozenset({PROMPTS, CHECKPOINTS})
 TERMINAL: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 
 
@@ -33,9 +38,31 @@ def job_id_for(trigger: RetrainTrigger) -> str:
     return f"{trigger.kind}-{hashlib.sha1(trigger.trigger_id.encode()).hexdigest()[:12]}"
 
 
+def fresh_run_dir(run_root: Path, job_id: str) -> Path:
+    """An empty folder for one job's files, private to this worker (0700 under a 0700 root):
+    nothing left from an earlier run, nor planted by anyone else, is ever loaded."""
+    private_dir(run_root)
+    run_dir = under(run_root, job_id)
+    if run_dir.is_symlink() or run_dir.is_file():
+        run_dir.unlink()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(mode=0o700)
+    return run_dir
+
+
 class TransactionalProducer:
-    def __init__(self, kafka_config: dict[str, str], transactional_id: str, codec: AvroCodec):
+    """Events in transactions; with a ``signer``, every prompt version and checkpoint card
+    carries the learner's signature."""
+
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        transactional_id: str,
+        codec: AvroCodec,
+        signer: Signer | None = None,
+    ):
         self.codec = codec
+        self.signer = signer
         self._producer = Producer(
             {
                 **kafka_config,
@@ -51,9 +78,11 @@ class TransactionalProducer:
         self._producer.begin_transaction()
         try:
             for event in events:
-                self._producer.produce(
-                    topic_of(event), key=key_of(event), value=self.codec.encode(event)
-                )
+                topic, key, value = topic_of(event), key_of(event), self.codec.encode(event)
+                headers = None
+                if self.signer is not None and topic in SIGNED_TOPICS:
+                    headers = [self.signer.header(topic, key, value)]
+                self._producer.produce(topic, key=key, value=value, headers=headers)
             self._producer.commit_transaction(30)
         except BaseException:  # an encoding error as much as a broker error: none of them
             self._producer.abort_transaction(30)
@@ -102,7 +131,7 @@ class JobReporter:
                 state=state,
                 seq=self.seq,
                 progress=progress,
-                message=message,
+                message=scrub(message),  # a job's error may quote a URL or a reply
                 metrics=metrics or {},
                 result_version=result_version,
                 worker=self.worker,

@@ -31,6 +31,7 @@ from consumers.jobs import (
 from consumers.kafka_plumbing import hold_new_partitions
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import JobKind, JobStatus, RetrainTrigger
+from schemas.signing import Signer
 from schemas.topics import TRIGGERS
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class TriggerWorker:
         worker_id: str,
         codec: AvroCodec | None = None,
         group_id: str | None = None,
+        signer: Signer | None = None,
     ):
         self.kind = kind
+        self.signer = signer
         self.group_id = group_id or f"atlas-{kind}"
         self.kafka_config = kafka_config
         self.run_job = run_job
@@ -58,7 +61,7 @@ class TriggerWorker:
 
     def run(self, stop: threading.Event) -> None:
         producer = TransactionalProducer(
-            self.kafka_config, f"atlas-{self.kind}-{self.worker_id}", self.codec
+            self.kafka_config, f"atlas-{self.kind}-{self.worker_id}", self.codec, self.signer
         )
         self._known = read_job_states(self.kafka_config, self.codec)
         for orphan in orphaned_jobs(self._known, self.kind, self.worker_id):

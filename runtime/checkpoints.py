@@ -16,15 +16,22 @@ from runtime.backends.base import BackendError, ChatResult, GenerationParams, Me
 from runtime.backends.local import LocalBackend
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
-from schemas.models import CheckpointEvent
+from schemas.models import PATH_SAFE, CheckpointEvent
+from schemas.signing import Verifier
 from schemas.topics import CHECKPOINTS
 
 log = logging.getLogger(__name__)
+CARD = "card.json"  # written beside the weights after they are hashed
 
 
 class CheckpointFollower(RoleVersionFollower[CheckpointEvent]):
-    def __init__(self, kafka_config: dict[str, str], codec: AvroCodec | None = None):
-        super().__init__(kafka_config, CHECKPOINTS, CheckpointEvent, codec)
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        codec: AvroCodec | None = None,
+        verifier: Verifier | None = None,
+    ):
+        super().__init__(kafka_config, CHECKPOINTS, CheckpointEvent, codec, verifier)
 
 
 def sha256_of(path: Path) -> str:
@@ -36,8 +43,23 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(checkpoint: CheckpointEvent) -> Path:
-    """The checkpoint's folder, after checking every file the event names."""
+    """The checkpoint's folder, after checking that the event lists every file in it (the card
+    aside) with its sha256, that each matches, and that the weights are safetensors."""
     folder = Path(checkpoint.uri.removeprefix("file://"))
+    listed = set(checkpoint.sha256)
+    if not any(name.endswith(".safetensors") for name in listed):
+        raise BackendError(
+            f"checkpoint v{checkpoint.version}: lists no .safetensors weights with a sha256"
+        )
+    present = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    unlisted = sorted(present - listed - {CARD})
+    if unlisted:
+        raise BackendError(
+            f"checkpoint v{checkpoint.version}: {', '.join(unlisted)} in {folder} not hashed"
+        )
+    for name in listed:
+        if not PATH_SAFE.fullmatch(name):
+            raise BackendError(f"checkpoint v{checkpoint.version}: bad file name {name[:80]!r}")
     for name, expected in checkpoint.sha256.items():
         path = folder / name
         if not path.exists():
@@ -71,7 +93,7 @@ class HotLoadingBackend:
             return
         try:
             self.backend.load(verify(latest))
-        except BackendError as exc:
+        except (BackendError, OSError, ValueError) as exc:  # from_pretrained: OSError/ValueError
             log.error("not switching to checkpoint v%d: %s", latest.version, exc)
             self.version = latest.version  # do not retry a broken checkpoint on every call
             return

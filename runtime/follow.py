@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
+from schemas.signing import SignatureError, Verifier
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -30,7 +31,9 @@ def reached(consumer: Consumer, topic: str, ends: dict[int, int]) -> bool:
 
 
 class RoleVersionFollower(Generic[E]):
-    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe."""
+    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe. With a
+    ``verifier``, a message without the learner's valid signature is refused: logged, counted
+    in ``refused``, and the current version kept."""
 
     def __init__(
         self,
@@ -38,6 +41,7 @@ class RoleVersionFollower(Generic[E]):
         topic: str,
         event_type: type[E],
         codec: AvroCodec | None = None,
+        verifier: Verifier | None = None,
     ):
         self.kafka_config = kafka_config
         self.topic = topic
@@ -50,6 +54,8 @@ class RoleVersionFollower(Generic[E]):
         self._caught_up = threading.Event()
         self._thread: threading.Thread | None = None
         self.skipped = 0
+        self.verifier = verifier
+        self.refused = 0
 
     def start(self, timeout: float = 30.0) -> Any:
         """Start following; returns (self) once the topic's existing events are applied."""
@@ -89,9 +95,29 @@ class RoleVersionFollower(Generic[E]):
                 message = consumer.poll(0.2)
                 if message is None or message.error():
                     continue
-                self._apply(message.key(), message.value())
+                if self._trusted(message):
+                    self._apply(message.key(), message.value())
         finally:
             consumer.close()
+
+    def _trusted(self, message: Any) -> bool:
+        if self.verifier is None:
+            return True
+        try:
+            self.verifier.check(self.topic, message.key(), message.value(), message.headers())
+        except SignatureError as exc:
+            self.refused += 1
+            key = (message.key() or b"").decode(errors="replace")[:200]
+            log.error(
+                "refusing %s message %s at partition %d offset %d: %s; keeping the current version",
+                self.topic,
+                key,
+                message.partition(),
+                message.offset(),
+                exc,
+            )
+            return False
+        return True
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:  # tombstone: the agent/role was deleted

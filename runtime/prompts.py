@@ -7,6 +7,7 @@ from typing import Protocol
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
 from schemas.models import Demonstration, PromptVersion
+from schemas.signing import Verifier
 from schemas.topics import PROMPTS
 
 ROLES = ("student", "teacher")
@@ -58,8 +59,9 @@ class PromptSubscriber(RoleVersionFollower[PromptVersion]):
         fallback: PromptProvider,
         codec: AvroCodec | None = None,
         topic: str = PROMPTS,
+        verifier: Verifier | None = None,
     ):
-        super().__init__(kafka_config, topic, PromptVersion, codec)
+        super().__init__(kafka_config, topic, PromptVersion, codec, verifier)
         self.fallback = fallback
 
     def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:

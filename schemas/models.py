@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -43,6 +44,17 @@ def path_component(value: str, what: str = "id") -> str:
             " (at most 128, starting with a letter or digit)"
         )
     return value
+
+
+def under(root: Path, *parts: str) -> Path:
+    """``root/part/...`` where each part is a :func:`path_component` and the resolved path
+    stays under ``root`` (no symlink leads out): for every path built from an event's ids."""
+    for part in parts:
+        path_component(part, "path part")
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{path} leads outside {root}")
+    return path
 
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

@@ -10,6 +10,7 @@ import pytest
 
 from atlas import stack
 from atlas.settings import Settings
+from store.client import StoreTarget
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +29,8 @@ def kafka_config(stack_settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def store_url(stack_settings: Settings) -> str:
-    return stack_settings.store_url()
+def store_target(stack_settings: Settings) -> StoreTarget:
+    return stack_settings.store()
 
 
 @pytest.fixture

@@ -324,7 +324,7 @@ def test_java_encoded_events_are_scored_and_stored(
     assert [codec.decode(d, FeedbackEvent).kind for d in feedback] == kinds
     assert codec.legacy_reads == 0
 
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
 
     def latest() -> dict[str, tuple[Any, ...]]:
         rows = store.query(

@@ -52,7 +52,7 @@ def _cli(settings: Settings, *args: str) -> str:
 
 @pytest.fixture
 def sink(stack_settings: Settings) -> Iterator[None]:
-    url = stack_settings.store_url()
+    url = stack_settings.store()
     stop = threading.Event()
     worker = ClickHouseSink(stack_settings.kafka_config(), lambda: connect(url), batch_seconds=0.3)
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -71,14 +71,14 @@ def _store_traces(settings: Settings, agent: str, n: int = 30) -> None:
             update={"task_id": task.task_id, "task_input": task.input, "reference": task.reference}
         )
         traces.append(scored(event, rng))
-    StoreWriter(connect(settings.store_url())).write(traces)
+    StoreWriter(connect(settings.store())).write(traces)
 
 
 def _start_worker(
     settings: Settings, world: ScriptedTaskWorld, config: GepaConfig
 ) -> tuple[threading.Event, threading.Thread]:
     kafka = settings.kafka_config()
-    url = settings.store_url()
+    url = settings.store()
     context = GepaJobContext(
         kafka_config=kafka,
         connect_store=lambda: connect(url),
@@ -154,7 +154,7 @@ def test_operator_trigger_to_published_prompt_in_a_running_agent(
     assert version.window_start and version.window_end and version.non_degradation == 1.0
     assert version.heldout_reward == job.metrics["heldout_candidate_reward"]
 
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
     eventually(
         lambda: prompt_history(store, agent), 30, "the prompt version in the store", interval=0.5
     )
@@ -199,7 +199,7 @@ def test_rollback_restores_the_previous_text_under_a_new_version(
 ) -> None:
     agent = f"rollback-{uuid.uuid4().hex[:8]}"
     kafka = stack_settings.kafka_config()
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
     for text in ("first manual teacher prompt", "second manual teacher prompt"):
         _cli(stack_settings, "prompts", "set", "--agent", agent, "--role", "teacher",
              "--text", text, "--force")  # fmt: skip

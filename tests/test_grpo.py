@@ -70,7 +70,7 @@ def extraction_agent(stack_settings: Settings) -> str:
             }
         )
         traces.append(scored(event, rng))
-    StoreWriter(connect(stack_settings.store_url())).write(traces)
+    StoreWriter(connect(stack_settings.store())).write(traces)
     return agent
 
 
@@ -93,7 +93,7 @@ def grpo_worker(
     stack_settings: Settings, local_backend: Any, model_dir: Path, tmp_path: Path
 ) -> Iterator[Callable[[GrpoConfig], None]]:
     kafka = stack_settings.kafka_config()
-    url = stack_settings.store_url()
+    url = stack_settings.store()
     threads: list[tuple[threading.Event, threading.Thread]] = []
 
     def start(config: GrpoConfig) -> None:

@@ -35,7 +35,7 @@ def test_each_bad_message_gets_one_dead_letter_and_valid_events_flow_on(
     valid = [interaction(rng, agent) for _ in range(400)]
     bad = hostile_messages(run, 39)
     raw = Producer({**kafka_config, "acks": "all"})
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
 
     def stored() -> int:
         return store.query(
@@ -95,7 +95,7 @@ def test_feedback_right_after_its_interaction_is_never_lost(
     agent = f"fast-{uuid.uuid4().hex[:8]}"
     rng = random.Random(8)
     events = [interaction(rng, agent) for _ in range(10_000)]
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
     workers = [WorkerProcess(stack_settings, k, tmp_path) for k in ("rewards", "sink")]
     started = time.monotonic()
     try:

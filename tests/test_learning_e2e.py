@@ -105,7 +105,7 @@ def _store_arithmetic_traces(settings: Settings, agent: str, n: int) -> None:
             update={"task_id": task.task_id, "task_input": task.input, "reference": task.reference}
         )
         traces.append(scored(event, rng))
-    StoreWriter(connect(settings.store_url())).write(traces)
+    StoreWriter(connect(settings.store())).write(traces)
 
 
 def _job_reports(kafka_config: dict[str, str], agent: str) -> dict[str, list[JobStatus]]:

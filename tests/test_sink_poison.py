@@ -51,7 +51,7 @@ def test_one_event_the_store_refuses_is_dead_lettered_and_the_rest_stored(
         producer.produce(REWARDS, key=trace.trace_id.encode(), value=codec.encode(trace))
     assert producer.flush(30) == 0
 
-    url = stack_settings.store_url()
+    url = stack_settings.store()
     store = RefusingStore(connect(url), poison)
     sink = ClickHouseSink(
         kafka_config,

@@ -52,7 +52,7 @@ def test_expired_state_leaves_a_tombstone_and_late_feedback_a_dead_letter(
     rng = random.Random(12)
     events = [interaction(rng, agent) for _ in range(50)]
     keys = {e.trace_id.encode() for e in events}
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
 
     def stored() -> int:
         return store.query(

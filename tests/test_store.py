@@ -29,10 +29,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
     if request.param == "chdb":
         client = connect(f"chdb://{tmp_path / 'chdb'}")
     else:
-        base = request.getfixturevalue("store_url")
+        base = request.getfixturevalue("store_target")
         database = f"test_{uuid.uuid4().hex[:8]}"
         connect(base).command(f"CREATE DATABASE {database}")
-        client = connect(f"{base}/{database}")
+        client = connect(base.with_database(database))
     migrate(client)
     yield client
     client.close()
@@ -129,7 +129,7 @@ def test_every_event_type_has_a_table(store: Client) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://127.0.0.1:1", "cannot reach ClickHouse at http://127.0.0.1:1"),
+        ("http://127.0.0.1:1", "cannot reach ClickHouse at http://default@127.0.0.1:1/default"),
         ("ftp://example", "unsupported ClickHouse URL scheme 'ftp'"),
         ("localhost:8123", "invalid ClickHouse URL"),
     ],

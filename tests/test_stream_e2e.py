@@ -73,7 +73,7 @@ def test_thousand_traces_survive_a_worker_kill_and_a_store_outage(
     events = [interaction(rng, agent) for _ in range(1000)]
     bad = _malformed(run, rng, codec, 500)
     raw = Producer({**kafka_config, "acks": "all"})
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
 
     def latest() -> list[tuple]:
         return store.query(
@@ -172,7 +172,7 @@ def test_monitor_and_replay_on_the_real_pipeline(
     agent = f"mon-{uuid.uuid4().hex[:8]}"
     rng = random.Random(11)
     events = [interaction(rng, agent, at=datetime.now(UTC)) for _ in range(20)]
-    store = connect(stack_settings.store_url())
+    store = connect(stack_settings.store())
 
     def latest() -> dict[str, tuple]:
         rows = store.query(

@@ -219,8 +219,12 @@ class GrpoTrainer:
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(model_dir)
-        policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        policy = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=True
+        )
+        self.reference = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=True
+        )
         self.reference.eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
             policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -6,15 +6,21 @@ protocol (queries, parameters, settings, inserts in any input format, compressed
 ``/ping``) that the ordinary clickhouse-connect HTTP client, the CLI, workers and Grafana can
 use it like a ClickHouse server.
 
-Run: ``python -m deploy.local.store_server --path DIR --port PORT`` (127.0.0.1 only).
+It is a locked door: every request but ``/ping`` must carry the stack's password (ClickHouse's
+own HTTP auth), name 127.0.0.1 or localhost as its Host, and stay within the body, time and
+statement limits (``deploy/local/store_policy.py`` says which statements). Settings a client
+sends apply to its request only. A malformed request gets a 4xx reply, never a traceback.
+
+Run: ``python -m deploy.local.store_server --path DIR --port PORT --password-file FILE``
+(127.0.0.1 only; FILE holds the password, mode 0600).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import json
+import logging
 import os
 import re
 import signal
@@ -24,37 +30,29 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-# URL parameters that steer the HTTP exchange rather than the query; never sent to the engine.
-TRANSPORT_PARAMS = frozenset(
-    {
-        "query",
-        "database",
-        "default_format",
-        "query_id",
-        "session_id",
-        "session_timeout",
-        "session_check",
-        "compress",
-        "decompress",
-        "user",
-        "password",
-        "quota_key",
-        "buffer_size",
-        "wait_end_of_query",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "enable_http_compression",
-        "http_zlib_compression_level",
-        "add_http_cors_header",
-        "client_protocol_version",
-    }
+from deploy.local.store_http import (
+    TRANSPORT_PARAMS,
+    HttpError,
+    authenticate,
+    check_host,
+    decode_body,
+    read_body,
+    safe_token,
 )
+from deploy.local.store_policy import PolicyError, StatementPolicy
+from schemas.secrets import SecretFileError, read_secret
+
+DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_EXECUTION_S = 600
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+STORE_USER = "default"
+log = logging.getLogger("atlas.store")
 SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An INSERT whose data follows its FORMAT clause: the statement ends at the first line break.
 INSERT_WITH_DATA = re.compile(rb"^(\s*INSERT\s.*?)\sFORMAT\s+(\w+)[ \t]*(\r?\n|$)", re.I | re.S)
@@ -63,31 +61,6 @@ ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _decode_body(data: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return data
-    if encoding == "gzip":
-        return gzip.decompress(data)
-    if encoding == "deflate":
-        return zlib.decompress(data)
-    if encoding == "lz4":
-        import lz4.frame
-
-        out: list[bytes] = []
-        rest = data
-        while rest:  # clickhouse-connect sends one lz4 frame per block
-            decompressor = lz4.frame.LZ4FrameDecompressor()
-            out.append(decompressor.decompress(rest))
-            rest = decompressor.unused_data
-        return b"".join(out)
-    if encoding == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    raise ValueError(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate, lz4 or zstd)")
 
 
 class StoreError(Exception):
@@ -101,10 +74,10 @@ class StoreError(Exception):
 class ChdbEngine:
     """One chdb connection, serialised: chdb runs one statement at a time per connection."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_execution_s: int = DEFAULT_MAX_EXECUTION_S):
         import chdb
 
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
         try:
             self._conn = chdb.connect(path)
         except Exception as exc:
@@ -113,12 +86,22 @@ class ChdbEngine:
             ) from exc
         self._lock = threading.Lock()
         self.path = path
+        self.max_execution_s = max_execution_s
+        # The session default is the server's limit; a client may ask for less, per request.
+        self._run(f"SET max_execution_time = {max_execution_s}", "TabSeparated")
 
     def _run(self, sql: str, fmt: str, params: dict[str, Any] | None = None) -> Any:
         try:
             return self._conn.query(sql, fmt, params=params or {})
         except Exception as exc:
             raise StoreError(str(exc).strip()) from exc
+
+    def explain(self, sql: str, params: dict[str, Any]) -> str:
+        """The engine's parse tree of ``sql`` (parsing only, nothing runs); ``params`` are the
+        query's ``{name:Type}`` values, which the parser needs to substitute."""
+        with self._lock:
+            result = self._run(f"EXPLAIN AST {sql}", "TabSeparated", params)
+        return bytes(result.bytes()).decode(errors="replace")
 
     def execute(
         self,
@@ -128,6 +111,12 @@ class ChdbEngine:
         settings: dict[str, str],
         params: dict[str, Any],
     ) -> Any:
+        limit = settings.get("max_execution_time")
+        if limit is not None:
+            asked = float(limit) if limit.replace(".", "", 1).isdigit() else 0.0
+            settings["max_execution_time"] = str(
+                min(asked, self.max_execution_s) if asked > 0 else self.max_execution_s
+            )
         with self._lock:
             self._run(f"USE `{database.replace('`', '')}`", "TabSeparated")
             previous = self._snapshot(settings)
@@ -167,10 +156,15 @@ class ChdbEngine:
 
 class StoreRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Replies to requests with no or a bad version still start with a status line.
+    default_request_version = "HTTP/1.0"
+    error_message_format = "Code: 1000. %(code)d %(message)s: %(explain)s\n"
+    error_content_type = "text/plain; charset=UTF-8"
     server: StoreHttpServer
     server_version = "atlas-store"
 
     def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # a silent or slow client frees its thread
         super().setup()
         # Without this every small response waits on Nagle + delayed ACK (~40 ms).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -180,49 +174,52 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def do_GET(self) -> None:
-        self._handle(b"")
+        if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a GET's body is never read: do not parse it next
+        self._guarded(read_only=True)
 
     def do_POST(self) -> None:
-        self._handle(self._read_body())
+        self._guarded(read_only=False)
 
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def _guarded(self, read_only: bool) -> None:
+        """Every request gets a reply; an unexpected error is logged here, not sent."""
+        query_id = str(uuid.uuid4())
+        try:
+            params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+            if params.get("query_id"):
+                query_id = safe_token(params["query_id"], "query_id")
+            self._handle(params, query_id, read_only)
+        except HttpError as exc:
+            self.close_connection = True  # the rest of a refused body is never read
+            self._reply_error(exc.status, str(exc), exc.code, query_id)
+        except (StoreError, PolicyError) as exc:
+            status = getattr(exc, "status", HTTPStatus.FORBIDDEN)
+            self._reply_error(status, str(exc), exc.code, query_id)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:
+            log.exception("request %s failed", query_id)
+            self.close_connection = True
+            self._reply_error(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                f"Code: 1001. internal error in the local store (query {query_id}; see its log)",
+                "1001",
+                query_id,
+            )
 
-    def _handle(self, body: bytes) -> None:
-        url = urlsplit(self.path)
-        if url.path in ("/ping", "/ping/"):
+    def _handle(self, params: dict[str, str], query_id: str, read_only: bool) -> None:
+        server = self.server
+        if urlsplit(self.path).path in ("/ping", "/ping/"):
             self._reply(HTTPStatus.OK, b"Ok.\n", {})
             return
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        query_id = params.get("query_id") or str(uuid.uuid4())
+        check_host(self.headers.get("Host"), server.server_address[1])
+        authenticate(self.headers, params, STORE_USER, server.password)
+        output_format = safe_token(params.get("default_format") or "TabSeparated", "format")
+        body = b"" if read_only else read_body(self.rfile, self.headers, server.max_body_bytes)
+        body = decode_body(body, self.headers.get("Content-Encoding", ""), server.max_body_bytes)
+        read_only = read_only or params.get("readonly", "0") not in ("", "0")
         started = time.perf_counter()
-        try:
-            body = _decode_body(body, self.headers.get("Content-Encoding", ""))
-            result = self._execute(params, body)
-        except StoreError as exc:
-            self._reply(
-                exc.status,
-                f"{exc}\n".encode(),
-                {"X-ClickHouse-Exception-Code": exc.code, "X-ClickHouse-Query-Id": query_id},
-            )
-            return
-        except ValueError as exc:
-            self._reply(
-                HTTPStatus.BAD_REQUEST,
-                f"Code: 1000. {exc}\n".encode(),
-                {"X-ClickHouse-Exception-Code": "1000", "X-ClickHouse-Query-Id": query_id},
-            )
-            return
+        result = self._execute(params, body, output_format, read_only)
         payload = result.bytes() if result is not None else b""
         summary = {
             "read_rows": str(_stat(result, "rows_read")),
@@ -237,13 +234,14 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
                 "X-ClickHouse-Query-Id": query_id,
                 "X-ClickHouse-Summary": json.dumps(summary),
                 "X-ClickHouse-Timezone": "UTC",
-                "X-ClickHouse-Format": params.get("default_format", "TabSeparated"),
+                "X-ClickHouse-Format": output_format,
             },
         )
 
-    def _execute(self, params: dict[str, str], body: bytes) -> Any:
+    def _execute(
+        self, params: dict[str, str], body: bytes, output_format: str, read_only: bool
+    ) -> Any:
         database = params.get("database") or "default"
-        output_format = params.get("default_format") or "TabSeparated"
         bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
         settings = {
             k: v
@@ -252,16 +250,20 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
         }
         for name in settings:
             if not SETTING_NAME.match(name):
-                raise ValueError(f"invalid setting name {name!r}")
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"Code: 115. invalid setting name {name!r}")
         query = params.get("query", "").encode()
         text = query + (b"\n" if query and body else b"") + body
         if not text.strip():
-            raise ValueError("empty query: send it in the 'query' parameter or the request body")
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST,
+                "Code: 62. empty query: send it in the 'query' parameter or the request body",
+            )
         engine = self.server.engine
         insert = INSERT_WITH_DATA.match(text)
         if insert and text[insert.end() :]:
-            statement = insert.group(1).decode().strip()
-            data_format = insert.group(2).decode()
+            statement = _text(insert.group(1)).strip()
+            data_format = safe_token(insert.group(2).decode(), "input format")
+            self.server.policy.check(f"{statement} FORMAT {data_format}", read_only, bind)
             with tempfile.NamedTemporaryFile(
                 dir=self.server.spool_dir, suffix=".insert", delete=False
             ) as spool:
@@ -271,16 +273,41 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
                 return engine.execute(sql, "TabSeparated", database, settings, bind)
             finally:
                 os.unlink(spool.name)
-        return engine.execute(text.decode(), output_format, database, settings, bind)
+        sql = _text(text)
+        self.server.policy.check(sql, read_only, bind)
+        return engine.execute(sql, output_format, database, settings, bind)
 
-    def _reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+    def _reply_error(self, status: int, message: str, code: str, query_id: str) -> None:
+        headers = {"X-ClickHouse-Exception-Code": code, "X-ClickHouse-Query-Id": query_id}
+        if status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = 'Basic realm="atlas local store"'
+        with contextlib.suppress(OSError):
+            self._reply(status, f"{message}\n".encode(), headers, "text/plain; charset=UTF-8")
+
+    def _reply(
+        self,
+        status: int,
+        payload: bytes,
+        headers: dict[str, str],
+        content_type: str = "application/octet-stream",
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in headers.items():
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Code: 1000. the query is not UTF-8") from None
 
 
 def _stat(result: Any, name: str) -> int:
@@ -294,24 +321,61 @@ class StoreHttpServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # restart on the same port while old connections linger
 
-    def __init__(self, port: int, engine: ChdbEngine, verbose: bool = False):
+    def __init__(
+        self,
+        port: int,
+        engine: ChdbEngine,
+        password: str,
+        verbose: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    ):
+        if not password:
+            raise ValueError("the local store needs a password")
         self.engine = engine
+        self.policy = StatementPolicy(engine.explain)
+        self.password = password
         self.verbose = verbose
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout_s = idle_timeout_s
         self.spool_dir = os.path.join(engine.path, ".spool")
-        os.makedirs(self.spool_dir, exist_ok=True)
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         super().__init__(("127.0.0.1", port), StoreRequestHandler)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Serve ClickHouse's HTTP interface on 127.0.0.1 over an embedded chdb store."
+        description="Serve ClickHouse's HTTP interface on 127.0.0.1 over an embedded chdb store, "
+        "for clients that present the stack's password."
     )
     parser.add_argument("--path", required=True, help="chdb data directory (owned exclusively)")
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
+    parser.add_argument(
+        "--password-file", required=True, help="file holding the password (mode 0600)"
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body, before and after decompression (default 512 MiB)",
+    )
+    parser.add_argument(
+        "--max-execution-s",
+        type=int,
+        default=DEFAULT_MAX_EXECUTION_S,
+        help="longest a statement may run; clients may ask for less (default 600)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = StoreHttpServer(args.port, ChdbEngine(args.path), args.verbose)
+        password = read_secret(Path(args.password_file)).get_secret_value()
+    except SecretFileError as exc:
+        print(f"cannot start the store: {exc}", file=sys.stderr)
+        return 2
+    try:
+        engine = ChdbEngine(args.path, args.max_execution_s)
+        server = StoreHttpServer(args.port, engine, password, args.verbose, args.max_body_bytes)
     except OSError as exc:
         print(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2

@@ -149,7 +149,9 @@ class LocalBackend:
         if not (path / "config.json").exists():
             raise BackendError(f"{path} is not a model folder (no config.json)")
         tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+        # safetensors only: a pickled .bin could run code while it loads
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+        model = model.to(self.device).eval()
         with self._lock:
             self.tokenizer, self.model, self.model_dir = tokenizer, model, path
 
