@@ -82,17 +82,31 @@ def up(
     store_port: Annotated[
         int | None, typer.Option(help="Local ClickHouse HTTP port (default: a free one).")
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="Kafka over SASL_SSL (SCRAM-SHA-512) with one user and its ACLs per role, the "
+            "store over HTTPS, certificates from a CA made for this stack."
+        ),
+    ] = False,
 ) -> None:
     """Start the local stack: a Kafka broker (KRaft) and the local ClickHouse store, on 127.0.0.1.
 
     Fetches Kafka from Maven Central on first use, creates the atlas topics and the store's
-    tables, and records PIDs and addresses in $ATLAS_HOME/stack.json.
+    tables, and records PIDs and addresses in $ATLAS_HOME/stack.json. The store always needs
+    the password in $ATLAS_HOME/secrets; with --secure, `atlas status --credentials ROLE`
+    shows each role's Kafka credentials.
     """
     settings = Settings()
     started = time.perf_counter()
     with console.status("starting the local stack") as status:
         result = stack.up(
-            settings, kafka_port, controller_port, store_port, say=lambda m: status.update(m)
+            settings,
+            kafka_port,
+            controller_port,
+            store_port,
+            say=lambda m: status.update(m),
+            secure=secure,
         )
     _print_status(result)
     console.print(f"up in {time.perf_counter() - started:.1f}s")
@@ -108,10 +122,25 @@ def down() -> None:
 
 @app.command()
 @clear_errors
-def status() -> None:
+def status(
+    credentials: Annotated[
+        str | None,
+        typer.Option(
+            help="On a --secure stack, print this role's client settings (agent, rewards, sink, "
+            "learner, operator, admin), password included, and nothing else."
+        ),
+    ] = None,
+) -> None:
     """Show what the local stack runs and where, the workers running on this host (PIDs to
     stop or restart one), and how far behind each consumer group is."""
     settings = Settings()
+    if credentials:
+        config = settings.kafka_config(credentials)
+        if "sasl.username" not in config:
+            raise typer.BadParameter("the local stack is not secure: it has no credentials")
+        for name, value in config.items():
+            console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+        return
     _print_status(stack.read_status(settings))
     if settings.kafka_bootstrap:
         console.print(
@@ -132,7 +161,7 @@ def _print_workers(settings: Settings) -> None:
         workers.add_row(w.kind, w.worker_id, str(w.pid), w.group, started)
     console.print(workers if workers.row_count else "no workers run on this host")
     try:
-        lags = group_lags(settings.kafka_config())
+        lags = group_lags(settings.kafka_config("admin"))  # every group: the stack's own view
     except (StackError, KafkaException) as exc:
         console.print(f"consumer groups: Kafka unreachable ({exc})")
         return
@@ -215,7 +244,7 @@ def agent_run(
         raise typer.BadParameter(str(exc)) from None
     settings = Settings()
     config = load_agent_config(settings.config_dir)
-    kafka = settings.kafka_config()
+    kafka = settings.kafka_config("agent")
     rewards = None
     try:
         rewards = StoreRecentRewards(connect(settings.store()), config.recent_reward_hours)
@@ -902,6 +931,13 @@ def demo(
     job_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the retrain job to finish.")
     ] = 900,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="On `atlas up --secure` (started if nothing runs): SASL_SSL, ACLs per role, "
+            "the store over HTTPS, signed prompts."
+        ),
+    ] = False,
 ) -> None:
     """A simulated production day on the local stack: an agent on the extraction task, users
     who approve or edit its answers, rewards into ClickHouse, the retrain policy firing a GEPA
@@ -916,7 +952,7 @@ def demo(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.perf_counter()
     try:
-        code = run_demo(Settings(), QUICK if quick else FULL, console, job_timeout)
+        code = run_demo(Settings(), QUICK if quick else FULL, console, job_timeout, secure)
     except KeyboardInterrupt:
         err.print("interrupted: everything the demo started was stopped")
         raise typer.Exit(130) from None

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from atlas import stack
 from atlas.settings import Settings
-from deploy.local.processes import pid_alive, stop_pid
+from deploy.local.processes import StackError, pid_alive, stop_pid
 from schemas.configfile import read_yaml
 from trainer.evaluation import GateConfig
 
@@ -221,8 +221,12 @@ def plot_demo(timeline: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
-def run_demo(settings: Settings, plan: DemoPlan, console: Console, job_timeout: float) -> int:
-    """The whole demo; returns 0 when the loop closed (a job ended, traffic went on)."""
+def run_demo(
+    settings: Settings, plan: DemoPlan, console: Console, job_timeout: float, secure: bool = False
+) -> int:
+    """The whole demo; returns 0 when the loop closed (a job ended, traffic went on). With
+    ``secure``, on an `atlas up --secure` stack: each process uses its role's credentials
+    (this one plays the agent, and watches jobs as the operator), and prompts are signed."""
     from atlas.agent import Backends, load_agent_config
     from atlas.simulation import SimulatedUser
     from consumers.jobs import TERMINAL, read_job_states
@@ -250,9 +254,12 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console, job_timeout: 
             settings.clickhouse_url or status.store_running
         ):
             with console.status("starting the local stack (Kafka + ClickHouse store)"):
-                stack.up(settings, say=lambda m: None)
+                stack.up(settings, say=lambda m: None, secure=secure)
             started.stack = True
-        kafka = settings.kafka_config()
+        elif secure and not (status.kafka and status.kafka.secure):
+            raise StackError("the running stack is not secure: `atlas down`, then rerun")
+        kafka = settings.kafka_config("agent")
+        watching = settings.kafka_config("operator")
         env = {
             **os.environ,
             "ATLAS_HOME": str(settings.home),
@@ -305,7 +312,8 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console, job_timeout: 
         with console.status("waiting for the retrain policy's trigger") as waiting:
             while time.monotonic() < deadline:
                 check_workers()
-                mine = [s for s in read_job_states(kafka, codec).values() if s.agent_id == agent]
+                jobs = read_job_states(watching, codec).values()
+                mine = [s for s in jobs if s.agent_id == agent]
                 if mine:
                     job = mine[0]
                     waiting.update(

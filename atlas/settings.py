@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.local.processes import StackError
+from deploy.local.roles import password_file
 from schemas.codec import AvroCodec
 from schemas.configfile import read_yaml
 from schemas.limits import EventLimits
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = None
+    kafka_role: str | None = Field(
+        default=None,
+        description="On the local --secure stack: whose Kafka credentials this process uses "
+        "(agent, rewards, sink, learner, operator, admin); unset = the command's own role.",
+    )
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset = fingerprinted Avro."
     )
@@ -184,9 +190,27 @@ class Settings(BaseSettings):
             raise StackError("no Kafka configured: run `atlas up` or set ATLAS_KAFKA_BOOTSTRAP")
         return str(kafka["bootstrap"])
 
-    def kafka_config(self) -> dict[str, str]:
-        """librdkafka configuration for confluent-kafka clients."""
+    def kafka_config(self, role: str | None = None) -> dict[str, str]:
+        """librdkafka configuration for confluent-kafka clients; on the local --secure stack,
+        with the credentials of ``role`` (ATLAS_KAFKA_ROLE, else ``role``, else operator)."""
         config = {"bootstrap.servers": self.bootstrap()}
+        kafka = {} if self.kafka_bootstrap else self.local_stack().get("kafka") or {}
+        if kafka.get("secure"):
+            who = self.kafka_role or role or "operator"
+            try:
+                secret = read_secret(password_file(self.secrets_dir, who))
+            except ValueError as exc:  # an unknown role
+                raise StackError(str(exc)) from None
+            remember(secret)
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "sasl.mechanism": "SCRAM-SHA-512",
+                    "sasl.username": who,
+                    "sasl.password": secret.get_secret_value(),
+                    "ssl.ca.location": str(kafka["ca_cert"]),
+                }
+            )
         optional = {
             "security.protocol": self.kafka_security_protocol,
             "sasl.mechanism": self.kafka_sasl_mechanism,
@@ -213,15 +237,16 @@ class Settings(BaseSettings):
         store = self.local_stack().get("store")
         if not store:
             raise StackError("no ClickHouse configured: run `atlas up` or set ATLAS_CLICKHOUSE_URL")
-        password_file = store.get("password_file")
-        if not password_file:
+        secret_file = store.get("password_file")
+        if not secret_file:
             raise StackError(
                 f"{self.state_file} records a store without a password (made by an older "
                 "version): `atlas down` then `atlas up`"
             )
-        password = read_secret(Path(password_file))
+        password = read_secret(Path(secret_file))
         remember(password)
-        return StoreTarget.parse(str(store["url"]), password=password)
+        ca_cert = str(store.get("ca_cert") or "") or None
+        return StoreTarget.parse(str(store["url"]), password=password, ca_cert=ca_cert)
 
 
 class TopicSpec(BaseModel):

@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
+
 from atlas.settings import Settings, topic_specs
-from deploy.local.kafka import KAFKA_MAIN, KafkaNode, fetch_jars, require_tool
+from deploy.local.kafka import KAFKA_MAIN, KafkaNode, KafkaSecurity, fetch_jars, require_tool
 from deploy.local.processes import (
     StackError,
     free_port,
@@ -30,7 +32,10 @@ from deploy.local.processes import (
     require_free_port,
     stop_pid,
 )
+from deploy.local.roles import ADMIN_ROLE, create_principals, password_file
+from deploy.local.tls import StackTls, ensure_stack_tls
 from schemas.secrets import ensure_secret, private_dir, write_private
+from schemas.signing import PRIVATE_KEY_FILE, create_keys
 from store.client import StoreTarget, connect
 from store.migrations import migrate
 
@@ -45,6 +50,8 @@ class KafkaState:
     controller_port: int
     data_dir: str
     log: str
+    secure: bool = False  # SASL_SSL + ACLs (`atlas up --secure`)
+    ca_cert: str = ""
 
 
 @dataclass
@@ -55,6 +62,7 @@ class StoreState:
     path: str
     log: str
     password_file: str = ""
+    ca_cert: str = ""  # set when the store speaks HTTPS
 
 
 @dataclass
@@ -114,21 +122,15 @@ def ensure_topics(
     return [topic.topic for topic in missing]
 
 
-def _start_store(store: StoreState) -> subprocess.Popen[bytes]:
+def _start_store(store: StoreState, tls: StackTls | None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", STORE_MAIN, "--path", store.path, "--port", str(store.port)]
+    command += ["--password-file", store.password_file]
+    if tls is not None:
+        command += ["--tls-cert", str(tls.node_cert), "--tls-key", str(tls.node_key)]
     with Path(store.log).open("ab") as out:
         os.chmod(store.log, 0o600)
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                STORE_MAIN,
-                "--path",
-                store.path,
-                "--port",
-                str(store.port),
-                "--password-file",
-                store.password_file,
-            ],
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -137,20 +139,24 @@ def _start_store(store: StoreState) -> subprocess.Popen[bytes]:
     return process
 
 
-def _wait_store(
-    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60.0
-) -> None:
+def _wait_store(process: subprocess.Popen[bytes], store: StoreState, timeout: float = 60.0) -> None:
+    import ssl
+
+    context = ssl.create_default_context(cafile=store.ca_cert) if store.ca_cert else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            log = Path(store.log)
             raise StackError(f"the local store exited during start-up: {log_tail(log, 3)}")
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1) as response:
+            with urllib.request.urlopen(
+                f"{store.url}/ping", timeout=1, context=context
+            ) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.1)
-    raise StackError(f"the local store did not answer within {timeout:.0f}s; see {log}")
+    raise StackError(f"the local store did not answer within {timeout:.0f}s; see {store.log}")
 
 
 def up(
@@ -159,7 +165,10 @@ def up(
     controller_port: int | None = None,
     store_port: int | None = None,
     say: Callable[[str], None] = lambda _msg: None,
+    secure: bool = False,
 ) -> StackStatus:
+    """Start the stack; ``secure``: Kafka over SASL_SSL with one principal and its ACLs per
+    role, the store over HTTPS, both with certificates from a CA made for this stack."""
     current = read_status(settings)
     if current.kafka_running or current.store_running:
         where = []
@@ -176,10 +185,18 @@ def up(
     libs = fetch_jars(settings.cache_dir)
 
     previous_kafka = current.kafka
+    if previous_kafka and previous_kafka.secure != secure:
+        made = "--secure" if previous_kafka.secure else "without --secure"
+        raise StackError(
+            f"the stack in {settings.home} was made {made}; start it the same way, or use "
+            "another ATLAS_HOME"
+        )
+    tls = ensure_stack_tls(settings.secrets_dir / "tls") if secure else None
     node = KafkaNode(
         data_dir=settings.home / "kafka",
         broker_port=_pick_port(kafka_port, previous_kafka and previous_kafka.broker_port, "Kafka"),
         controller_port=0,
+        security=_kafka_security(settings, tls),
     )
     node.controller_port = _pick_port(
         controller_port, previous_kafka and previous_kafka.controller_port, "the controller"
@@ -190,28 +207,34 @@ def up(
     port = _pick_port(store_port, previous_store and previous_store.port, "the store")
     if port in (node.broker_port, node.controller_port):
         raise StackError(f"port {port} is already used by Kafka; choose another for the store")
-    password_file = settings.home / "secrets" / "store.password"
-    password = ensure_secret(password_file)
+    store_password_file = settings.secrets_dir / "store.password"
+    password = ensure_secret(store_password_file)
     store = StoreState(
         pid=0,
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
         port=port,
         path=str(settings.home / "store"),
         log=str(settings.home / "store.out"),
-        password_file=str(password_file),
+        password_file=str(store_password_file),
+        ca_cert=str(tls.ca_cert) if tls else "",
     )
 
     say(f"starting Kafka on {node.bootstrap} and the store on {store.url}")
     kafka_process = node.start(libs)
-    store_process = _start_store(store)
+    store_process = _start_store(store, tls)
     kafka_pid, store_pid = kafka_process.pid, store_process.pid
     store.pid = store_pid
     try:
         node.wait_ready(kafka_process)
-        _wait_store(store_process, store.url, Path(store.log))
+        _wait_store(store_process, store)
         say("creating topics and applying store migrations")
-        ensure_topics({"bootstrap.servers": node.bootstrap}, settings.config_dir)
-        migrate(connect(StoreTarget.parse(store.url, password=password)))
+        ensure_topics(node.admin_config(), settings.config_dir)
+        if secure:
+            say("creating one Kafka user per role and its ACLs")
+            create_principals(AdminClient(node.admin_config()), settings.secrets_dir)
+            if not (settings.secrets_dir / PRIVATE_KEY_FILE).exists():
+                create_keys(settings.secrets_dir)  # signed prompts/checkpoints: on by default
+        migrate(connect(StoreTarget.parse(store.url, password=password, ca_cert=store.ca_cert)))
     except BaseException:
         stop_pid(kafka_pid, KAFKA_MAIN)
         stop_pid(store_pid, STORE_MAIN)
@@ -223,6 +246,8 @@ def up(
         node.controller_port,
         str(node.data_dir),
         str(node.log_file),
+        secure=secure,
+        ca_cert=str(tls.ca_cert) if tls else "",
     )
     _save_state(settings, {"kafka": asdict(kafka), "store": asdict(store)})
     return StackStatus(kafka, store, True, True)
@@ -266,7 +291,13 @@ def start_kafka(settings: Settings) -> KafkaState:
         return kafka
     for port, what in ((kafka.broker_port, "Kafka"), (kafka.controller_port, "the controller")):
         require_free_port(port, what)
-    node = KafkaNode(Path(kafka.data_dir), kafka.broker_port, kafka.controller_port)
+    tls = ensure_stack_tls(settings.secrets_dir / "tls") if kafka.secure else None
+    node = KafkaNode(
+        Path(kafka.data_dir),
+        kafka.broker_port,
+        kafka.controller_port,
+        _kafka_security(settings, tls),
+    )
     process = node.start(fetch_jars(settings.cache_dir))
     node.wait_ready(process)
     kafka.pid = process.pid
@@ -284,12 +315,20 @@ def start_store(settings: Settings) -> StoreState:
     if pid_alive(store.pid, STORE_MAIN):
         return store
     require_free_port(store.port, "the store")
-    process = _start_store(store)
-    _wait_store(process, store.url, Path(store.log))
+    tls = ensure_stack_tls(settings.secrets_dir / "tls") if store.ca_cert else None
+    process = _start_store(store, tls)
+    _wait_store(process, store)
     store.pid = process.pid
     raw["store"] = asdict(store)
     _save_state(settings, raw)
     return store
+
+
+def _kafka_security(settings: Settings, tls: StackTls | None) -> KafkaSecurity | None:
+    if tls is None:
+        return None
+    admin = ensure_secret(password_file(settings.secrets_dir, ADMIN_ROLE))
+    return KafkaSecurity(tls, admin.get_secret_value())
 
 
 def _save_state(settings: Settings, state: dict[str, Any]) -> None:

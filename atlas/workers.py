@@ -66,7 +66,7 @@ def run_rewards_worker(settings: Settings) -> None:
     from streams.app import create_app
 
     lease = registry.claim(settings.home, "rewards", REWARDS_GROUP, settings.worker_id)
-    kafka = settings.kafka_config()
+    kafka = settings.kafka_config("rewards")
     processor = RewardProcessor(
         build_settings_rim(settings),
         pending_ttl_s=settings.pending_feedback_ttl_s,
@@ -77,7 +77,7 @@ def run_rewards_worker(settings: Settings) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
     app = create_app(
-        kafka["bootstrap.servers"],
+        kafka,
         processor,
         topic_partitions(kafka, INTERACTIONS),
         app_id=REWARDS_GROUP,
@@ -109,7 +109,10 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
     lease = registry.claim(settings.home, "sink", SINK_GROUP, settings.worker_id)
     url = settings.store()
     sink = ClickHouseSink(
-        settings.kafka_config(), lambda: connect(url), group_id=SINK_GROUP, codec=settings.codec()
+        settings.kafka_config("sink"),
+        lambda: connect(url),
+        group_id=SINK_GROUP,
+        codec=settings.codec(),
     )
     logging.getLogger(__name__).info(
         "sink %s (pid %d): Kafka %s -> %s",
@@ -136,7 +139,7 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
     student, teacher = backends.student_and_teacher()
     url = settings.store()
     return GepaJobContext(
-        kafka_config=settings.kafka_config(),
+        kafka_config=settings.kafka_config("learner"),
         connect_store=lambda: connect(url),
         student=student,
         teacher=teacher,
@@ -166,7 +169,7 @@ def run_trigger_worker(
     lease = registry.claim(settings.home, kind, group, settings.worker_id)
     worker = TriggerWorker(
         kind,
-        settings.kafka_config(),
+        settings.kafka_config("learner"),
         run_job,
         lease.worker_id,
         settings.codec(),
@@ -192,7 +195,7 @@ def grpo_job_context(settings: Settings) -> GrpoJobContext:
     )
     url = settings.store()
     return GrpoJobContext(
-        kafka_config=settings.kafka_config(),
+        kafka_config=settings.kafka_config("learner"),
         connect_store=lambda: connect(url),
         student=student,
         rim=build_settings_rim(settings),

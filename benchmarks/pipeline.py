@@ -5,7 +5,12 @@
 3. event -> queryable latency p50/p99 at a fixed offered load;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
 
+With ``--secure``, 2 and 3 run again on an `atlas up --secure` stack (SASL_SSL with SCRAM,
+ACLs, the store over HTTPS) in the same invocation: the cost of security as a throughput ratio
+and both p99s.
+
     .venv/bin/python benchmarks/pipeline.py [--events 5000] [--rate 50] [--seconds 20]
+        [--secure] [--judged 8]
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def stored(client: object, agent: str) -> set[str]:
 def pipeline(
     settings: Settings, n: int, rate: float, seconds: float, logs: Path
 ) -> tuple[float, list[float]]:
-    kafka, client = settings.kafka_config(), connect(settings.store())
+    kafka, client = settings.kafka_config("agent"), connect(settings.store())
     workers = [WorkerProcess(settings, kind, logs) for kind in ("rewards", "sink")]
     rng = random.Random(2)
     try:
@@ -149,16 +154,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50, help="offered load, events/s")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--judged", type=int, default=8, help="traces for the LLM judging test")
+    parser.add_argument(
+        "--secure", action="store_true", help="also run the pipeline on a --secure stack"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as home:
-        settings = Settings(home=Path(home))
-        stack.up(settings)
-        try:
-            raw = raw_copy(settings, args.events)
-            ours, latencies = pipeline(settings, args.events, args.rate, args.seconds, Path(home))
-        finally:
-            stack.down(settings)
-    serial, batched = judging(args.judged)
+    raw, ours, latencies = on_fresh_stack(args, secure=False)
     q = statistics.quantiles(latencies, n=100)
     print(f"raw Kafka -> ClickHouse copy:          {raw:9.0f} messages/s")
     print(f"pipeline (programmatic judges + sink): {ours:9.0f} traces/s   ratio {ours / raw:.3f}")
@@ -166,10 +166,33 @@ def main() -> None:
         f"event -> queryable at {args.rate:.0f}/s offered: p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms"
         f" ({len(latencies)} events)"
     )
-    print(
-        f"LLM judge, local model, 3 samples: serial {serial:.2f} traces/s, batched"
-        f" {batched:.2f} traces/s, x{batched / serial:.2f}"
-    )
+    if args.secure:
+        _, secured, secure_latencies = on_fresh_stack(args, secure=True)
+        sq = statistics.quantiles(secure_latencies, n=100)
+        print(
+            f"secure pipeline (SASL_SSL, ACLs, HTTPS): {secured:7.0f} traces/s   "
+            f"{secured / ours:.3f} of plain; p50 {sq[49]:.0f} ms, p99 {sq[98]:.0f} ms "
+            f"(plain p99 {q[98]:.0f} ms)"
+        )
+    if args.judged:
+        serial, batched = judging(args.judged)
+        print(
+            f"LLM judge, local model, 3 samples: serial {serial:.2f} traces/s, batched"
+            f" {batched:.2f} traces/s, x{batched / serial:.2f}"
+        )
+
+
+def on_fresh_stack(args: argparse.Namespace, secure: bool) -> tuple[float, float, list[float]]:
+    """(raw copy messages/s or 0 when secure, pipeline traces/s, latencies ms)."""
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(home=Path(home))
+        stack.up(settings, secure=secure)
+        try:
+            raw = 0.0 if secure else raw_copy(settings, args.events)
+            ours, latencies = pipeline(settings, args.events, args.rate, args.seconds, Path(home))
+        finally:
+            stack.down(settings)
+    return raw, ours, latencies
 
 
 if __name__ == "__main__":

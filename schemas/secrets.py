@@ -108,7 +108,11 @@ def scrub_log_records() -> None:
     def scrubbed(*args: object, **kwargs: object) -> logging.LogRecord:
         record = make(*args, **kwargs)
         if _known:
-            record.msg, record.args = scrub(record.getMessage()), None
+            try:
+                message = record.getMessage()
+            except Exception:  # a caller's bad format arguments: the handler reports it
+                return record
+            record.msg, record.args = scrub(message), ()  # () not None: mode formats args
             if record.exc_info:
                 record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
         return record

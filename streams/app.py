@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,8 +58,23 @@ class StreamStats:
         self.by_error[error_type] = self.by_error.get(error_type, 0) + 1
 
 
+def faust_credentials(kafka_config: dict[str, str]) -> faust.SASLCredentials | None:
+    """The aiokafka side of a librdkafka configuration: the same SASL user, mechanism and CA,
+    so both client families are built from one settings object."""
+    if "sasl.username" not in kafka_config:
+        return None
+    ca = kafka_config.get("ssl.ca.location")
+    tls = kafka_config.get("security.protocol", "").upper().endswith("SSL")
+    return faust.SASLCredentials(
+        username=kafka_config["sasl.username"],
+        password=kafka_config.get("sasl.password", ""),
+        mechanism=kafka_config.get("sasl.mechanism", "PLAIN"),
+        ssl_context=ssl.create_default_context(cafile=ca) if tls else None,
+    )
+
+
 def create_app(
-    bootstrap: str,
+    kafka_config: dict[str, str],
     processor: RewardProcessor,
     partitions: int,
     app_id: str = "atlas-rewards",
@@ -71,12 +87,12 @@ def create_app(
     reader: PartitionReader | None = None,
 ) -> faust.App:
     codec = codec or AvroCodec()
-    guard = ContiguityGuard(
-        reader or KafkaPartitionReader({"bootstrap.servers": bootstrap}, app_id)
-    )
+    guard = ContiguityGuard(reader or KafkaPartitionReader(kafka_config, app_id))
+    bootstrap = kafka_config["bootstrap.servers"]
     app = faust.App(
         app_id,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
+        broker_credentials=faust_credentials(kafka_config),
         store=store,
         datadir=data_dir,
         topic_partitions=partitions,

@@ -85,6 +85,11 @@ def test_remembered_secrets_are_scrubbed_from_text_and_log_records(
         except RuntimeError:
             logging.getLogger("test").exception("failed")
     assert "hunter2" not in caplog.text and "***" in caplog.text
+    make = logging.getLogRecordFactory()
+    bad = make("test", logging.INFO, __file__, 1, "no placeholder", ("extra",), None)
+    assert bad.args == ("extra",)  # left for the handler to report, never raised here
+    good = make("test", logging.INFO, __file__, 1, "%s!", ("hunter2-but-longer",), None)
+    assert (good.getMessage(), good.args) == ("***!", ())
 
 
 def test_paths_from_event_ids_stay_under_their_root(tmp_path: Path) -> None:

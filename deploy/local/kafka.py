@@ -1,4 +1,10 @@
-"""A real single-node Apache Kafka (KRaft, combined broker+controller) from Maven Central jars."""
+"""A real single-node Apache Kafka (KRaft, combined broker+controller) from Maven Central jars.
+
+Plain by default. With :class:`KafkaSecurity` (``atlas up --secure``): clients reach the broker
+only over SASL_SSL with SCRAM-SHA-512 (the admin user exists from the first start: StorageTool
+formats it in, KIP-900), the controller listener takes only the node's own certificate (mutual
+TLS), and the StandardAuthorizer denies whatever no ACL allows.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.processes import StackError, log_tail
+from deploy.local.tls import StackTls
+from schemas.secrets import write_private
 
 POM = Path(__file__).with_name("kafka-pom.xml")
 KAFKA_MAIN = "kafka.Kafka"
@@ -63,11 +71,63 @@ def fetch_jars(cache_dir: Path) -> Path:
     return libs
 
 
+SCRAM = "SCRAM-SHA-512"
+ADMIN_USER = "admin"
+
+
+@dataclass
+class KafkaSecurity:
+    tls: StackTls
+    admin_password: str
+
+    def client_config(self, user: str, password: str) -> dict[str, str]:
+        """librdkafka settings for ``user`` on this broker."""
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM,
+            "sasl.username": user,
+            "sasl.password": password,
+            "ssl.ca.location": str(self.tls.ca_cert),
+        }
+
+    def broker_properties(self, broker_port: int, controller_port: int) -> dict[str, str]:
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{self.admin_password}";'
+        )
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{broker_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{broker_port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls.node_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls.ca_cert),
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_USER};{self.tls.node_principal}",
+        }
+
+
 @dataclass
 class KafkaNode:
     data_dir: Path
     broker_port: int
     controller_port: int
+    security: KafkaSecurity | None = None
+
+    def admin_config(self) -> dict[str, str]:
+        """What the stack's own admin client connects with."""
+        config = {"bootstrap.servers": self.bootstrap}
+        if self.security is not None:
+            config.update(self.security.client_config(ADMIN_USER, self.security.admin_password))
+        return config
 
     @property
     def bootstrap(self) -> str:
@@ -104,7 +164,10 @@ class KafkaNode:
             "auto.create.topics.enable": "true",
             "log.cleaner.backoff.ms": "1000",
         }
-        self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        if self.security is not None:
+            settings.update(self.security.broker_properties(self.broker_port, self.controller_port))
+        # 0600: with --secure it holds the admin's password (the broker's JAAS line)
+        write_private(self.properties_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
         logs.mkdir(exist_ok=True)
         (self.data_dir / "log4j.properties").write_text(
             "log4j.rootLogger=WARN, file\n"
@@ -137,6 +200,14 @@ class KafkaNode:
         if (self.data_dir / "data" / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        scram: list[str] = []
+        argfile = self.data_dir / "format.args"
+        if self.security is not None:  # the admin exists before the first start (KIP-900)
+            # in an @argfile (0600; StorageTool reads one argument per line), not on the
+            # command line where `ps` would show it
+            user = f"name={ADMIN_USER},password={self.security.admin_password}"
+            write_private(argfile, f"--add-scram\n{SCRAM}=[{user}]\n")  # one arg per line
+            scram = [f"@{argfile}"]
         result = subprocess.run(
             self._java(
                 libs,
@@ -146,11 +217,13 @@ class KafkaNode:
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.properties_file),
+                *scram,
             ),
             capture_output=True,
             text=True,
             check=False,
         )
+        argfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
 
@@ -171,7 +244,7 @@ class KafkaNode:
         """Block until an admin client lists topics; fail fast if the JVM exits."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({**self.admin_config(), "log_level": 0})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # poll(), not the PID's command line: right after fork it is still ours

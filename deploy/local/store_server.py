@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -365,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_EXECUTION_S,
         help="longest a statement may run; clients may ask for less (default 600)",
     )
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key (mode 0600)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -376,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = ChdbEngine(args.path, args.max_execution_s)
         server = StoreHttpServer(args.port, engine, password, args.verbose, args.max_body_bytes)
+        if args.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+            # the handshake happens in the request's thread, never in the accept loop
+            server.socket = context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
     except OSError as exc:
         print(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -385,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"store serving {args.path} on http://127.0.0.1:{args.port}", flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"store serving {args.path} on {scheme}://127.0.0.1:{args.port}", flush=True)
     server.serve_forever(poll_interval=0.2)
     server.server_close()
     server.engine.close()

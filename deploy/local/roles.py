@@ -1,0 +1,143 @@
+"""One Kafka principal per role on the secure local stack, and the ACLs that are all it may do.
+
+Least privilege, from the roles table of ARCHITECTURE.md: a topic a role does not write it
+cannot write, a group or transactional id outside its own prefix it cannot use. Credentials are
+random per stack, one 0600 file per role under ``$ATLAS_HOME/secrets``; SCRAM users are created
+through the admin API after the broker starts (only the admin is formatted in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.secrets import ensure_secret
+from schemas.topics import (
+    CHECKPOINTS,
+    DEADLETTER,
+    FEEDBACK,
+    INTERACTIONS,
+    JOBS,
+    PROMPTS,
+    REWARDS,
+    TRIGGERS,
+)
+
+FOLLOWER_GROUPS = "atlas-follow-"  # followers of prompts/checkpoints (assign, never commit)
+
+
+@dataclass(frozen=True)
+class Role:
+    writes: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    group_prefixes: tuple[str, ...] = ()
+    transactional_prefixes: tuple[str, ...] = ()
+    # topics under these prefixes it creates and owns (Faust's changelogs)
+    owned_topic_prefixes: tuple[str, ...] = ()
+    describe_configs: tuple[str, ...] = ()
+
+
+ROLES: dict[str, Role] = {
+    "agent": Role(
+        writes=(INTERACTIONS, FEEDBACK),
+        reads=(PROMPTS, CHECKPOINTS),
+        group_prefixes=(FOLLOWER_GROUPS,),
+    ),
+    "rewards": Role(
+        writes=(REWARDS, TRIGGERS, DEADLETTER),
+        reads=(INTERACTIONS, FEEDBACK, REWARDS),
+        group_prefixes=("atlas-rewards",),
+        # its changelogs, and Faust's repartition topics (named after the agent's module)
+        owned_topic_prefixes=("atlas-rewards-", "streams."),
+    ),
+    "sink": Role(
+        writes=(DEADLETTER,),  # an event the store refuses, isolated and dead-lettered
+        reads=(REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS),
+        group_prefixes=("atlas-sink",),
+        describe_configs=(REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS),
+    ),
+    "learner": Role(
+        writes=(JOBS, PROMPTS, CHECKPOINTS),
+        reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS),
+        group_prefixes=("atlas-gepa", "atlas-grpo", FOLLOWER_GROUPS),
+        transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-"),
+    ),
+    "operator": Role(
+        writes=(TRIGGERS,),
+        reads=(JOBS, PROMPTS, CHECKPOINTS),
+        group_prefixes=(FOLLOWER_GROUPS,),
+    ),
+}
+
+
+ADMIN_ROLE = "admin"  # the stack's own super user: `atlas up`, topic creation, tests
+
+
+def password_file(secrets_dir: Path, role: str) -> Path:
+    if role != ADMIN_ROLE and role not in ROLES:
+        raise ValueError(f"unknown Kafka role {role!r}: one of {', '.join([*ROLES, ADMIN_ROLE])}")
+    return secrets_dir / f"kafka-{role}.password"
+
+
+def create_principals(admin: object, secrets_dir: Path, timeout: float = 30.0) -> None:
+    """Each role's SCRAM user (password from its 0600 file, made now if new) and its ACLs."""
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    upserts = [
+        UserScramCredentialUpsertion(
+            role,
+            ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+            ensure_secret(password_file(secrets_dir, role)).get_secret_value().encode(),
+        )
+        for role in ROLES
+    ]
+    for future in admin.alter_user_scram_credentials(upserts).values():  # type: ignore[attr-defined]
+        future.result(timeout)
+    for future in admin.create_acls(acl_bindings()).values():  # type: ignore[attr-defined]
+        future.result(timeout)
+
+
+def acl_bindings() -> list[object]:
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    def allow(
+        kind: ResourceType,
+        name: str,
+        role: str,
+        operation: AclOperation,
+        pattern: ResourcePatternType = ResourcePatternType.LITERAL,
+    ) -> AclBinding:
+        return AclBinding(
+            kind, name, pattern, f"User:{role}", "*", operation, AclPermissionType.ALLOW
+        )
+
+    prefixed = ResourcePatternType.PREFIXED
+    bindings = []
+    for name, role in ROLES.items():
+        for topic in role.writes:
+            bindings += [allow(ResourceType.TOPIC, topic, name, AclOperation.WRITE)]
+            bindings += [allow(ResourceType.TOPIC, topic, name, AclOperation.DESCRIBE)]
+        for topic in role.reads:
+            bindings += [allow(ResourceType.TOPIC, topic, name, AclOperation.READ)]
+        for topic in role.describe_configs:
+            bindings += [allow(ResourceType.TOPIC, topic, name, AclOperation.DESCRIBE_CONFIGS)]
+        for prefix in role.owned_topic_prefixes:
+            bindings += [allow(ResourceType.TOPIC, prefix, name, AclOperation.ALL, prefixed)]
+        for prefix in role.group_prefixes:
+            bindings += [allow(ResourceType.GROUP, prefix, name, AclOperation.READ, prefixed)]
+        for prefix in role.transactional_prefixes:
+            for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
+                bindings += [
+                    allow(ResourceType.TRANSACTIONAL_ID, prefix, name, operation, prefixed)
+                ]
+    return bindings
