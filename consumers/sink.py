@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
@@ -91,6 +93,26 @@ def expiry_warnings(
                 " comes back"
             )
     return warnings
+
+
+# ClickHouse error codes that say nothing about the rows: the store is unreachable, busy,
+# misconfigured or not migrated. The batch is kept and retried, never split or dead-lettered.
+TRANSIENT_CODES = frozenset(
+    {159, 160, 164, 202, 209, 210, 241, 242, 252, 60, 81, 394, 425, 497, 516, 1000, 1001}
+)
+ERROR_CODE = re.compile(r"code: (\d+)", re.I)
+
+
+def refused_by_store(exc: Exception) -> bool:
+    """Whether ``exc`` is the store refusing these rows (a bad value, a type mismatch), as
+    opposed to not taking any rows now: a network error (clickhouse-connect's
+    OperationalError, e.g. a pooled connection the server closed) or a transient code."""
+    if isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, DatabaseError):
+        code = ERROR_CODE.search(str(exc))
+        return code is None or int(code.group(1)) not in TRANSIENT_CODES
+    return not isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
 class StoreDown(Exception):
@@ -243,7 +265,7 @@ class ClickHouseSink:
             return
         except Exception as exc:
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            if not self._store_is_up():
+            if not refused_by_store(exc) or not self._store_is_up():
                 self._client = None
                 raise StoreDown(error) from exc
         if len(decoded) == 1:

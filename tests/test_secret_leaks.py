@@ -9,11 +9,8 @@ import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-
-from confluent_kafka import Consumer, TopicPartition
 
 from atlas.settings import Settings
 from deploy.local.processes import free_port
@@ -23,44 +20,8 @@ from schemas.models import FeedbackEvent, JobStatus, RetrainTrigger
 from schemas.topics import JOBS, TOPICS, TRIGGERS
 from store.client import connect
 from tests.factories import interaction
-from tests.workers import WorkerProcess, eventually, reader_at_end, skip_to_end
-
-
-def _everything_on(kafka_config: dict[str, str], topics: list[str]) -> bytes:
-    consumer = Consumer({**kafka_config, "group.id": f"grep-{uuid.uuid4().hex}"})
-    metadata = consumer.list_topics(timeout=10).topics
-    assigned, ends = [], {}
-    for topic in topics:
-        for partition in metadata[topic].partitions:
-            tp = TopicPartition(topic, partition)
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > low:
-                assigned.append(TopicPartition(topic, partition, low))
-                ends[(topic, partition)] = high
-    consumer.assign(assigned)
-    seen: list[bytes] = []
-    deadline = time.monotonic() + 120
-    while ends and time.monotonic() < deadline:
-        message = consumer.poll(1.0)
-        if message is not None and not message.error():
-            seen += [message.key() or b"", message.value() or b""]
-            seen += [value or b"" for _, value in message.headers() or []]
-        # positions, not the last message's offset: transaction markers take offsets too
-        for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
-            if tp.offset >= ends[(tp.topic, tp.partition)]:
-                ends.pop((tp.topic, tp.partition))
-    consumer.close()
-    assert not ends, f"could not read every topic to its end: {sorted(ends)}"
-    return b"\n".join(seen)
-
-
-def _files_under(root: Path, skip: set[str]) -> dict[str, bytes]:
-    found = {}
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if path.is_file() and relative.parts[0] not in skip:
-            found[str(relative)] = path.read_bytes()
-    return found
+from tests.leaks import everything_on, files_under, leaks_of, tables_of
+from tests.workers import WorkerProcess, eventually, reader_at_end, scored_count, skip_to_end
 
 
 def test_no_secret_in_logs_events_tables_or_files(
@@ -104,12 +65,7 @@ def test_no_secret_in_logs_events_tables_or_files(
         failed = eventually(job_failed, 240, "the GEPA job to fail on the unreachable store")
         store = connect(target)
         eventually(
-            lambda: (
-                store.query(
-                    "SELECT count() FROM scored_traces WHERE agent_id = {a:String}", {"a": agent}
-                ).result_rows[0][0]
-                >= len(events)
-            ),
+            lambda: scored_count(store, agent) >= len(events),
             120,
             "the traces to be stored",
         )
@@ -145,13 +101,11 @@ def test_no_secret_in_logs_events_tables_or_files(
     written: dict[str, bytes] = {
         "atlas status": status.stdout + status.stderr,
         **{f"log {w.log.name}": w.log.read_bytes() for w in workers},
-        **_files_under(stack_settings.home, skip={"secrets", "store", "kafka"}),
-        "every topic": _everything_on(kafka_config, list(TOPICS)),
+        **files_under(stack_settings.home, skip={"secrets", "store", "kafka"}),
+        "every topic": everything_on(kafka_config, list(TOPICS)),
+        **tables_of(store),
     }
-    for (table,) in store.query("SHOW TABLES").result_rows:
-        written[f"table {table}"] = store.raw_query(f"SELECT * FROM {table} FORMAT TSVRaw")
     assert b"default:***@127.0.0.1" in written["atlas status"]
-    for secret in (password, api_key):
-        leaks = [where for where, data in written.items() if secret.encode() in data]
-        assert not leaks, f"a secret was written to: {', '.join(leaks)}"
+    leaks = leaks_of([password, api_key], written)
+    assert not leaks, f"a secret was written to: {', '.join(leaks)}"
     print(f"\ngrepped {len(written)} outputs, {sum(map(len, written.values())):,} bytes: clean")

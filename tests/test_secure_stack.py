@@ -22,6 +22,7 @@ from consumers.jobs import TransactionalProducer
 from runtime.producer import EventProducer
 from schemas.codec import AvroCodec
 from schemas.models import PromptVersion
+from schemas.secrets import read_secret
 from schemas.topics import (
     CHECKPOINTS,
     DEADLETTER,
@@ -30,11 +31,13 @@ from schemas.topics import (
     JOBS,
     PROMPTS,
     REWARDS,
+    TOPICS,
     TRIGGERS,
 )
 from store.client import connect
 from tests.factories import interaction
-from tests.workers import WorkerProcess, eventually
+from tests.leaks import everything_on, files_under, leaks_of, tables_of
+from tests.workers import WorkerProcess, eventually, scored_count
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +184,7 @@ def test_workers_score_and_store_an_agents_traffic(secure: Settings, tmp_path: P
         assert target.interface == "https" and target.ca_cert
         store = connect(target)
         eventually(
-            lambda: (
-                store.query(
-                    "SELECT count() FROM scored_traces WHERE agent_id = {a:String}", {"a": agent}
-                ).result_rows[0][0]
-                == 30
-            ),
+            lambda: scored_count(store, agent) == 30,
             180,
             "30 traces scored by the rewards worker and stored over HTTPS by the sink",
         )
@@ -195,6 +193,18 @@ def test_workers_score_and_store_an_agents_traffic(secure: Settings, tmp_path: P
             worker.stop()
     logs = "".join(w.log.read_text(errors="replace") for w in workers)
     assert "AUTHORIZATION_FAILED" not in logs and "Authentication failed" not in logs
+    # no SASL password, nor the store's, in anything this run wrote
+    secrets = [
+        read_secret(path).get_secret_value() for path in secure.secrets_dir.glob("*.password")
+    ]
+    assert len(secrets) == 7  # store, admin, and the five roles
+    written = {
+        **{f"log {w.log.name}": w.log.read_bytes() for w in workers},
+        **files_under(secure.home, skip={"secrets", "store", "kafka"}),
+        "every topic": everything_on(secure.kafka_config("admin"), list(TOPICS)),
+        **tables_of(store),
+    }
+    assert not leaks_of(secrets, written), leaks_of(secrets, written)
 
 
 def test_the_acls_are_listed_per_role(secure: Settings) -> None:

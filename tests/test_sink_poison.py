@@ -109,3 +109,22 @@ def test_the_sink_says_loudly_before_its_topics_expire_what_it_holds() -> None:
         " back"
     ]
     assert expiry_warnings(oldest, {REWARDS: -1}, now) == []  # kept forever
+
+
+def test_only_a_refusal_of_the_rows_splits_a_batch() -> None:
+    """A pooled connection the server closed, an overloaded or misconfigured store: the batch is
+    kept and retried whole; only the store refusing a value splits it (and dead-letters one)."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from consumers.sink import refused_by_store
+
+    assert refused_by_store(DatabaseError("Code: 53. Type mismatch in a row"))
+    assert refused_by_store(ValueError("a value the writer cannot convert"))
+    for transient in (
+        OperationalError("Error RemoteDisconnected executing HTTP request attempt 1"),
+        DatabaseError("Received ClickHouse exception, code: 516, server response: auth failed"),
+        DatabaseError("Received ClickHouse exception, code: 241, server response: memory"),
+        DatabaseError("Received ClickHouse exception, code: 1001, server response: internal"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ):
+        assert not refused_by_store(transient), transient

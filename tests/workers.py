@@ -135,3 +135,9 @@ def start_trigger_worker(
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     return stop, thread
+
+
+def scored_count(store: Any, agent: str) -> int:
+    """Rows of ``agent`` in the store's scored_traces (every revision)."""
+    query = "SELECT count() FROM scored_traces WHERE agent_id = {a:String}"
+    return int(store.query(query, {"a": agent}).result_rows[0][0])
