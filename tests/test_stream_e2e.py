@@ -111,7 +111,21 @@ def test_thousand_traces_survive_a_worker_kill_and_a_store_outage(
         assert stack.stop_store(stack_settings)
         time.sleep(30)  # the store is down; the sink must hold its batch and retry
         stack.start_store(stack_settings)
-        eventually(lambda: len(latest()) == 1000, 300, "all 1000 traces in ClickHouse", interval=2)
+        try:
+            eventually(
+                lambda: len(latest()) == 1000, 300, "all 1000 traces in ClickHouse", interval=2
+            )
+        except AssertionError as timeout:  # say where the missing traces went
+            missing = {e.trace_id for e in events} - {r[0] for r in latest()}
+            refused = store.query(
+                "SELECT error_type, count() FROM dead_letters FINAL WHERE key IN {k:Array(String)}"
+                " GROUP BY error_type",
+                parameters={"k": sorted(missing)},
+            ).result_rows
+            raise AssertionError(
+                f"{timeout}: {len(missing)} missing, dead-lettered by type: {refused}; logs in "
+                f"{tmp_path}"
+            ) from None
 
         with EventProducer(kafka_config) as producer:
             for i, event in enumerate(events[100:400]):
