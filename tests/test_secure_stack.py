@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AclBindingFilter, AdminClient
 
 from atlas import stack
@@ -64,17 +64,26 @@ def _write(config: dict[str, str], topic: str, timeout: float = 20) -> str:
 
 
 def _read(config: dict[str, str], topic: str, group: str) -> str:
-    consumer = Consumer({**config, "group.id": f"{group}-{uuid.uuid4().hex}", "log_level": 0})
+    """'ok' once a consumer of ``group`` (subscribed, so it must join the group) is assigned
+    ``topic`` or reads from it, else the broker's error name."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": f"{group}-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "log_level": 0,
+        }
+    )
     try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        deadline = time.monotonic() + 15
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            message = consumer.poll(1.0)
+            message = consumer.poll(0.5)
             if message is not None and message.error():
                 return message.error().name()
-            if message is not None:
+            if message is not None or consumer.assignment():
                 return "ok"
-        return "ok"  # nothing to read, and no error either
+        return "no assignment"
     finally:
         consumer.close()
 
