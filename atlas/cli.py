@@ -40,6 +40,7 @@ EXPECTED_ERRORS = (
     LimitError,
     BackendError,
     ProducerError,
+    KafkaException,  # e.g. an authorization error on a --secure stack
 )
 USAGE_EXIT = 2  # the operator's input is wrong: a config file, a setting, an option
 
@@ -536,7 +537,7 @@ def _publish(versions: list) -> None:  # type: ignore[type-arg]
 
     settings = Settings()
     producer = TransactionalProducer(
-        settings.kafka_config(),
+        settings.kafka_config("learner"),  # publishing is a learner act (signed)
         f"atlas-cli-{uuid.uuid4().hex}",
         settings.codec(),
         settings.signer(),
@@ -827,7 +828,7 @@ def checkpoints_rollback(
         source="rollback",
     )
     TransactionalProducer(
-        settings.kafka_config(),
+        settings.kafka_config("learner"),
         f"atlas-cli-{uuid.uuid4().hex}",
         settings.codec(),
         settings.signer(),

@@ -183,10 +183,15 @@ class EventProducer:
             failed = len(self.failed)
             reasons = sorted({reason for _, reason in self.failed})
         if failed or remaining:
+            denied = any("authorization" in reason.lower() for reason in reasons)
+            advice = (
+                "these credentials may not write there (see the role's ACLs)"
+                if denied
+                else "they are kept in producer.failed — call resend_failed() once Kafka is back"
+            )
             raise ProducerError(
                 f"{failed} event(s) not delivered to Kafka at {self.bootstrap}"
-                f" ({'; '.join(reasons) or 'none failed'}), {remaining} still pending;"
-                " they are kept in producer.failed — call resend_failed() once Kafka is back"
+                f" ({'; '.join(reasons) or 'none failed'}), {remaining} still pending; {advice}"
             )
         return self.delivered
 
