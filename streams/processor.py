@@ -141,6 +141,16 @@ class RewardProcessor:
             errors=reward.errors,
         )
 
+    def _replayed(self, trace_id: str, state: TraceState) -> Outcome:
+        """An event the state already holds: its output may never have left (a worker killed
+        after RocksDB kept the state but before Kafka had the scored trace, then restarted on
+        the same data), so the trace's current revision is sent again; the store keeps one row
+        per (trace, revision)."""
+        if state.interaction is None or state.revision < 1:
+            return Outcome(trace_id, state)  # still waiting for its interaction: nothing to send
+        reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
+        return Outcome(trace_id, state, self._scored(state, reward))
+
     def wants_judging(self, event: InteractionEvent, state: TraceState | None) -> bool:
         """False for an interaction its trace already has (a replay or a conflict)."""
         return RESCORE in event.metadata or state is None or state.interaction is None
@@ -170,7 +180,7 @@ class RewardProcessor:
             state.interaction = _without_replay_marker(event)
         elif state.interaction is not None:
             if state.interaction.event_id == event.event_id:
-                return Outcome(event.trace_id, state)  # a replay: already applied
+                return self._replayed(event.trace_id, state)
             return Outcome(
                 event.trace_id,
                 state,
@@ -202,7 +212,7 @@ class RewardProcessor:
         (changed in place)."""
         state = state or TraceState()
         if any(f.event_id == event.event_id for f in state.feedback):
-            return Outcome(event.trace_id, state)  # a replay: already applied
+            return self._replayed(event.trace_id, state)
         if state.interaction is None:
             if len(state.feedback) >= self.max_pending_feedback:
                 return Outcome(

@@ -38,7 +38,19 @@ def test_interaction_then_feedback_gives_revisions_1_and_2() -> None:
     second = processor.on_feedback(approve, first.state)
     assert second.scored and second.scored.revision == 2 and second.scored.human_score == 1.0
     assert second.scored.judge_scores == judges  # judges not run again
-    assert processor.on_feedback(approve, second.state).scored is None  # replayed feedback
+    # Replayed feedback or interaction (a restart on state that got ahead of its outputs):
+    # the current revision is sent again, unchanged, never a new revision.
+    again = processor.on_feedback(approve, second.state).scored
+    assert again and (again.revision, again.human_score, again.feedback_count) == (2, 1.0, 1)
+    replayed = score(processor, event, second.state).scored
+    assert replayed and replayed.revision == 2 and replayed.reward == second.scored.reward
+
+
+def test_replayed_feedback_still_waiting_for_its_interaction_sends_nothing() -> None:
+    processor = RewardProcessor(RIM)
+    approve = FeedbackEvent(trace_id="t-waiting", kind="approve")
+    first = processor.on_feedback(approve, None)
+    assert first.scored is None and processor.on_feedback(approve, first.state).scored is None
 
 
 def test_feedback_merged_while_the_judges_ran_is_kept() -> None:
@@ -100,8 +112,8 @@ def test_duplicates_are_idempotent_and_conflicts_rejected() -> None:
     first = score(processor, event)
     assert first.scored is not None
     assert not processor.wants_judging(event, first.state)
-    again = score(processor, event, first.state)
-    assert again.scored is None and again.rejected is None
+    again = score(processor, event, first.state)  # idempotent: the same revision again
+    assert again.rejected is None and again.scored and again.scored.revision == 1
     impostor = event.model_copy(update={"event_id": "other"})
     conflict = score(processor, impostor, first.state)
     assert conflict.scored is None and "already has interaction" in (conflict.rejected or "")
