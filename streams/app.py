@@ -13,6 +13,9 @@ Guarantees:
   original bytes and a reason. An exception while handling one event (undecodable, invalid,
   a state that does not load, a judge or a bug) dead-letters that event and the stream goes on.
 * An event's offset is committed only after its outputs are on Kafka (``streams/delivery.py``).
+* No offset of a source partition goes unprocessed when Faust skips it, neither inside a
+  partition nor at its end (``streams/contiguity.py``; a sweep every ``tail_check_s`` picks up a
+  tail that stayed undelivered for ``tail_quiet_s``).
 * A trace's state is read, changed and written with no ``await`` in between, so the two agents
   never overwrite each other's change (judging happens before the read).
 * State expires: feedback waiting for an interaction after ``pending_ttl_s`` (dead-lettered,
@@ -85,6 +88,8 @@ def create_app(
     policy: RetrainPolicy | None = None,
     store: str = "memory://",
     reader: PartitionReader | None = None,
+    tail_check_s: float = 2.0,
+    tail_quiet_s: float = 10.0,
 ) -> faust.App:
     codec = codec or AvroCodec()
     guard = ContiguityGuard(reader or KafkaPartitionReader(kafka_config, app_id))
@@ -209,59 +214,101 @@ def create_app(
         return results
 
     async def with_missed(event: Any) -> list[Any]:
-        """``event``, preceded by any event of its partition the consumer skipped; retried
-        while Kafka cannot be read: nothing after a gap is acknowledged before the gap."""
+        """``event``, preceded by any event of its partition the consumer skipped (nothing if
+        a sweep already processed it: it is only acknowledged, in order); retried while Kafka
+        cannot be read: nothing after a gap is acknowledged before the gap."""
         delay = 0.5
         while True:
             try:
-                return [*await guard.missed(event.message), event]
+                arrival = await guard.missed(event.message)
+                break
             except Exception as exc:
                 log.error("cannot read past a gap yet (%r); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        if arrival.repeat:
+            await deliveries.hold(event, [])
+            return []
+        return [*arrival.missed, event]
+
+    async def score(events: list[Any]) -> None:
+        """Score interaction events, judged in one batch, outcomes held in partition order."""
+        decoded: list[InteractionEvent | Exception] = []
+        to_judge: dict[str, InteractionEvent] = {}
+        for event in events:
+            try:
+                decoded.append(decode(event, InteractionEvent))
+                if processor.wants_judging(decoded[-1], state_of(decoded[-1].trace_id.encode())):
+                    to_judge[decoded[-1].event_id] = decoded[-1]
+            except Exception as exc:
+                decoded.append(exc)
+        judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
+        for event, item in zip(events, decoded, strict=True):  # held in partition order
+            try:
+                if isinstance(item, Exception):
+                    raise item
+                judgement = judged.get(item.event_id)
+                if isinstance(judgement, Exception):
+                    raise judgement
+                # No await from here to put(): the state read is the state written over.
+                state = state_of(item.trace_id.encode())
+                sends = outputs(processor.on_interaction(item, state, judgement), event)
+            except Exception as exc:
+                sends = failed(event, exc)
+            await deliveries.hold(event, sends)
+
+    async def merge(events: list[Any]) -> None:
+        """Merge feedback events into their traces' states, one at a time, in order."""
+        for event in events:
+            try:
+                decoded = decode(event, FeedbackEvent)
+                source = (event.message.partition, event.message.offset)
+                state = state_of(decoded.trace_id.encode())
+                sends = outputs(processor.on_feedback(decoded, state, source), event)
+            except Exception as exc:
+                sends = failed(event, exc)
+            await deliveries.hold(event, sends)
+
+    # One lock per source topic: a sweep and its topic's agent never process at the same time.
+    handlers = {INTERACTIONS: (score, asyncio.Lock()), FEEDBACK: (merge, asyncio.Lock())}
 
     @app.agent(interactions)
     async def score_interactions(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(batch_size, within=batch_seconds):
-            events = [item for event in batch for item in await with_missed(event)]
-            decoded: list[InteractionEvent | Exception] = []
-            to_judge: dict[str, InteractionEvent] = {}
-            for event in events:
-                try:
-                    decoded.append(decode(event, InteractionEvent))
-                    if processor.wants_judging(
-                        decoded[-1], state_of(decoded[-1].trace_id.encode())
-                    ):
-                        to_judge[decoded[-1].event_id] = decoded[-1]
-                except Exception as exc:
-                    decoded.append(exc)
-            judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
-            for event, item in zip(events, decoded, strict=True):  # held in partition order
-                try:
-                    if isinstance(item, Exception):
-                        raise item
-                    judgement = judged.get(item.event_id)
-                    if isinstance(judgement, Exception):
-                        raise judgement
-                    # No await from here to put(): the state read is the state written over.
-                    state = state_of(item.trace_id.encode())
-                    sends = outputs(processor.on_interaction(item, state, judgement), event)
-                except Exception as exc:
-                    sends = failed(event, exc)
-                await deliveries.hold(event, sends)
+            async with handlers[INTERACTIONS][1]:
+                await score([item for event in batch for item in await with_missed(event)])
 
     @app.agent(feedback)
     async def merge_feedback(stream: faust.StreamT) -> None:
         async for received in stream.events():
-            for event in await with_missed(received):
-                try:
-                    decoded = decode(event, FeedbackEvent)
-                    source = (event.message.partition, event.message.offset)
-                    state = state_of(decoded.trace_id.encode())
-                    sends = outputs(processor.on_feedback(decoded, state, source), event)
-                except Exception as exc:
-                    sends = failed(event, exc)
-                await deliveries.hold(event, sends)
+            async with handlers[FEEDBACK][1]:
+                await merge(await with_missed(received))
+
+    def steady(generation: int) -> bool:
+        """Our assignment is settled and Faust delivers: what we sweep is ours to process."""
+        return (
+            app.consumer_generation_id == generation
+            and not (app.rebalancing or app.in_recovery)
+            and app.consumer.flow_active
+        )
+
+    @app.timer(interval=tail_check_s)
+    async def sweep_tails() -> None:
+        """Process the messages Faust fetched past but never delivered at the end of a
+        partition, where no later message reveals the gap (``streams/contiguity.py``)."""
+        generation = app.consumer_generation_id
+        if not steady(generation):
+            return
+        assigned = app.consumer.assignment()
+        ours = [(tp.topic, tp.partition) for tp in assigned if tp.topic in handlers]
+        try:
+            for stall in await guard.stalled(ours, generation, quiet_s=tail_quiet_s):
+                handle, lock = handlers[stall.tp[0]]
+                async with lock:
+                    if steady(generation):
+                        await handle(await guard.sweep(stall, limit=batch_size))
+        except Exception as exc:  # Kafka away: the next pass looks again
+            log.warning("looking for undelivered partition tails failed (%r)", exc)
 
     # Often enough that nothing outlives its window by more than a quarter of it.
     expiry_interval_s = min(
@@ -292,12 +339,13 @@ def create_app(
                 return
         log.info(
             "trace states: %d held, %d expired now; since start: %d scored, %d expired,"
-            " %d recovered past the consumer, dead letters %s",
+            " %d recovered past the consumer (%d of them delivered later too), dead letters %s",
             held - len(expired),
             len(expired),
             stats.scored,
             stats.expired,
             guard.recovered,
+            guard.repeats,
             stats.by_error or "none",
         )
 

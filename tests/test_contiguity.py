@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from streams.contiguity import ContiguityGuard, RawMessage
+from streams.contiguity import ContiguityGuard, RawMessage, Stall
 
 
 @dataclass
@@ -18,8 +18,11 @@ class Seen:
 
 
 class FakeReader:
-    def __init__(self, committed: int):
-        self.committed, self.reads = committed, []  # type: ignore[var-annotated]
+    def __init__(self, committed: int, end: int = 0):
+        self.committed, self.end, self.reads = committed, end, []  # type: ignore[var-annotated]
+
+    def end_of(self, topic: str, partition: int) -> int:
+        return self.end
 
     def start_of(self, topic: str, partition: int) -> int:
         return self.committed
@@ -34,7 +37,7 @@ def test_gaps_are_read_back_in_order_and_only_once() -> None:
     guard = ContiguityGuard(reader)
 
     def missed(offset: int, partition: int = 0, generation: int = 1) -> list[int]:
-        found = asyncio.run(guard.missed(Seen("t", partition, offset, generation)))
+        found = asyncio.run(guard.missed(Seen("t", partition, offset, generation))).missed
         return [e.message.offset for e in found]
 
     assert missed(5) == [0, 1, 2, 3, 4]  # a fresh partition's head, skipped
@@ -46,3 +49,55 @@ def test_gaps_are_read_back_in_order_and_only_once() -> None:
     reader.committed = 12
     assert missed(12, generation=2) == []  # a new generation starts from the committed offset
     assert reader.reads == [(0, 0, 5), (0, 7, 9)] and guard.recovered == 7
+
+
+def test_a_tail_never_delivered_is_swept_once_and_its_late_delivery_is_a_repeat() -> None:
+    reader = FakeReader(committed=0, end=8)
+    now = [100.0]
+    guard = ContiguityGuard(reader, clock=lambda: now[0])
+    ours = [("t", 0)]
+
+    def arrive(offset: int, generation: int = 1) -> tuple[list[int], bool]:
+        arrival = asyncio.run(guard.missed(Seen("t", 0, offset, generation)))
+        return [e.message.offset for e in arrival.missed], arrival.repeat
+
+    def stalled(generation: int = 1) -> list[Stall]:
+        return asyncio.run(guard.stalled(ours, generation, quiet_s=10))
+
+    for offset in range(6):  # Faust delivers 0..5, then never 6 and 7
+        assert arrive(offset) == ([], False)
+    assert stalled() == []  # behind: the quiet period starts now
+    now[0] += 9.9
+    assert stalled() == []
+    now[0] += 0.1
+    [stall] = stalled()
+    assert (stall.tp, stall.start, stall.end) == (("t", 0), 6, 8)
+    swept = asyncio.run(guard.sweep(stall, limit=1))  # bounded by the limit
+    assert [e.message.offset for e in swept] == [6] and reader.reads == [(0, 6, 7)]
+    assert arrive(6) == ([], True)  # Faust delivers it late after all: acknowledged only
+    assert stalled() == []  # 7 is still missing: a new quiet period
+    now[0] += 10
+    [stall] = stalled()
+    assert [e.message.offset for e in asyncio.run(guard.sweep(stall, limit=64))] == [7]
+    reader.end = 12  # more arrive and Faust delivers nothing: each pass reads on, no new wait
+    [stall] = stalled()
+    assert [e.message.offset for e in asyncio.run(guard.sweep(stall, limit=2))] == [8, 9]
+    [stall] = stalled()
+    assert [e.message.offset for e in asyncio.run(guard.sweep(stall, limit=2))] == [10, 11]
+    assert arrive(7) == ([], True) and arrive(6) == ([], True) and arrive(11) == ([], True)
+    assert stalled() == []  # caught up
+    assert guard.recovered == 6 and guard.repeats == 4
+
+    reader.end = 14  # two more arrive; Faust delivers one before the quiet period ends
+    assert stalled() == []
+    assert arrive(12) == ([], False)
+    now[0] += 10
+    assert stalled() == []  # it moved: the quiet period starts again at 13
+    now[0] += 10
+    [stall] = stalled()
+    assert arrive(13) == ([], False)  # delivered between the stall and its sweep
+    assert asyncio.run(guard.sweep(stall, limit=64)) == []  # nothing read twice
+
+    reader.committed = 6  # a new generation: what was swept before is processed again
+    assert arrive(6, generation=2) == ([], False)
+    assert reader.reads[-1] == (0, 10, 12)

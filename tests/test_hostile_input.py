@@ -23,7 +23,7 @@ from runtime.producer import EventProducer
 from store.client import connect
 from tests.factories import interaction
 from tests.hostile import hostile_messages
-from tests.workers import WorkerProcess, eventually
+from tests.workers import Observed, WorkerProcess, eventually
 
 
 def test_each_bad_message_gets_one_dead_letter_and_valid_events_flow_on(
@@ -55,10 +55,10 @@ def test_each_bad_message_gets_one_dead_letter_and_valid_events_flow_on(
                 assert raw.flush(30) == 0
 
         send(valid[:200], bad[:26])
-        eventually(lambda: stored() == 200, 180, "200 valid traces stored", interval=2)
+        eventually(lambda: Observed(stored(), 200), 180, "200 valid traces stored", interval=2)
         workers[0].kill9()  # its partitions move to the other worker, state from the changelog
         send(valid[200:], bad[26:])
-        eventually(lambda: stored() == 400, 240, "400 valid traces stored", interval=2)
+        eventually(lambda: Observed(stored(), 400), 240, "400 valid traces stored", interval=2)
         alive = [w.process.poll() is None for w in workers[1:]]
     finally:
         for worker in workers:
@@ -112,7 +112,7 @@ def test_feedback_right_after_its_interaction_is_never_lost(
             ).result_rows[0]
 
         try:
-            eventually(lambda: merged() == (10_000, 10_000), 300, "10,000 merged pairs", 3)
+            eventually(lambda: Observed(merged(), (10_000, 10_000)), 300, "10,000 merged pairs", 3)
         except AssertionError:
             stored, with_feedback = merged()
             raise AssertionError(

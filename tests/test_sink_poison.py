@@ -18,7 +18,7 @@ from schemas.codec import AvroCodec
 from schemas.topics import DEADLETTER, REWARDS
 from store.client import connect
 from tests.factories import interaction, scored
-from tests.workers import eventually
+from tests.workers import Observed, eventually
 
 
 class RefusingStore:
@@ -72,7 +72,7 @@ def test_one_event_the_store_refuses_is_dead_lettered_and_the_rest_stored(
                 parameters={"a": agent},
             ).result_rows[0][0]
 
-        eventually(lambda: stored() == 39, 120, "the 39 other traces stored", interval=1)
+        eventually(lambda: Observed(stored(), 39), 120, "the 39 other traces stored", interval=1)
         letter = eventually(
             lambda: (
                 check.query(

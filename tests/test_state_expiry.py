@@ -16,7 +16,7 @@ from atlas.settings import Settings
 from runtime.producer import EventProducer
 from store.client import connect
 from tests.factories import interaction
-from tests.workers import WorkerProcess, eventually
+from tests.workers import Observed, WorkerProcess, eventually
 
 CHANGELOG = "atlas-rewards-traces-changelog"
 WINDOWS = {"ATLAS_FEEDBACK_WINDOW_S": "4", "ATLAS_PENDING_FEEDBACK_TTL_S": "4"}
@@ -72,7 +72,7 @@ def test_expired_state_leaves_a_tombstone_and_late_feedback_a_dead_letter(
         with EventProducer(kafka_config) as producer:
             for event in events:
                 producer.record_interaction(event)
-        eventually(lambda: stored() == 50, 120, "50 traces stored", interval=1)
+        eventually(lambda: Observed(stored(), 50), 120, "50 traces stored", interval=1)
 
         def all_tombstoned() -> bool:
             values = changelog_values(kafka_config, keys)

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,18 @@ def skip_to_end(kafka_config: dict[str, str], group: str, topic: str) -> None:
     ]
     consumer.commit(offsets=ends, asynchronous=False)
     consumer.close()
+
+
+@dataclass
+class Observed:
+    """A value and the one awaited; true when they are equal, so a timed-out ``eventually``
+    reports the last value it saw instead of ``False``."""
+
+    value: Any
+    expected: Any
+
+    def __bool__(self) -> bool:
+        return bool(self.value == self.expected)
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
