@@ -111,15 +111,20 @@ def _inline(node: Any, named: dict[str, Any], defined: set[str], namespace: str 
     return node
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, kinds: tuple[str, ...] = ("record",)) -> dict[str, Any]:
     if not path.exists():
         raise SchemaError(f"{path}: contract file missing")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path.name}: not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != "record" or "name" not in raw:
-        raise SchemaError(f"{path.name}: an event contract must be an Avro record with a name")
+    if not isinstance(raw, dict) or raw.get("type") not in kinds or "name" not in raw:
+        what = (
+            "an event contract must be an Avro record"
+            if kinds == ("record",)
+            else ("a shared type must be a named Avro record, enum or fixed")
+        )
+        raise SchemaError(f"{path.name}: {what} with a name")
     return raw
 
 
@@ -146,8 +151,14 @@ class SchemaCatalog:
     @classmethod
     def load(cls, directory: Path = SCHEMA_DIR) -> SchemaCatalog:
         raws = {t.schema_name: _read(directory / f"{t.schema_name}.avsc") for t in EVENT_TYPES}
+        # named types shared by several contracts have files of their own (JobKind)
+        shared = [
+            _read(p, ("record", "enum", "fixed"))
+            for p in sorted(directory.glob("*.avsc"))
+            if p.stem not in raws
+        ]
         named: dict[str, Any] = {}
-        _collect_named(list(raws.values()), None, named)
+        _collect_named([*raws.values(), *shared], None, named)
         catalog = cls()
         for name, raw in raws.items():
             parsed = _parse(directory / f"{name}.avsc", raw, named)

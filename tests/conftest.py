@@ -75,3 +75,25 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+# Fixtures that bring up a real service, and the marker a test that uses one gets, so the fast
+# tests run alone with `-m "not integration and not slow"`. Tests that start services of their
+# own say so with a module-level `pytestmark`.
+REAL_SERVICES = {
+    "stack_settings": "integration",
+    "kafka_config": "integration",
+    "store_target": "integration",
+    "llama_server": "slow",
+    "model_dir": "slow",
+    "local_backend": "slow",
+    "avro_jars": "slow",  # Apache Avro's Java library, a JVM per call
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in {
+            REAL_SERVICES[f] for f in getattr(item, "fixturenames", ()) if f in REAL_SERVICES
+        }:
+            item.add_marker(marker)

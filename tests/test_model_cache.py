@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from runtime.backends.local import SMOLLM2_NAME, STAGING_PREFIX, default_model_dir
+
+pytestmark = pytest.mark.slow  # converts and loads the real model in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = f"{SMOLLM2_NAME}.lock"

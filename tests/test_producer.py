@@ -50,6 +50,7 @@ def _read_all(bootstrap: str, run: str) -> list[str]:
     return seen
 
 
+@pytest.mark.integration  # starts and stops a broker of its own
 def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
     settings = Settings()
     libs = fetch_jars(settings.cache_dir)
@@ -88,6 +89,7 @@ def test_broker_stops_mid_run_then_returns(tmp_path: Path) -> None:
         stop_pid(process.pid, KAFKA_MAIN)
 
 
+@pytest.mark.integration  # starts and stops a broker of its own
 def test_events_of_an_agent_stopped_while_kafka_is_down_are_sent_by_the_next_one(
     tmp_path: Path,
 ) -> None:

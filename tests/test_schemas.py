@@ -12,7 +12,14 @@ import fastavro
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, SchemaCatalog, SchemaError
+from schemas.codec import (
+    SCHEMA_DIR,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    DecodeError,
+    SchemaCatalog,
+    SchemaError,
+)
 from schemas.limits import EventLimits, LimitError
 from schemas.models import EVENT_TYPES, FeedbackEvent, InteractionEvent, ScoredTrace
 from tests.factories import interaction, one_of_each
@@ -209,3 +216,22 @@ def test_an_oversized_event_is_refused_naming_the_field() -> None:
             interaction(random.Random(7)).model_copy(update={"task_input": "x" * 5000})
         )
         codec.decode(big, InteractionEvent)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(SCHEMA_DIR.glob("*.avsc")), ids=lambda p: p.name.removeprefix("io.atlas_stream.")
+)
+def test_every_contract_loads_alone_as_a_third_party_would(path: Path) -> None:
+    """fastavro's ``load_schema`` finds a named type another file defines only in a file named
+    after it: every type a contract refers to must have one."""
+    loaded = fastavro.schema.load_schema(str(path))
+    assert loaded["name"] == path.stem
+
+
+def test_contracts_that_share_a_type_agree_on_it() -> None:
+    catalog = SchemaCatalog.load()
+    trigger = catalog.current["io.atlas_stream.RetrainTrigger"]
+    status = catalog.current["io.atlas_stream.JobStatus"]
+    [kind_in_trigger] = [f["type"] for f in trigger["fields"] if f["name"] == "kind"]
+    [kind_in_status] = [f["type"] for f in status["fields"] if f["name"] == "kind"]
+    assert kind_in_trigger["symbols"] == kind_in_status["symbols"] == ["gepa", "grpo"]

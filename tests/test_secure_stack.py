@@ -39,6 +39,8 @@ from tests.factories import interaction
 from tests.leaks import everything_on, files_under, leaks_of, tables_of
 from tests.workers import WorkerProcess, eventually, scored_count
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:

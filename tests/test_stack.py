@@ -16,6 +16,8 @@ from atlas.cli import app
 from atlas.settings import Settings, topic_specs
 from schemas.topics import TOPICS
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 

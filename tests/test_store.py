@@ -20,6 +20,8 @@ from store.queries import reward_by_agent
 from store.writer import StoreWriter
 from tests.factories import interaction, one_of_each, scored
 
+pytestmark = pytest.mark.integration
+
 N_TRACES = 100_000
 BATCH = 20_000
 
