@@ -269,19 +269,20 @@ def create_app(
                 sends = failed(event, exc)
             await deliveries.hold(event, sends)
 
+    handlers = {INTERACTIONS: score, FEEDBACK: merge}
     # One lock per source topic: a sweep and its topic's agent never process at the same time.
-    handlers = {INTERACTIONS: (score, asyncio.Lock()), FEEDBACK: (merge, asyncio.Lock())}
+    processing = {INTERACTIONS: asyncio.Lock(), FEEDBACK: asyncio.Lock()}
 
     @app.agent(interactions)
     async def score_interactions(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(batch_size, within=batch_seconds):
-            async with handlers[INTERACTIONS][1]:
+            async with processing[INTERACTIONS]:
                 await score([item for event in batch for item in await with_missed(event)])
 
     @app.agent(feedback)
     async def merge_feedback(stream: faust.StreamT) -> None:
         async for received in stream.events():
-            async with handlers[FEEDBACK][1]:
+            async with processing[FEEDBACK]:
                 await merge(await with_missed(received))
 
     def steady(generation: int) -> bool:
@@ -303,10 +304,10 @@ def create_app(
         ours = [(tp.topic, tp.partition) for tp in assigned if tp.topic in handlers]
         try:
             for stall in await guard.stalled(ours, generation, quiet_s=tail_quiet_s):
-                handle, lock = handlers[stall.tp[0]]
-                async with lock:
+                topic = stall.tp[0]
+                async with processing[topic]:
                     if steady(generation):
-                        await handle(await guard.sweep(stall, limit=batch_size))
+                        await handlers[topic](await guard.sweep(stall, limit=batch_size))
         except Exception as exc:  # Kafka away: the next pass looks again
             log.warning("looking for undelivered partition tails failed (%r)", exc)
 

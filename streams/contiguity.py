@@ -171,10 +171,20 @@ class ContiguityGuard:
         self._lock = asyncio.Lock()
 
     async def _expected(self, tp: TopicPartitionKey, generation: int) -> int:
+        """The next offset Faust should deliver; a generation starts at the committed offset,
+        looked up once (nothing of the partition is committed before something is delivered)."""
         known = self._next.get(tp)
         if known is None or known[0] != generation:
-            return int(await asyncio.to_thread(self.reader.start_of, *tp))
+            known = (generation, int(await asyncio.to_thread(self.reader.start_of, *tp)))
+            self._next[tp] = known
         return known[1]
+
+    @staticmethod
+    def _events(raw: list[RawMessage], generation: int) -> list[RawEvent]:
+        return [
+            RawEvent(RawMessage(m.topic, m.partition, m.offset, m.key, m.value, generation))
+            for m in raw
+        ]
 
     async def missed(self, message: Any) -> Arrival:
         """The events of ``message``'s partition that come before it and were never seen
@@ -192,9 +202,7 @@ class ContiguityGuard:
                 return Arrival([])
             raw = await asyncio.to_thread(self.reader.read, *tp, expected, message.offset)
         self._count(tp, expected, message.offset, len(raw), "skipped by the consumer")
-        return Arrival(
-            [RawEvent(RawMessage(*tp, m.offset, m.key, m.value, generation)) for m in raw]
-        )
+        return Arrival(self._events(raw, generation))
 
     async def stalled(
         self, partitions: Iterable[TopicPartitionKey], generation: int, quiet_s: float
@@ -236,7 +244,7 @@ class ContiguityGuard:
             since = self._behind.get(tp, (generation, stall.start, self.clock()))[2]
             self._behind[tp] = (generation, stop, since)
         self._count(tp, stall.start, stop, len(raw), "never delivered by the consumer")
-        return [RawEvent(RawMessage(*tp, m.offset, m.key, m.value, generation)) for m in raw]
+        return self._events(raw, generation)
 
     def _count(self, tp: TopicPartitionKey, start: int, stop: int, found: int, how: str) -> None:
         self.recovered += found

@@ -20,11 +20,13 @@ class Seen:
 class FakeReader:
     def __init__(self, committed: int, end: int = 0):
         self.committed, self.end, self.reads = committed, end, []  # type: ignore[var-annotated]
+        self.lookups = 0
 
     def end_of(self, topic: str, partition: int) -> int:
         return self.end
 
     def start_of(self, topic: str, partition: int) -> int:
+        self.lookups += 1
         return self.committed
 
     def read(self, topic: str, partition: int, start: int, stop: int) -> list[RawMessage]:
@@ -101,3 +103,13 @@ def test_a_tail_never_delivered_is_swept_once_and_its_late_delivery_is_a_repeat(
     reader.committed = 6  # a new generation: what was swept before is processed again
     assert arrive(6, generation=2) == ([], False)
     assert reader.reads[-1] == (0, 10, 12)
+
+
+def test_a_partition_nothing_was_delivered_of_looks_up_its_committed_offset_once() -> None:
+    reader = FakeReader(committed=5, end=5)
+    guard = ContiguityGuard(reader)
+    for _ in range(3):
+        assert asyncio.run(guard.stalled([("t", 0)], generation=1, quiet_s=10)) == []
+    assert reader.lookups == 1
+    asyncio.run(guard.stalled([("t", 0)], generation=2, quiet_s=10))
+    assert reader.lookups == 2  # a new generation starts from the committed offset again
