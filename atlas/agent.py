@@ -69,7 +69,9 @@ class Backends:
         s = self.settings
         if "openai" in (s.student_backend, s.teacher_backend):
             raise ValueError("checkpoints can only be hot-loaded into local models")
-        follower = CheckpointFollower(s.kafka_config(), verifier=s.verifier()).start()
+        follower = CheckpointFollower(
+            s.kafka_config(), codec=s.codec(), verifier=s.verifier()
+        ).start()
         roles = {"student": s.student_model, "teacher": s.teacher_model}
         student, teacher = (
             HotLoadingBackend(

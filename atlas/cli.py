@@ -19,7 +19,7 @@ from atlas.settings import Settings
 from deploy.local.processes import StackError
 from runtime.backends.base import BackendError
 from runtime.producer import ProducerError
-from schemas.codec import DecodeError, SchemaError
+from schemas.codec import DecodeError, RegistryUnavailable, SchemaError
 from schemas.configfile import ConfigError, validation_summary
 from schemas.limits import LimitError
 from store.client import StoreUnavailable
@@ -37,6 +37,7 @@ EXPECTED_ERRORS = (
     StoreUnavailable,
     SchemaError,
     DecodeError,
+    RegistryUnavailable,
     LimitError,
     BackendError,
     ProducerError,
@@ -258,7 +259,7 @@ def agent_run(
         else:
             student, teacher = backends.student_and_teacher()
         prompts = PromptSubscriber(
-            kafka, StaticPrompts(config.prompts), verifier=settings.verifier()
+            kafka, StaticPrompts(config.prompts), settings.codec(), verifier=settings.verifier()
         ).start()
     runtime = Runtime(
         agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
@@ -351,7 +352,7 @@ def replay(
     settings = Settings()
     stored = stored_interactions(connect(settings.store()), datetime.now(UTC) - window, agent)
     replay_id = f"replay-{int(time.time())}"
-    with EventProducer(settings.kafka_config()) as producer:
+    with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
         for event, revision in stored:
             metadata = {**event.metadata, RESCORE: replay_id, AFTER_REVISION: str(revision)}
             producer.record_interaction(event.model_copy(update={"metadata": metadata}))
@@ -404,7 +405,8 @@ def _request_retrain(
         budget=budget,
         params=params,
     )
-    with EventProducer(Settings().kafka_config()) as producer:
+    settings = Settings()
+    with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
         producer.send(trigger)
     console.print(trigger.trigger_id)
 
@@ -553,7 +555,7 @@ def _current(agent: str) -> dict:  # type: ignore[type-arg]
 
     settings = Settings()
     seeds = load_agent_config(settings.config_dir).prompts
-    return current_prompts(settings.kafka_config(), agent, seeds)
+    return current_prompts(settings.kafka_config(), agent, seeds, settings.codec())
 
 
 @prompts_app.command("list")
@@ -754,6 +756,7 @@ def checkpoints_list(
     """Every stored checkpoint of the agent, with lineage and held-out figures; the one in
     use now is marked."""
     from consumers.grpo_worker import current_checkpoint
+    from schemas.models import CheckpointEvent
     from store.client import connect
     from store.queries import checkpoint_history
 
@@ -761,8 +764,13 @@ def checkpoints_list(
     table = Table(
         "role", "version", "parent", "source", "created", "held-out", "prev.", "job", "uri"
     )
+    live_by_role: dict[str, CheckpointEvent | None] = {}  # one topic read per role, not per row
     for c in checkpoint_history(connect(settings.store()), agent, role):
-        live = current_checkpoint(settings.kafka_config(), agent, c.role)
+        if c.role not in live_by_role:
+            live_by_role[c.role] = current_checkpoint(
+                settings.kafka_config(), agent, c.role, settings.codec()
+            )
+        live = live_by_role[c.role]
         table.add_row(
             c.role,
             f"{c.version}{' *' if live and live.version == c.version else ''}",
@@ -800,7 +808,7 @@ def checkpoints_rollback(
 
     _check_role(role)
     settings = Settings()
-    current = current_checkpoint(settings.kafka_config(), agent, role)
+    current = current_checkpoint(settings.kafka_config(), agent, role, settings.codec())
     if current is None:
         raise typer.BadParameter(f"{agent}/{role} runs its base model: nothing to roll back")
     target = current.parent_version if to is None else to

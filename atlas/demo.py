@@ -235,7 +235,6 @@ def run_demo(
     from runtime.producer import EventProducer
     from runtime.prompts import PromptSubscriber, StaticPrompts
     from runtime.tasks import generate
-    from schemas.codec import AvroCodec
     from store.client import connect
     from store.queries import StoreRecentRewards
 
@@ -259,6 +258,7 @@ def run_demo(
         elif secure and not (status.kafka and status.kafka.secure):
             raise StackError("the running stack is not secure: `atlas down`, then rerun")
         kafka = settings.kafka_config("agent")
+        codec = settings.codec()  # the deployment's: its schema registry, its size limits
         watching = settings.kafka_config("operator")
         env = {
             **os.environ,
@@ -275,7 +275,7 @@ def run_demo(
         with console.status("loading the offline model"):
             student, teacher = Backends(settings).student_and_teacher()
             prompts = PromptSubscriber(
-                kafka, StaticPrompts(config.prompts), verifier=settings.verifier()
+                kafka, StaticPrompts(config.prompts), codec, verifier=settings.verifier()
             ).start()
         store = connect(settings.store())
         runtime = Runtime(
@@ -290,7 +290,10 @@ def run_demo(
 
         def traffic(label: str, split: str, n: int) -> None:
             tasks = generate(plan.task, split, n, seed=11)  # type: ignore[arg-type]
-            with EventProducer(kafka) as producer, Progress(console=console) as progress:
+            with (
+                EventProducer(kafka, codec=codec) as producer,
+                Progress(console=console) as progress,
+            ):
                 bar = progress.add_task(f"{label}: {agent} on {plan.task}", total=n)
                 for start in range(0, n, 8):
                     chunk = tasks[start : start + 8]
@@ -306,7 +309,6 @@ def run_demo(
                     raise RuntimeError(f"the {name} worker died; see {home / 'logs' / name}.log")
 
         traffic("morning traffic", "train", plan.before)
-        codec = AvroCodec()
         job = None
         deadline = time.monotonic() + job_timeout
         with console.status("waiting for the retrain policy's trigger") as waiting:

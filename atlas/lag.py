@@ -68,6 +68,20 @@ def group_lags(kafka_config: dict[str, str], timeout: float = 10.0) -> list[Grou
         probe.close()
 
 
+def group_lag(
+    kafka_config: dict[str, str], group: str, topics: tuple[str, ...], timeout: float = 10.0
+) -> GroupLag:
+    """How far ``group`` is behind on ``topics`` (partitions it never committed count from
+    their start)."""
+    probe = Consumer(
+        {**kafka_config, "group.id": f"atlas-status-{uuid.uuid4().hex}", "log_level": 0}
+    )
+    try:
+        return _lag(kafka_config, probe, group, topics, timeout)
+    finally:
+        probe.close()
+
+
 def _lag(
     kafka_config: dict[str, str],
     probe: Consumer,

@@ -135,6 +135,24 @@ class Settings(BaseSettings):
         default="rocksdb",
         description="The reward worker's table store: rocksdb (on disk, fast restarts) or memory.",
     )
+    rewards_batch_size: int = Field(
+        default=64, ge=1, description="Interactions the reward worker judges in one batch."
+    )
+    rewards_linger_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Interactions are judged every rewards_linger_s or as soon as "
+        "rewards_batch_size have arrived: the most latency batching adds at low rates.",
+    )
+    sink_batch_size: int = Field(
+        default=5000, ge=1, description="Most events the sink inserts in one call."
+    )
+    sink_linger_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="How long a sink batch waits to fill after its first event: the latency "
+        "it adds at low rates; raise it to make fewer, larger inserts.",
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         """Every secret setting is known to the scrubber of logs and job messages."""

@@ -82,6 +82,8 @@ def run_rewards_worker(settings: Settings) -> None:
         topic_partitions(kafka, INTERACTIONS),
         app_id=REWARDS_GROUP,
         data_dir=str(data_dir),
+        batch_size=settings.rewards_batch_size,
+        linger_s=settings.rewards_linger_s,
         codec=settings.codec(),
         policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
         store=f"{settings.rewards_store}://",
@@ -112,6 +114,8 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
         settings.kafka_config("sink"),
         lambda: connect(url),
         group_id=SINK_GROUP,
+        batch_size=settings.sink_batch_size,
+        linger_s=settings.sink_linger_s,
         codec=settings.codec(),
     )
     logging.getLogger(__name__).info(
@@ -150,6 +154,7 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
         config=load_gepa_config(settings.config_dir),
         seed_prompts=config.prompts,
         run_root=settings.home / "jobs",
+        codec=settings.codec(),
     )
 
 
@@ -206,6 +211,7 @@ def grpo_job_context(settings: Settings) -> GrpoJobContext:
         base_model_name=base.name if settings.teacher_model else SMOLLM2_NAME,
         checkpoint_root=settings.checkpoint_dir or settings.home / "checkpoints",
         run_root=settings.home / "jobs",
+        codec=settings.codec(),
     )
 
 

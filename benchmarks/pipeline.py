@@ -2,14 +2,15 @@
 
 1. raw Kafka -> ClickHouse copy (bytes in, bytes stored; batches of 5,000): messages/s;
 2. the pipeline (reward worker with programmatic judges + sink): traces/s, and the ratio;
-3. event -> queryable latency p50/p99 at a fixed offered load;
+3. event -> stored latency p50/p95/p99 at each offered load, from the event's own timestamp
+   to its row's ``stored_at`` (the store's clock at insert), not by polling;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
 
 With ``--secure``, 2 and 3 run again on an `atlas up --secure` stack (SASL_SSL with SCRAM,
 ACLs, the store over HTTPS) in the same invocation: the cost of security as a throughput ratio
 and both p99s.
 
-    .venv/bin/python benchmarks/pipeline.py [--events 5000] [--rate 50] [--seconds 20]
+    .venv/bin/python benchmarks/pipeline.py [--events 5000] [--rates 100,1000] [--seconds 10]
         [--secure] [--judged 8]
 """
 
@@ -17,22 +18,26 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
 from atlas import stack
+from atlas.lag import group_lag
 from atlas.settings import Settings
+from atlas.workers import REWARDS_GROUP, SINK_GROUP
+from consumers.sink import DEFAULT_TOPICS
 from rim.judges import LLMJudge, Principle
 from runtime.backends.local import LocalBackend, default_model_dir
 from runtime.producer import EventProducer
 from schemas.codec import AvroCodec
+from schemas.topics import FEEDBACK, INTERACTIONS, REWARDS
 from store.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,6 +75,15 @@ def raw_copy(settings: Settings, n: int) -> float:
     return copied / elapsed
 
 
+@dataclass
+class Latency:
+    achieved: float  # events/s the producer really offered
+    events: int
+    p50: float
+    p95: float
+    p99: float
+
+
 def stored(client: object, agent: str) -> set[str]:
     rows = client.query(  # type: ignore[attr-defined]
         "SELECT trace_id FROM latest_traces WHERE agent_id = {a:String}", parameters={"a": agent}
@@ -77,9 +91,52 @@ def stored(client: object, agent: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def settle(settings: Settings, timeout: float = 600.0) -> float:
+    """Wait until the reward worker (scoring, and its retrain policy, which reads the scored
+    traces back through a repartition topic) and the sink have consumed everything: latency is
+    measured from a quiet pipeline, not through the tail of the previous phase. Seconds taken."""
+    started = time.perf_counter()
+    kafka = settings.kafka_config()
+    names = Consumer({**kafka, "group.id": f"settle-{uuid.uuid4().hex}"}).list_topics(timeout=10)
+    internal = [t for t in names.topics if t.endswith("-by-agent-repartition")]
+    behind = {
+        REWARDS_GROUP: (INTERACTIONS, FEEDBACK, REWARDS, *internal),
+        SINK_GROUP: DEFAULT_TOPICS,
+    }
+    while any(group_lag(kafka, group, topics).lag for group, topics in behind.items()):
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"the pipeline did not settle within {timeout:.0f}s")
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def offered(
+    producer_config: dict[str, str], client: object, rate: float, seconds: float
+) -> Latency:
+    """Offer ``rate`` events/s for ``seconds``; then each event's latency from its own
+    timestamp to its row's ``stored_at`` (the store's clock at insert), in ms."""
+    agent, rng = f"lat-{uuid.uuid4().hex[:6]}", random.Random(int(rate))
+    n = int(rate * seconds)
+    with EventProducer(producer_config) as producer:
+        started = time.perf_counter()
+        for i in range(n):
+            producer.record_interaction(interaction(rng, agent, at=datetime.now(UTC)))
+            producer._producer.poll(0)
+            time.sleep(max(0.0, started + (i + 1) / rate - time.perf_counter()))
+        achieved = n / (time.perf_counter() - started)
+    while len(stored(client, agent)) < n:
+        time.sleep(0.5)
+    [row] = client.query(  # type: ignore[attr-defined]
+        "SELECT quantiles(0.5, 0.95, 0.99)(dateDiff('millisecond', created_at, stored_at))"
+        " FROM scored_traces WHERE agent_id = {a:String} AND revision = 1",
+        parameters={"a": agent},
+    ).result_rows
+    return Latency(achieved, n, *row[0])
+
+
 def pipeline(
-    settings: Settings, n: int, rate: float, seconds: float, logs: Path
-) -> tuple[float, list[float]]:
+    settings: Settings, n: int, rates: list[float], seconds: float, logs: Path
+) -> tuple[float, dict[float, Latency]]:
     kafka, client = settings.kafka_config("agent"), connect(settings.store())
     workers = [WorkerProcess(settings, kind, logs) for kind in ("rewards", "sink")]
     rng = random.Random(2)
@@ -99,27 +156,10 @@ def pipeline(
             time.sleep(0.2)
         throughput = n / (time.perf_counter() - started)
 
-        agent = f"lat-{uuid.uuid4().hex[:6]}"
-        sent: dict[str, float] = {}
-        seen: dict[str, float] = {}
-        with EventProducer(kafka) as producer:
-            next_at = time.perf_counter()
-            while time.perf_counter() - next_at < seconds and len(sent) < rate * seconds:
-                event = interaction(rng, agent, at=datetime.now(UTC))
-                producer.record_interaction(event)
-                producer._producer.poll(0)
-                sent[event.trace_id] = time.perf_counter()
-                time.sleep(max(0.0, next_at + len(sent) / rate - time.perf_counter()))
-                if len(sent) % 10 == 0:
-                    now = time.perf_counter()
-                    for trace in stored(client, agent) - seen.keys():
-                        seen[trace] = now
-        while len(seen) < len(sent):
-            now = time.perf_counter()
-            for trace in stored(client, agent) - seen.keys():
-                seen[trace] = now
-            time.sleep(0.05)
-        latencies = sorted((seen[t] - sent[t]) * 1000 for t in sent)
+        latencies = {}
+        for rate in rates:
+            print(f"settled in {settle(settings):.1f}s before {rate:.0f}/s", flush=True)
+            latencies[rate] = offered(kafka, client, rate, seconds)
         return throughput, latencies
     finally:
         for worker in workers:
@@ -151,29 +191,35 @@ def judging(traces: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--rate", type=float, default=50, help="offered load, events/s")
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--rates", default="100,1000", help="offered loads for the latency test, events/s"
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="per offered load")
     parser.add_argument("--judged", type=int, default=8, help="traces for the LLM judging test")
     parser.add_argument(
         "--secure", action="store_true", help="also run the pipeline on a --secure stack"
     )
     args = parser.parse_args()
     raw, ours, latencies = on_fresh_stack(args, secure=False)
-    q = statistics.quantiles(latencies, n=100)
     print(f"raw Kafka -> ClickHouse copy:          {raw:9.0f} messages/s")
     print(f"pipeline (programmatic judges + sink): {ours:9.0f} traces/s   ratio {ours / raw:.3f}")
-    print(
-        f"event -> queryable at {args.rate:.0f}/s offered: p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms"
-        f" ({len(latencies)} events)"
-    )
+    for rate, q in latencies.items():
+        print(
+            f"event -> stored at {rate:.0f}/s offered ({q.achieved:.0f}/s sent, {q.events}"
+            f" events): p50 {q.p50:.0f} ms, p95 {q.p95:.0f} ms, p99 {q.p99:.0f} ms"
+        )
     if args.secure:
         _, secured, secure_latencies = on_fresh_stack(args, secure=True)
-        sq = statistics.quantiles(secure_latencies, n=100)
         print(
             f"secure pipeline (SASL_SSL, ACLs, HTTPS): {secured:7.0f} traces/s   "
-            f"{secured / ours:.3f} of plain; p50 {sq[49]:.0f} ms, p99 {sq[98]:.0f} ms "
-            f"(plain p99 {q[98]:.0f} ms)"
+            f"{secured / ours:.3f} of plain"
         )
+        for rate, q in secure_latencies.items():
+            plain = latencies[rate]
+            print(
+                f"  secure at {rate:.0f}/s offered: p50 {q.p50:.0f} ms, p99 {q.p99:.0f} ms"
+                f" (plain p50 {plain.p50:.0f} ms, p99 {plain.p99:.0f} ms)"
+            )
     if args.judged:
         serial, batched = judging(args.judged)
         print(
@@ -182,14 +228,17 @@ def main() -> None:
         )
 
 
-def on_fresh_stack(args: argparse.Namespace, secure: bool) -> tuple[float, float, list[float]]:
-    """(raw copy messages/s or 0 when secure, pipeline traces/s, latencies ms)."""
+def on_fresh_stack(
+    args: argparse.Namespace, secure: bool
+) -> tuple[float, float, dict[float, Latency]]:
+    """(raw copy messages/s or 0 when secure, pipeline traces/s, latency per offered rate)."""
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
         stack.up(settings, secure=secure)
         try:
             raw = 0.0 if secure else raw_copy(settings, args.events)
-            ours, latencies = pipeline(settings, args.events, args.rate, args.seconds, Path(home))
+            rates = [float(r) for r in args.rates.split(",")]
+            ours, latencies = pipeline(settings, args.events, rates, args.seconds, Path(home))
         finally:
             stack.down(settings)
     return raw, ours, latencies

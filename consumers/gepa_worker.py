@@ -14,6 +14,7 @@ from consumers.jobs import JobReporter, fresh_run_dir
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.prompts import PromptSubscriber, StaticPrompts
+from schemas.codec import AvroCodec
 from schemas.models import Demonstration, PromptSource, PromptVersion, RetrainTrigger
 from store.queries import training_traces
 from trainer.datasets import build_splits
@@ -26,10 +27,14 @@ DEFAULT_WINDOW = timedelta(hours=24)
 
 
 def current_prompts(
-    kafka_config: dict[str, str], agent_id: str, seed_prompts: dict[str, str]
+    kafka_config: dict[str, str],
+    agent_id: str,
+    seed_prompts: dict[str, str],
+    codec: AvroCodec | None = None,
 ) -> dict[str, PromptVersion]:
     """What the agent's runtime would use right now (the compacted topic, else the seeds)."""
-    with PromptSubscriber(kafka_config, StaticPrompts(seed_prompts)).start() as subscriber:
+    following = PromptSubscriber(kafka_config, StaticPrompts(seed_prompts), codec=codec)
+    with following.start() as subscriber:
         return subscriber.snapshot(agent_id)
 
 
@@ -77,6 +82,7 @@ class GepaJobContext:
     config: GepaConfig
     seed_prompts: dict[str, str]
     run_root: Path | None = None
+    codec: AvroCodec | None = None  # the deployment's (its schema registry); None = plain
 
 
 def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobContext) -> None:
@@ -96,7 +102,7 @@ def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobCon
             f" from {len(traces)} stored trace(s) with a reference or an edit",
         )
         return
-    current = current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts)
+    current = current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts, ctx.codec)
     evaluator = PromptEvaluator(
         trigger.agent_id,
         ctx.student,
@@ -191,7 +197,7 @@ def gate_manual_prompts(
             "no held-out examples: the agent has no stored traces with a reference or an edit"
             " in the window; name a built-in task family with --task, or use --force"
         )
-    current = current_prompts(ctx.kafka_config, agent_id, ctx.seed_prompts)
+    current = current_prompts(ctx.kafka_config, agent_id, ctx.seed_prompts, ctx.codec)
     texts = as_candidate(current)
     evaluator = PromptEvaluator(
         agent_id,

@@ -33,6 +33,7 @@ from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
 from runtime.checkpoints import CARD, CheckpointFollower, sha256_of, verify
 from runtime.core import GenerationLimits
+from schemas.codec import AvroCodec
 from schemas.models import CheckpointEvent, RetrainTrigger, under
 from store.queries import training_traces
 from trainer.datasets import build_splits
@@ -56,6 +57,7 @@ class GrpoJobContext:
     base_model_name: str
     checkpoint_root: Path
     run_root: Path
+    codec: AvroCodec | None = None  # the deployment's (its schema registry); None = plain
 
 
 def free_port() -> int:
@@ -87,9 +89,9 @@ def trainer_command(spec: Path) -> list[str]:
 
 
 def current_checkpoint(
-    kafka_config: dict[str, str], agent_id: str, role: str
+    kafka_config: dict[str, str], agent_id: str, role: str, codec: AvroCodec | None = None
 ) -> CheckpointEvent | None:
-    with CheckpointFollower(kafka_config).start() as follower:
+    with CheckpointFollower(kafka_config, codec=codec).start() as follower:
         return follower.latest(agent_id, role)
 
 
@@ -166,11 +168,13 @@ def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobCon
             "FAILED", f"not enough examples: {splits.sizes()} from {len(traces)} traces"
         )
         return
-    current = current_checkpoint(ctx.kafka_config, trigger.agent_id, role)
+    current = current_checkpoint(ctx.kafka_config, trigger.agent_id, role, ctx.codec)
     start_dir = verify(current) if current else ctx.base_model_dir
     prompts = {
         r: v.text
-        for r, v in current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts).items()
+        for r, v in current_prompts(
+            ctx.kafka_config, trigger.agent_id, ctx.seed_prompts, ctx.codec
+        ).items()
     }
     run_dir = fresh_run_dir(ctx.run_root, reporter.job_id)
     spec = run_dir / "spec.json"

@@ -1,6 +1,8 @@
 """The ClickHouse sink: Kafka topics into the store, in batches, without loss or duplicates.
 
-* A batch closes at ``batch_size`` messages or ``batch_seconds``, whichever comes first.
+* A batch closes at ``batch_size`` messages or ``linger_s`` after its first message,
+  whichever comes first: an event waits at most ``linger_s`` for company, and a busy topic
+  fills whole batches at once.
 * Offsets are committed only after the batch's insert succeeded and its dead letters were
   acknowledged by Kafka; a dead letter that cannot be delivered stops the commit.
 * Each insert carries a deduplication token derived from the batch's offset ranges, and the
@@ -31,7 +33,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
-from schemas.codec import AvroCodec
+from schemas.codec import AvroCodec, RegistryUnavailable
 from schemas.models import Event
 from schemas.topics import (
     CHECKPOINTS,
@@ -127,7 +129,7 @@ class ClickHouseSink:
         topics: Sequence[str] = DEFAULT_TOPICS,
         group_id: str = "atlas-sink",
         batch_size: int = 5000,
-        batch_seconds: float = 1.0,
+        linger_s: float = 0.05,
         max_backoff_s: float = 30.0,
         codec: AvroCodec | None = None,
     ):
@@ -139,7 +141,7 @@ class ClickHouseSink:
         self.topics = list(topics)
         self.group_id = group_id
         self.batch_size = batch_size
-        self.batch_seconds = batch_seconds
+        self.linger_s = linger_s
         self.max_backoff_s = max_backoff_s
         self.codec = codec or AvroCodec()
         self.stats = SinkStats()
@@ -181,17 +183,20 @@ class ClickHouseSink:
 
     def _poll_batch(self, stop: threading.Event) -> list[Message]:
         batch: list[Message] = []
-        deadline = time.monotonic() + self.batch_seconds
+        deadline = None  # the linger starts at the batch's first message
         while len(batch) < self.batch_size and not stop.is_set():
-            remaining = deadline - time.monotonic()
+            # consume(n) waits out its whole timeout unless n messages come: before the first
+            # message ask for one, so it is taken the moment it arrives.
+            wanted = 1 if deadline is None else min(self.batch_size - len(batch), 1000)
+            remaining = 0.5 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for message in self._consumer.consume(
-                min(self.batch_size - len(batch), 1000), timeout=min(remaining, 0.5)
-            ):
+            for message in self._consumer.consume(wanted, timeout=min(remaining, 0.5)):
                 error = message.error()
                 if error is None:
                     batch.append(message)
+                    if deadline is None:
+                        deadline = time.monotonic() + self.linger_s
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", error)
         return batch
@@ -203,6 +208,8 @@ class ClickHouseSink:
             try:
                 event = self.codec.decode(message.value() or b"", contract.event_type)
                 decoded.append((message, event))
+            except RegistryUnavailable:
+                raise  # not the message's fault: the batch waits
             except Exception as exc:  # any failure on one message is that message's alone
                 self._refuse(message, f"{exc}", type(exc).__name__)
         return decoded
@@ -223,8 +230,34 @@ class ClickHouseSink:
             self.stats.dead_letters += 1
             self._dead.send(message, reason, error_type)
 
+    def _readable(
+        self, batch: list[Message], stop: threading.Event
+    ) -> list[tuple[Message, Event]] | None:
+        """The batch decoded; while the schema registry is away, the partitions wait and the
+        batch is decoded again (a dead letter sent before the outage may be sent twice: the
+        store keeps one per source offset). None if ``stop`` came first."""
+        backoff, paused = 0.5, False
+        while True:
+            try:
+                decoded = self._decode(batch)
+                break
+            except RegistryUnavailable as exc:
+                log.error("%s; retrying in %.1fs, the partitions wait", exc, backoff)
+                if not paused:
+                    self._consumer.pause(self._consumer.assignment())
+                    paused = True
+                self._wait(backoff, stop)
+                if stop.is_set():
+                    return None
+                backoff = min(backoff * 2, self.max_backoff_s)
+        if paused:
+            self._consumer.resume(self._consumer.assignment())
+        return decoded
+
     def _sink(self, batch: list[Message], stop: threading.Event) -> None:
-        decoded = self._decode(batch)
+        decoded = self._readable(batch, stop)
+        if decoded is None:
+            return  # stopping: not committed, the next run replays this batch
         backoff = 0.5
         paused: list[TopicPartition] = []
         while True:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from schemas.limits import EventLimits, LimitError, check_fields
 from schemas.models import EVENT_TYPES, Event
+from schemas.secrets import redact_url
 from schemas.topics import topic_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,28 @@ class SchemaError(Exception):
 
 class DecodeError(Exception):
     """Bytes that are not a valid event of the expected type; the message says why."""
+
+
+class RegistryUnavailable(Exception):
+    """The schema registry could not be asked (down, unreachable, 5xx): nothing is wrong with
+    the event, so it is retried, never dead-lettered."""
+
+
+def _registry_failure(exc: Exception) -> bool:
+    """Whether ``exc`` from the registry client says the registry could not answer (a
+    transport error, a 5xx), as opposed to answering no (an unknown schema id: 4xx)."""
+    # the HTTP library the registry client itself uses (httpx or its successor)
+    from confluent_kafka.schema_registry.common._httpx_compat import httpx
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, SchemaRegistryError):
+            return not 400 <= cause.http_status_code < 500
+        if isinstance(cause, (httpx.TransportError, OSError)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _fingerprint(parsed: dict[str, Any]) -> bytes:
@@ -181,7 +204,7 @@ class AvroCodec:
     def __init__(
         self,
         registry_url: str | None = None,
-        registry_config: dict[str, str] | None = None,
+        registry_config: dict[str, Any] | None = None,
         catalog: SchemaCatalog | None = None,
         limits: EventLimits | None = None,
     ):
@@ -191,6 +214,7 @@ class AvroCodec:
         self._legacy_logged: set[str] = set()
         self._fingerprints = {name: self.catalog.fingerprint(name) for name in self.catalog.current}
         self._registry = None
+        self._registry_url = redact_url(registry_url or "")
         self._serializers: dict[str, Any] = {}
         self._deserializers: dict[str, Any] = {}
         if registry_url:
@@ -301,7 +325,16 @@ class AvroCodec:
                 self._registry, self.catalog.schema_json(name), lambda obj, _ctx: obj
             )
             self._serializers[name] = serializer
-        return serializer(record, SerializationContext(topic, MessageField.VALUE))
+        try:
+            return serializer(record, SerializationContext(topic, MessageField.VALUE))
+        except Exception as exc:
+            if _registry_failure(exc):
+                raise RegistryUnavailable(
+                    f"schema registry {self._registry_url} unavailable while registering"
+                    f" {_short(self.catalog.current[name])} under {topic}-value:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from exc
+            raise DecodeError(f"cannot encode {name} through the registry: {exc}") from exc
 
     def _registry_decode(self, data: bytes, event_type: type[Event]) -> dict[str, Any]:
         if self._registry is None:
@@ -322,6 +355,11 @@ class AvroCodec:
                 data, SerializationContext(topic_of(event_type), MessageField.VALUE)
             )
         except Exception as exc:
+            if _registry_failure(exc):
+                raise RegistryUnavailable(
+                    f"schema registry {self._registry_url} unavailable while reading a"
+                    f" {event_type.__name__}: {type(exc).__name__}: {exc}"
+                ) from exc
             raise DecodeError(
                 f"cannot decode {event_type.__name__} from registry format: {exc}"
             ) from exc

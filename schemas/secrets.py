@@ -18,6 +18,8 @@ from pydantic import SecretStr
 
 from schemas.configfile import ConfigError
 
+REDACTED = "***"
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -86,6 +88,19 @@ def remember(secret: SecretStr | str | None) -> None:
         from urllib.parse import quote
 
         _known.update({value, quote(value, safe=""), quote(value)})
+
+
+def redact_url(url: str) -> str:
+    """A URL with any password in it replaced by ``***`` (for messages and logs)."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        auth, _, host = netloc.rpartition("@")
+        user = auth.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in auth else f"{user}@{host}"
+    return f"{scheme}://{netloc}{slash}{tail}"
 
 
 def scrub(text: str) -> str:

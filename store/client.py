@@ -19,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-REDACTED = "***"
+from schemas.secrets import REDACTED, redact_url
 
 
 class StoreUnavailable(Exception):
@@ -105,19 +105,6 @@ class StoreTarget(BaseModel):
 
     def __str__(self) -> str:
         return self.url()
-
-
-def redact_url(url: str) -> str:
-    """A URL with any password in it replaced by ``***`` (for messages and logs)."""
-    if not url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        auth, _, host = netloc.rpartition("@")
-        user = auth.split(":", 1)[0]
-        netloc = f"{user}:{REDACTED}@{host}" if ":" in auth else f"{user}@{host}"
-    return f"{scheme}://{netloc}{slash}{tail}"
 
 
 def connect(target: StoreTarget | str, **kwargs: Any) -> Client:

@@ -219,6 +219,16 @@ MIGRATIONS += (
             " demonstrations Array(Tuple(input String, output String))",
         ),
     ),
+    Migration(
+        4,
+        "scored_traces.stored_at: when the row was inserted (the server's clock), so"
+        " event -> queryable latency is a query, not a poll",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS"
+            " stored_at DateTime64(3, 'UTC') DEFAULT now64(3)",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
 )
 
 LEDGER = """

@@ -26,6 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -34,12 +35,12 @@ from typing import Any
 
 import faust
 
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, REWARDS
 from streams.contiguity import ContiguityGuard, KafkaPartitionReader, PartitionReader
-from streams.delivery import Deliveries, Send, as_current_event
+from streams.delivery import Deliveries, Send, as_current_event, patiently
 from streams.policy_agent import watch_agents
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
 from streams.retrain_policy import RetrainPolicy
@@ -83,7 +84,7 @@ def create_app(
     app_id: str = "atlas-rewards",
     data_dir: str | None = None,
     batch_size: int = 64,
-    batch_seconds: float = 0.5,
+    linger_s: float = 0.05,
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
     store: str = "memory://",
@@ -237,37 +238,47 @@ def create_app(
         to_judge: dict[str, InteractionEvent] = {}
         for event in events:
             try:
-                decoded.append(decode(event, InteractionEvent))
+                decoded.append(await patiently(functools.partial(decode, event, InteractionEvent)))
                 if processor.wants_judging(decoded[-1], state_of(decoded[-1].trace_id.encode())):
                     to_judge[decoded[-1].event_id] = decoded[-1]
             except Exception as exc:
                 decoded.append(exc)
         judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
         for event, item in zip(events, decoded, strict=True):  # held in partition order
-            try:
-                if isinstance(item, Exception):
-                    raise item
-                judgement = judged.get(item.event_id)
-                if isinstance(judgement, Exception):
-                    raise judgement
-                # No await from here to put(): the state read is the state written over.
-                state = state_of(item.trace_id.encode())
-                sends = outputs(processor.on_interaction(item, state, judgement), event)
-            except Exception as exc:
-                sends = failed(event, exc)
-            await deliveries.hold(event, sends)
+
+            def scored(event: Any = event, item: Any = item) -> list[Send]:
+                try:
+                    if isinstance(item, Exception):
+                        raise item
+                    judgement = judged.get(item.event_id)
+                    if isinstance(judgement, Exception):
+                        raise judgement
+                    # No await from here to put(): the state read is the state written over.
+                    state = state_of(item.trace_id.encode())
+                    return outputs(processor.on_interaction(item, state, judgement), event)
+                except RegistryUnavailable:
+                    raise
+                except Exception as exc:
+                    return failed(event, exc)
+
+            await deliveries.hold(event, await patiently(scored))
 
     async def merge(events: list[Any]) -> None:
         """Merge feedback events into their traces' states, one at a time, in order."""
         for event in events:
-            try:
-                decoded = decode(event, FeedbackEvent)
-                source = (event.message.partition, event.message.offset)
-                state = state_of(decoded.trace_id.encode())
-                sends = outputs(processor.on_feedback(decoded, state, source), event)
-            except Exception as exc:
-                sends = failed(event, exc)
-            await deliveries.hold(event, sends)
+
+            def merged(event: Any = event) -> list[Send]:
+                try:
+                    decoded = decode(event, FeedbackEvent)
+                    source = (event.message.partition, event.message.offset)
+                    state = state_of(decoded.trace_id.encode())
+                    return outputs(processor.on_feedback(decoded, state, source), event)
+                except RegistryUnavailable:
+                    raise
+                except Exception as exc:
+                    return failed(event, exc)
+
+            await deliveries.hold(event, await patiently(merged))
 
     handlers = {INTERACTIONS: score, FEEDBACK: merge}
     # One lock per source topic: a sweep and its topic's agent never process at the same time.
@@ -275,7 +286,7 @@ def create_app(
 
     @app.agent(interactions)
     async def score_interactions(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batch_size, within=batch_seconds):
+        async for batch in stream.take_events(batch_size, within=linger_s):
             async with processing[INTERACTIONS]:
                 await score([item for event in batch for item in await with_missed(event)])
 

@@ -28,13 +28,16 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faust.streams
+
+from schemas.codec import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 Send = Callable[[], Awaitable["asyncio.Future[Any]"]]
 MAX_RETRY_DELAY_S = 30.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -113,6 +116,20 @@ class Deliveries:
             else:
                 settled()
                 return
+
+
+async def patiently(step: Callable[[], T]) -> T:
+    """``step()``, run again (with backoff, loudly) for as long as it raises
+    RegistryUnavailable: a registry outage holds the stream, it never dead-letters the events
+    that happened to arrive during it. ``step`` must be safe to repeat (it reads state afresh)."""
+    delay = 0.5
+    while True:
+        try:
+            return step()
+        except RegistryUnavailable as exc:
+            log.error("%s; retrying in %.1fs, the partition waits", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ from typing import Any
 
 import faust
 
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.deadletter import dead_letter_for
 from schemas.models import ScoredTrace
 from schemas.topics import DEADLETTER, TRIGGERS
-from streams.delivery import Deliveries
+from streams.delivery import Deliveries, Send, patiently
 from streams.retrain_policy import AgentRewardState, RetrainPolicy
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,44 @@ def watch_agents(
             return codec.decode(value, ScoredTrace).agent_id.encode()
         except DecodeError:
             return UNREADABLE
+        except RegistryUnavailable as exc:
+            # A key function cannot wait; the trace is stored all the same (the sink reads
+            # it), only the policy's count misses it.
+            log.error("retrain policy skips a scored trace: %s", exc)
+            return UNREADABLE
 
     async def send(topic: faust.TopicT, key: bytes, value: bytes) -> Any:
         return await topic.send(key=key, value=value, force=True)
+
+    def observe(event: Any) -> list[Send]:
+        """The agent's state moved on by one scored trace, and what that sends. Everything
+        that can need the registry happens before the state is written, so a retry after a
+        registry outage does not count the trace twice."""
+        try:
+            scored = codec.decode(event.value, ScoredTrace)
+            stored = states.get(event.key)
+            state = AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
+            state, trigger = policy.observe(state, scored)
+            published = None if trigger is None else codec.encode(trigger)
+            states[event.key] = state.model_dump_json().encode()
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:
+            message = event.message
+            log.exception("retrain policy failed on %s@%d", message.topic, message.offset)
+            reason = f"{type(exc).__name__}: {exc}"
+            letter = dead_letter_for(
+                message, reason, "ProcessingError", PROCESSOR_NAME, codec.limits
+            )
+            return [
+                functools.partial(send, deadletter, message.topic.encode(), codec.encode(letter))
+            ]
+        if trigger is None or published is None:
+            return []
+        log.warning(
+            "retrain trigger %s for %s: %s", trigger.trigger_id, trigger.agent_id, trigger.reason
+        )
+        return [functools.partial(send, triggers, trigger.agent_id.encode(), published)]
 
     @app.agent(rewards)
     async def watch_rewards(stream: faust.StreamT) -> None:
@@ -55,36 +90,4 @@ def watch_agents(
             if event.key == UNREADABLE:
                 await deliveries.hold(event, [])  # in order with the events held before it
                 continue
-            try:
-                scored = codec.decode(event.value, ScoredTrace)
-                stored = states.get(event.key)
-                state = (
-                    AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
-                )
-                state, trigger = policy.observe(state, scored)
-                states[event.key] = state.model_dump_json().encode()
-            except Exception as exc:
-                message = event.message
-                log.exception("retrain policy failed on %s@%d", message.topic, message.offset)
-                reason = f"{type(exc).__name__}: {exc}"
-                letter = dead_letter_for(
-                    message, reason, "ProcessingError", PROCESSOR_NAME, codec.limits
-                )
-                dead = functools.partial(
-                    send, deadletter, message.topic.encode(), codec.encode(letter)
-                )
-                await deliveries.hold(event, [dead])
-                continue
-            if trigger is None:
-                await deliveries.hold(event, [])
-            else:
-                log.warning(
-                    "retrain trigger %s for %s: %s",
-                    trigger.trigger_id,
-                    trigger.agent_id,
-                    trigger.reason,
-                )
-                publish = functools.partial(
-                    send, triggers, trigger.agent_id.encode(), codec.encode(trigger)
-                )
-                await deliveries.hold(event, [publish])
+            await deliveries.hold(event, await patiently(functools.partial(observe, event)))

@@ -54,7 +54,7 @@ def _cli(settings: Settings, *args: str) -> str:
 def sink(stack_settings: Settings) -> Iterator[None]:
     url = stack_settings.store()
     stop = threading.Event()
-    worker = ClickHouseSink(stack_settings.kafka_config(), lambda: connect(url), batch_seconds=0.3)
+    worker = ClickHouseSink(stack_settings.kafka_config(), lambda: connect(url))
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     yield

@@ -142,3 +142,19 @@ def test_wrong_clickhouse_url_is_one_clear_line(url: str, message: str) -> None:
         connect(url)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert time.perf_counter() - started < 30, "a wrong URL must not hang"
+
+
+def test_a_stored_trace_carries_the_time_it_was_inserted(store: Client) -> None:
+    [trace] = _traces(1, seed=5)  # created on 2026-11-25: stored_at is not its timestamp
+    before = datetime.now(UTC) - timedelta(seconds=1)  # the clocks' resolution: ms vs µs
+    StoreWriter(store).write([trace])
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    [[stored_at, latency]] = store.query(
+        "SELECT stored_at, dateDiff('millisecond', created_at, stored_at) FROM latest_traces"
+        " WHERE trace_id = {t:String}",
+        parameters={"t": trace.trace_id},
+    ).result_rows
+    assert before <= stored_at.replace(tzinfo=UTC) <= after
+    assert latency == (stored_at.replace(tzinfo=UTC) - trace.interaction.created_at) // timedelta(
+        milliseconds=1
+    )

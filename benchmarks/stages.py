@@ -1,0 +1,149 @@
+"""The pipeline's stages measured one at a time, on a stack the caller started (used by
+``benchmarks/pipeline.py``, which prints them beside the whole pipeline):
+
+* the raw ceiling: produce, consume, one columnar insert through the store URL, and the copy
+  Kafka -> ClickHouse (consume + insert + commit per batch of 5,000);
+* the reward worker alone: interactions in -> scored traces out on Kafka, with 1 or 2 workers;
+* the sink alone: scored traces in -> rows in the store.
+
+Each worker stage also reports the CPU seconds its processes spent per 1,000 events (from
+``/proc``), which says whether a stage is CPU-bound on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+
+from atlas.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.models import ScoredTrace
+from schemas.topics import REWARDS
+from store.client import connect
+from tests.factories import interaction, scored
+from tests.workers import WorkerProcess
+
+
+@dataclass
+class StageRun:
+    per_s: float  # events/s through the stage
+    cpu_per_1000: float  # CPU seconds of the stage's processes per 1,000 events
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_stages(settings: Settings, n: int) -> dict[str, float]:
+    """messages/s of raw produce, consume, insert and copy (bytes in, bytes stored)."""
+    kafka = settings.kafka_config()
+    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    codec, rng = AvroCodec(), random.Random(1)
+    payload = [codec.encode(interaction(rng)) for _ in range(n)]
+    producer = Producer({**kafka, "acks": "all", "linger.ms": 5})
+    started = time.perf_counter()
+    for value in payload:
+        producer.produce(topic, value=value)
+    producer.flush(60)
+    rates = {"produce": n / (time.perf_counter() - started)}
+    client = connect(settings.store())
+    client.command(
+        "CREATE TABLE IF NOT EXISTS raw_copy (value String) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    started = time.perf_counter()
+    client.insert("raw_copy", [[value] for value in payload], column_names=["value"])
+    rates["insert"] = n / (time.perf_counter() - started)
+    for stage in ("consume", "copy"):
+        consumer = Consumer(
+            {
+                **kafka,
+                "group.id": f"{topic}-{stage}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topic])
+        copied, first = 0, 0.0
+        while copied < n:
+            batch = [m for m in consumer.consume(5000, timeout=1.0) if m.error() is None]
+            if batch:
+                first = first or time.perf_counter()  # from the first batch: no group join
+                if stage == "copy":
+                    client.insert("raw_copy", [[m.value()] for m in batch], column_names=["value"])
+                    consumer.commit(asynchronous=False)
+                copied += len(batch)
+        rates[stage] = copied / (time.perf_counter() - first)
+        consumer.close()
+    return rates
+
+
+def _scored_count(consumer: Consumer, agent: str, codec: AvroCodec) -> int:
+    found = 0
+    for message in consumer.consume(1000, timeout=0.2):
+        if message.error() is None and codec.decode(message.value(), ScoredTrace).agent_id == agent:
+            found += 1
+    return found
+
+
+def reward_alone(settings: Settings, n: int, logs: Path, workers: int = 1) -> StageRun:
+    """Interactions in, scored traces out on Kafka: ``workers`` reward workers, warmed up on
+    every partition first, then ``n`` interactions at once."""
+    from runtime.producer import EventProducer
+
+    codec, rng = AvroCodec(), random.Random(5)
+    running = [WorkerProcess(settings, "rewards", logs) for _ in range(workers)]
+    watcher = Consumer(
+        {**settings.kafka_config(), "group.id": f"bench-{uuid.uuid4().hex}", "log_level": 0}
+    )
+    watcher.subscribe([REWARDS])
+    try:
+        for agent, count in ((f"warm-{uuid.uuid4().hex[:6]}", 64), (None, n)):
+            agent = agent or f"alone-{uuid.uuid4().hex[:6]}"
+            events = [interaction(rng, agent) for _ in range(count)]
+            cpu = sum(cpu_seconds(w.process.pid) for w in running)
+            started = time.perf_counter()
+            with EventProducer(settings.kafka_config("agent"), codec=codec) as producer:
+                for event in events:
+                    producer.record_interaction(event)
+            seen = 0
+            while seen < count:
+                seen += _scored_count(watcher, agent, codec)
+        elapsed = time.perf_counter() - started
+        spent = sum(cpu_seconds(w.process.pid) for w in running) - cpu
+        return StageRun(n / elapsed, spent / n * 1000)
+    finally:
+        watcher.close()
+        for worker in running:
+            worker.stop()
+
+
+def sink_alone(settings: Settings, n: int, logs: Path) -> StageRun:
+    """Scored traces written straight to the rewards topic, then stored by one sink."""
+    codec, rng = AvroCodec(), random.Random(6)
+    sink = WorkerProcess(settings, "sink", logs)
+    store = connect(settings.store())
+    producer = Producer({**settings.kafka_config(), "acks": "all", "linger.ms": 5})
+    try:
+        for agent, count in ((f"warm-{uuid.uuid4().hex[:6]}", 1), (None, n)):
+            agent = agent or f"sink-{uuid.uuid4().hex[:6]}"
+            payload = [codec.encode(scored(interaction(rng, agent), rng)) for _ in range(count)]
+            cpu = cpu_seconds(sink.process.pid)
+            started = time.perf_counter()
+            for value in payload:
+                producer.produce(REWARDS, value=value)
+            producer.flush(60)
+            query = "SELECT count() FROM scored_traces WHERE agent_id = {a:String}"
+            while store.query(query, parameters={"a": agent}).result_rows[0][0] < count:
+                time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        return StageRun(n / elapsed, (cpu_seconds(sink.process.pid) - cpu) / n * 1000)
+    finally:
+        sink.stop()
