@@ -1,14 +1,17 @@
 """The scored-trace pipeline against raw baselines, in one run on a fresh local stack:
 
-1. raw Kafka -> ClickHouse copy (bytes in, bytes stored; batches of 5,000): messages/s;
-2. the pipeline (reward worker with programmatic judges + sink): traces/s, and the ratio;
+1. the raw ceiling: produce, consume, one columnar insert, and the Kafka -> ClickHouse copy
+   (bytes in, bytes stored; batches of 5,000), messages/s;
+2. each stage alone (``benchmarks/stages.py``): the reward worker with 1 and 2 workers
+   (interactions in, scored traces out on Kafka), the sink (scored traces in, rows stored);
+   then the whole pipeline: events/s, the ratio to the raw copy, CPU seconds per 1,000 events;
 3. event -> stored latency p50/p95/p99 at each offered load, from the event's own timestamp
    to its row's ``stored_at`` (the store's clock at insert), not by polling;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
 
-With ``--secure``, 2 and 3 run again on an `atlas up --secure` stack (SASL_SSL with SCRAM,
-ACLs, the store over HTTPS) in the same invocation: the cost of security as a throughput ratio
-and both p99s.
+With ``--secure``, the pipeline and 3 run again on an `atlas up --secure` stack (SASL_SSL with
+SCRAM, ACLs, the store over HTTPS) in the same invocation: the cost of security as a
+throughput ratio and both p99s.
 
     .venv/bin/python benchmarks/pipeline.py [--events 5000] [--rates 100,1000] [--seconds 10]
         [--secure] [--judged 8]
@@ -26,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
-
 from atlas import stack
 from atlas.lag import group_lag
 from atlas.settings import Settings
@@ -36,43 +37,20 @@ from consumers.sink import DEFAULT_TOPICS
 from rim.judges import LLMJudge, Principle
 from runtime.backends.local import LocalBackend, default_model_dir
 from runtime.producer import EventProducer
-from schemas.codec import AvroCodec
-from schemas.topics import FEEDBACK, INTERACTIONS, REWARDS
+from schemas.topics import FEEDBACK, INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.stages import (
+    Deadline,
+    StageRun,
+    cpu_seconds,
+    raw_stages,
+    reward_alone,
+    sink_alone,
+)
 from tests.factories import interaction
 from tests.workers import WorkerProcess
-
-
-def raw_copy(settings: Settings, n: int) -> float:
-    kafka = settings.kafka_config()
-    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
-    codec, rng = AvroCodec(), random.Random(1)
-    payload = [codec.encode(interaction(rng)) for _ in range(n)]
-    producer = Producer({**kafka, "acks": "all", "linger.ms": 5})
-    for value in payload:
-        producer.produce(topic, value=value)
-    producer.flush(60)
-    client = connect(settings.store())
-    client.command(
-        "CREATE TABLE IF NOT EXISTS raw_copy (value String) ENGINE = MergeTree ORDER BY tuple()"
-    )
-    consumer = Consumer(
-        {**kafka, "group.id": topic, "auto.offset.reset": "earliest", "enable.auto.commit": False}
-    )
-    consumer.subscribe([topic])
-    copied, started = 0, 0.0
-    while copied < n:
-        batch = [m for m in consumer.consume(5000, timeout=1.0) if m.error() is None]
-        if batch:
-            started = started or time.perf_counter()  # from the first batch: no group join
-            client.insert("raw_copy", [[m.value()] for m in batch], column_names=["value"])
-            consumer.commit(asynchronous=False)
-            copied += len(batch)
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return copied / elapsed
 
 
 @dataclass
@@ -92,15 +70,13 @@ def stored(client: object, agent: str) -> set[str]:
 
 
 def settle(settings: Settings, timeout: float = 600.0) -> float:
-    """Wait until the reward worker (scoring, and its retrain policy, which reads the scored
-    traces back through a repartition topic) and the sink have consumed everything: latency is
-    measured from a quiet pipeline, not through the tail of the previous phase. Seconds taken."""
+    """Wait until the reward worker (scoring, and the retrain policy it feeds) and the sink
+    have consumed everything: latency is measured from a quiet pipeline, not through the tail
+    of the previous phase. Seconds taken."""
     started = time.perf_counter()
-    kafka = settings.kafka_config()
-    names = Consumer({**kafka, "group.id": f"settle-{uuid.uuid4().hex}"}).list_topics(timeout=10)
-    internal = [t for t in names.topics if t.endswith("-by-agent-repartition")]
+    kafka = settings.kafka_config("admin")  # on --secure only admin may read every group
     behind = {
-        REWARDS_GROUP: (INTERACTIONS, FEEDBACK, REWARDS, *internal),
+        REWARDS_GROUP: (INTERACTIONS, FEEDBACK, POLICY_OBSERVATIONS),
         SINK_GROUP: DEFAULT_TOPICS,
     }
     while any(group_lag(kafka, group, topics).lag for group, topics in behind.items()):
@@ -124,7 +100,9 @@ def offered(
             producer._producer.poll(0)
             time.sleep(max(0.0, started + (i + 1) / rate - time.perf_counter()))
         achieved = n / (time.perf_counter() - started)
-    while len(stored(client, agent)) < n:
+    deadline = Deadline(f"stored traces of {agent}")
+    while (count := len(stored(client, agent))) < n:
+        deadline.check(count, n)
         time.sleep(0.5)
     [row] = client.query(  # type: ignore[attr-defined]
         "SELECT quantiles(0.5, 0.95, 0.99)(dateDiff('millisecond', created_at, stored_at))"
@@ -136,7 +114,7 @@ def offered(
 
 def pipeline(
     settings: Settings, n: int, rates: list[float], seconds: float, logs: Path
-) -> tuple[float, dict[float, Latency]]:
+) -> tuple[StageRun, dict[float, Latency]]:
     kafka, client = settings.kafka_config("agent"), connect(settings.store())
     workers = [WorkerProcess(settings, kind, logs) for kind in ("rewards", "sink")]
     rng = random.Random(2)
@@ -144,17 +122,24 @@ def pipeline(
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         with EventProducer(kafka) as producer:
             producer.record_interaction(interaction(rng, warm))
+        deadline = Deadline("the warm-up trace")
         while not stored(client, warm):
+            deadline.check(0, 1)
             time.sleep(0.5)
         agent = f"bench-{uuid.uuid4().hex[:6]}"
         events = [interaction(rng, agent) for _ in range(n)]
+        cpu = sum(cpu_seconds(w.process.pid) for w in workers)
         started = time.perf_counter()
         with EventProducer(kafka) as producer:
             for event in events:
                 producer.record_interaction(event)
-        while len(stored(client, agent)) < n:
+        deadline = Deadline(f"stored traces of {agent}")
+        while (count := len(stored(client, agent))) < n:
+            deadline.check(count, n)
             time.sleep(0.2)
-        throughput = n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        spent = sum(cpu_seconds(w.process.pid) for w in workers) - cpu
+        throughput = StageRun(n / elapsed, spent / n * 1000)
 
         latencies = {}
         for rate in rates:
@@ -190,7 +175,10 @@ def judging(traces: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--events", type=int, default=5000, help="per worker stage")
+    parser.add_argument(
+        "--raw-events", type=int, default=50_000, help="for the raw clients (their ceiling)"
+    )
     parser.add_argument(
         "--rates", default="100,1000", help="offered loads for the latency test, events/s"
     )
@@ -200,25 +188,36 @@ def main() -> None:
         "--secure", action="store_true", help="also run the pipeline on a --secure stack"
     )
     args = parser.parse_args()
-    raw, ours, latencies = on_fresh_stack(args, secure=False)
-    print(f"raw Kafka -> ClickHouse copy:          {raw:9.0f} messages/s")
-    print(f"pipeline (programmatic judges + sink): {ours:9.0f} traces/s   ratio {ours / raw:.3f}")
+    plain = on_fresh_stack(args, secure=False)
+    raw = plain.raw
+    for stage in ("produce", "consume", "insert"):
+        print(f"raw {stage + ':':44} {raw[stage]:9.0f} messages/s")
+    print(f"{'raw Kafka -> ClickHouse copy (the ceiling):':48} {raw['copy']:9.0f} messages/s")
+    one = plain.stages["reward worker alone, 1 worker"]
+    for name, run in [*plain.stages.items(), ("pipeline (both workers)", plain.pipeline)]:
+        extra = f", x{run.per_s / one.per_s:.2f} of one" if "2 workers" in name else ""
+        print(
+            f"{name + ':':48} {run.per_s:9.0f} events/s   ratio {run.per_s / raw['copy']:.4f},"
+            f" {run.cpu_per_1000:.2f} CPU s per 1000{extra}"
+        )
+    ours, latencies = plain.pipeline.per_s, plain.latencies
     for rate, q in latencies.items():
         print(
             f"event -> stored at {rate:.0f}/s offered ({q.achieved:.0f}/s sent, {q.events}"
             f" events): p50 {q.p50:.0f} ms, p95 {q.p95:.0f} ms, p99 {q.p99:.0f} ms"
         )
     if args.secure:
-        _, secured, secure_latencies = on_fresh_stack(args, secure=True)
+        secure = on_fresh_stack(args, secure=True)
+        secured, secure_latencies = secure.pipeline.per_s, secure.latencies
         print(
             f"secure pipeline (SASL_SSL, ACLs, HTTPS): {secured:7.0f} traces/s   "
             f"{secured / ours:.3f} of plain"
         )
         for rate, q in secure_latencies.items():
-            plain = latencies[rate]
+            base = latencies[rate]
             print(
                 f"  secure at {rate:.0f}/s offered: p50 {q.p50:.0f} ms, p99 {q.p99:.0f} ms"
-                f" (plain p50 {plain.p50:.0f} ms, p99 {plain.p99:.0f} ms)"
+                f" (plain p50 {base.p50:.0f} ms, p99 {base.p99:.0f} ms)"
             )
     if args.judged:
         serial, batched = judging(args.judged)
@@ -228,20 +227,32 @@ def main() -> None:
         )
 
 
-def on_fresh_stack(
-    args: argparse.Namespace, secure: bool
-) -> tuple[float, float, dict[float, Latency]]:
-    """(raw copy messages/s or 0 when secure, pipeline traces/s, latency per offered rate)."""
+@dataclass
+class Run:
+    raw: dict[str, float]  # raw clients, messages/s (plain stack only)
+    stages: dict[str, StageRun]  # each worker alone (plain stack only)
+    pipeline: StageRun
+    latencies: dict[float, Latency]
+
+
+def on_fresh_stack(args: argparse.Namespace, secure: bool) -> Run:
+    """Everything measured on one new stack; the stages alone only on a plain one."""
     with tempfile.TemporaryDirectory() as home:
-        settings = Settings(home=Path(home))
+        settings, logs = Settings(home=Path(home)), Path(home)
         stack.up(settings, secure=secure)
         try:
-            raw = 0.0 if secure else raw_copy(settings, args.events)
+            raw, stages = {}, {}
+            if not secure:
+                raw = raw_stages(settings, args.raw_events)
+                for workers in (1, 2):
+                    name = f"reward worker alone, {workers} worker{'s' * (workers > 1)}"
+                    stages[name] = reward_alone(settings, args.events, logs, workers)
+                stages["sink alone"] = sink_alone(settings, args.events, logs)
             rates = [float(r) for r in args.rates.split(",")]
-            ours, latencies = pipeline(settings, args.events, rates, args.seconds, Path(home))
+            ours, latencies = pipeline(settings, args.events, rates, args.seconds, logs)
         finally:
             stack.down(settings)
-    return raw, ours, latencies
+    return Run(raw, stages, ours, latencies)
 
 
 if __name__ == "__main__":

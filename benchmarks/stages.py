@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from atlas.settings import Settings
 from schemas.codec import AvroCodec
@@ -28,6 +28,19 @@ from schemas.topics import REWARDS
 from store.client import connect
 from tests.factories import interaction, scored
 from tests.workers import WorkerProcess
+
+STAGE_TIMEOUT_S = 600.0
+
+
+class Deadline:
+    """Ends a wait that would otherwise hang the benchmark (a lost or dead-lettered event)."""
+
+    def __init__(self, what: str, seconds: float = STAGE_TIMEOUT_S):
+        self.what, self.seconds, self.at = what, seconds, time.monotonic() + seconds
+
+    def check(self, done: int, wanted: int) -> None:
+        if time.monotonic() > self.at:
+            raise TimeoutError(f"{self.what}: {done} of {wanted} after {self.seconds:.0f}s")
 
 
 @dataclass
@@ -61,26 +74,22 @@ def raw_stages(settings: Settings, n: int) -> dict[str, float]:
     started = time.perf_counter()
     client.insert("raw_copy", [[value] for value in payload], column_names=["value"])
     rates["insert"] = n / (time.perf_counter() - started)
+    probe = Consumer({**kafka, "group.id": topic})
+    partitions = probe.list_topics(topic).topics[topic].partitions
+    probe.close()
     for stage in ("consume", "copy"):
-        consumer = Consumer(
-            {
-                **kafka,
-                "group.id": f"{topic}-{stage}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.subscribe([topic])
-        copied, first = 0, 0.0
+        consumer = Consumer({**kafka, "group.id": f"{topic}-{stage}", "enable.auto.commit": False})
+        started = time.perf_counter()  # assigned, not subscribed: no group join to wait out
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        copied, deadline = 0, Deadline(f"raw {stage}")
         while copied < n:
+            deadline.check(copied, n)
             batch = [m for m in consumer.consume(5000, timeout=1.0) if m.error() is None]
-            if batch:
-                first = first or time.perf_counter()  # from the first batch: no group join
-                if stage == "copy":
-                    client.insert("raw_copy", [[m.value()] for m in batch], column_names=["value"])
-                    consumer.commit(asynchronous=False)
-                copied += len(batch)
-        rates[stage] = copied / (time.perf_counter() - first)
+            if batch and stage == "copy":
+                client.insert("raw_copy", [[m.value()] for m in batch], column_names=["value"])
+                consumer.commit(asynchronous=False)
+            copied += len(batch)
+        rates[stage] = copied / (time.perf_counter() - started)
         consumer.close()
     return rates
 
@@ -101,7 +110,12 @@ def reward_alone(settings: Settings, n: int, logs: Path, workers: int = 1) -> St
     codec, rng = AvroCodec(), random.Random(5)
     running = [WorkerProcess(settings, "rewards", logs) for _ in range(workers)]
     watcher = Consumer(
-        {**settings.kafka_config(), "group.id": f"bench-{uuid.uuid4().hex}", "log_level": 0}
+        {
+            **settings.kafka_config(),
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",  # the warm-up may be scored before it joins
+            "log_level": 0,
+        }
     )
     watcher.subscribe([REWARDS])
     try:
@@ -113,8 +127,9 @@ def reward_alone(settings: Settings, n: int, logs: Path, workers: int = 1) -> St
             with EventProducer(settings.kafka_config("agent"), codec=codec) as producer:
                 for event in events:
                     producer.record_interaction(event)
-            seen = 0
+            seen, deadline = 0, Deadline(f"scored traces of {agent}")
             while seen < count:
+                deadline.check(seen, count)
                 seen += _scored_count(watcher, agent, codec)
         elapsed = time.perf_counter() - started
         spent = sum(cpu_seconds(w.process.pid) for w in running) - cpu
@@ -141,7 +156,9 @@ def sink_alone(settings: Settings, n: int, logs: Path) -> StageRun:
                 producer.produce(REWARDS, value=value)
             producer.flush(60)
             query = "SELECT count() FROM scored_traces WHERE agent_id = {a:String}"
-            while store.query(query, parameters={"a": agent}).result_rows[0][0] < count:
+            deadline = Deadline(f"stored traces of {agent}")
+            while (rows := store.query(query, parameters={"a": agent}).result_rows[0][0]) < count:
+                deadline.check(rows, count)
                 time.sleep(0.1)
         elapsed = time.perf_counter() - started
         return StageRun(n / elapsed, (cpu_seconds(sink.process.pid) - cpu) / n * 1000)

@@ -264,7 +264,9 @@ class ClickHouseSink:
             try:
                 self._insert(decoded)
                 break
-            except StoreDown as exc:  # keep the batch, retry, skip nothing
+            # keep the batch, retry, skip nothing (a dead letter for an event the store refused
+            # may need the schema registry)
+            except (StoreDown, RegistryUnavailable) as exc:
                 self.stats.insert_failures += 1
                 self.stats.last_error = str(exc)
                 log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff)

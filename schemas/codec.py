@@ -56,21 +56,35 @@ class RegistryUnavailable(Exception):
     the event, so it is retried, never dead-lettered."""
 
 
+# Statuses that say nothing about the message: the registry is busy, slow, or does not let us
+# in right now (credentials being rotated). Every other 4xx is an answer about the message.
+UNAVAILABLE_STATUSES = frozenset({401, 403, 408, 429})
+
+
 def _registry_failure(exc: Exception) -> bool:
     """Whether ``exc`` from the registry client says the registry could not answer (a
-    transport error, a 5xx), as opposed to answering no (an unknown schema id: 4xx)."""
-    # the HTTP library the registry client itself uses (httpx or its successor)
-    from confluent_kafka.schema_registry.common._httpx_compat import httpx
+    transport error, a 5xx, UNAVAILABLE_STATUSES), as opposed to answering no about this
+    message (an unknown schema id: 404)."""
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, SchemaRegistryError):
-            return not 400 <= cause.http_status_code < 500
-        if isinstance(cause, (httpx.TransportError, OSError)):
+            status = cause.http_status_code
+            return not 400 <= status < 500 or status in UNAVAILABLE_STATUSES
+        if isinstance(cause, OSError) or _transport_error(cause):
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """An httpx (or httpx2, which newer confluent-kafka clients use) TransportError: the
+    request did not get an answer. By name, so no private module of the client is imported."""
+    return any(
+        kind.__name__ == "TransportError" and kind.__module__.split(".")[0].startswith("httpx")
+        for kind in type(exc).__mro__
+    )
 
 
 def _fingerprint(parsed: dict[str, Any]) -> bytes:

@@ -49,6 +49,9 @@ CHECKPOINTS = "atlas.checkpoints.v1"
 TRIGGERS = "atlas.triggers.v1"
 JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
+# Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
+# scored trace's agent, revision and reward, for the retrain policy (streams/policy_agent.py).
+POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
 
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract

@@ -221,11 +221,13 @@ MIGRATIONS += (
     ),
     Migration(
         4,
-        "scored_traces.stored_at: when the row was inserted (the server's clock), so"
-        " event -> queryable latency is a query, not a poll",
+        "scored_traces.stored_at: when the sink inserted the row, so event -> stored latency"
+        " is a query, not a poll (NULL for rows stored before: their time is unknown)",
         (
+            # No DEFAULT: ClickHouse computes a default for old parts when they are read, so
+            # old rows would show the time of every query.
             "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS"
-            " stored_at DateTime64(3, 'UTC') DEFAULT now64(3)",
+            " stored_at Nullable(DateTime64(3, 'UTC'))",
             f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
         ),
     ),

@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -55,6 +56,7 @@ SCORED_TRACE_COLUMNS = [
     "latency_ms",
     "metadata",
     "event_id",
+    "stored_at",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -78,7 +80,7 @@ class TableBatch:
     rows: list[list[Any]]
 
 
-def _scored_trace_row(trace: ScoredTrace) -> list[Any]:
+def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
     event = trace.interaction
     return [
         trace.trace_id,
@@ -109,6 +111,7 @@ def _scored_trace_row(trace: ScoredTrace) -> list[Any]:
         event.latency_ms,
         event.metadata,
         event.event_id,
+        stored_at,
     ]
 
 
@@ -151,7 +154,10 @@ PLAIN_TABLES: dict[type[Event], str] = {
 }
 
 
-def batches_for(events: Sequence[Event]) -> list[TableBatch]:
+def batches_for(events: Sequence[Event], stored_at: datetime | None = None) -> list[TableBatch]:
+    """The events as rows per table; a scored trace's ``stored_at`` is the time of the
+    insert (now, unless given)."""
+    stored_at = stored_at or datetime.now(UTC)
     by_table: dict[str, TableBatch] = {}
 
     def batch(table: str, columns: list[str]) -> TableBatch:
@@ -168,7 +174,7 @@ def batches_for(events: Sequence[Event]) -> list[TableBatch]:
             judges = batch("judge_scores", JUDGE_SCORE_COLUMNS)
             for trace in group:
                 assert isinstance(trace, ScoredTrace)
-                traces.rows.append(_scored_trace_row(trace))
+                traces.rows.append(_scored_trace_row(trace, stored_at))
                 judges.rows.extend(_judge_rows(trace))
         elif event_type in PLAIN_TABLES:
             columns = list(event_type.model_fields)

@@ -121,6 +121,8 @@ def create_app(
     )
     stats = StreamStats()
     deliveries = Deliveries()
+    # what tells the retrain policy about each scored trace (none: no policy in this worker)
+    observed = None if policy is None else watch_agents(app, policy, partitions, codec, deliveries)
 
     def send_to(topic: faust.TopicT, key: bytes, value: bytes) -> Send:
         # force=True: sent now, not attached to Faust's "current event" (inside take_events,
@@ -183,9 +185,11 @@ def create_app(
         key = outcome.trace_id.encode()
         scored = None if outcome.scored is None else codec.encode(outcome.scored)
         sends = [put(event, key, outcome.state)]
-        if scored is not None:
+        if scored is not None and outcome.scored is not None:
             stats.scored += 1
             sends.append(send_to(rewards, key, scored))
+            if observed is not None:
+                sends.append(observed(outcome.scored))
         if outcome.rejected:
             sends.append(dead_letter(event, outcome.rejected, "InvalidEvent"))
         return sends
@@ -237,12 +241,14 @@ def create_app(
         decoded: list[InteractionEvent | Exception] = []
         to_judge: dict[str, InteractionEvent] = {}
         for event in events:
-            try:
-                decoded.append(await patiently(functools.partial(decode, event, InteractionEvent)))
-                if processor.wants_judging(decoded[-1], state_of(decoded[-1].trace_id.encode())):
-                    to_judge[decoded[-1].event_id] = decoded[-1]
+            item: InteractionEvent | Exception
+            try:  # one entry per event, whatever fails: they are zipped back together below
+                item = await patiently(functools.partial(decode, event, InteractionEvent))
+                if processor.wants_judging(item, state_of(item.trace_id.encode())):
+                    to_judge[item.event_id] = item
             except Exception as exc:
-                decoded.append(exc)
+                item = exc
+            decoded.append(item)
         judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
         for event, item in zip(events, decoded, strict=True):  # held in partition order
 
@@ -395,6 +401,4 @@ def create_app(
         # The tombstone: a restore will not bring it back.
         return [await changelog_of(key, partition)()] if partition >= 0 else []
 
-    if policy is not None:
-        watch_agents(app, policy, rewards, partitions, codec, deliveries)
     return app

@@ -8,11 +8,14 @@ agent fires within ``cooldown_s`` whatever the cause, so one cause gives one tri
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.models import JobKind, RetrainTrigger, ScoredTrace
+from schemas.models import JobKind, RetrainTrigger
 
 
 class RetrainPolicyConfig(BaseModel):
@@ -38,12 +41,48 @@ class AgentRewardState(BaseModel):
     last_trigger_at: datetime | None = None
 
 
+class Scored(Protocol):
+    """What the policy reads of a scored trace (a ScoredTrace has it)."""
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def reward(self) -> float: ...
+
+
+class Observation(NamedTuple):
+    """The part of a scored trace the policy needs, as the reward stream sends it to the
+    policy (keyed by agent, value ``[revision, reward]`` in JSON): a dozen bytes instead of the
+    whole trace read back and decoded."""
+
+    agent_id: str
+    revision: int
+    reward: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps([self.revision, self.reward]).encode()
+
+    @classmethod
+    def from_message(cls, key: bytes, value: bytes) -> Observation:
+        """ValueError if the message is not an observation."""
+        try:
+            revision, reward = json.loads(value)
+            observed = cls(key.decode(), int(revision), float(reward))
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a policy observation: {value[:80]!r}") from exc
+        if not observed.agent_id or observed.revision < 1 or not math.isfinite(observed.reward):
+            raise ValueError(f"not a policy observation: {key[:80]!r} {value[:80]!r}")
+        return observed
+
+
 class RetrainPolicy:
     def __init__(self, config: RetrainPolicyConfig):
         self.config = config
 
     def observe(
-        self, state: AgentRewardState, scored: ScoredTrace, now: datetime | None = None
+        self, state: AgentRewardState, scored: Scored, now: datetime | None = None
     ) -> tuple[AgentRewardState, RetrainTrigger | None]:
         """The agent's new state after ``scored``, and the trigger it fires, if any. Every
         revision moves the rolling mean (feedback can lower a reward); only first revisions

@@ -11,7 +11,12 @@ from atlas.settings import PROJECT_CONFIGS
 from rim.config import build_rim, load_rim_config
 from schemas.models import ScoredTrace
 from store.queries import TrainingTrace
-from streams.retrain_policy import AgentRewardState, RetrainPolicy, RetrainPolicyConfig
+from streams.retrain_policy import (
+    AgentRewardState,
+    Observation,
+    RetrainPolicy,
+    RetrainPolicyConfig,
+)
 from tests.factories import interaction, scored
 from tests.fakes import ScriptedTaskWorld
 from trainer.datasets import DatasetConfig, build_splits, split_of
@@ -155,3 +160,18 @@ def test_policy_counts_new_traces_only_and_debounces() -> None:
     assert fired == [38]
     state, trigger = policy.observe(state, _scored("a", 0.5), start + timedelta(seconds=200))
     assert trigger is not None and "new scored traces" in trigger.reason
+
+
+def test_a_policy_observation_round_trips_and_garbage_is_refused() -> None:
+    seen = Observation("agent-7", 2, 0.25)
+    assert Observation.from_message(b"agent-7", seen.to_bytes()) == seen
+    for key, value in [
+        (b"agent-7", b"not json"),
+        (b"agent-7", b"[1]"),
+        (b"agent-7", b'[1, "NaN"]'),
+        (b"agent-7", b"[0, 0.5]"),
+        (b"", b"[1, 0.5]"),
+        (b"\xff", b"[1, 0.5]"),
+    ]:
+        with pytest.raises(ValueError, match="not a policy observation"):
+            Observation.from_message(key, value)

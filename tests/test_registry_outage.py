@@ -58,9 +58,9 @@ def answering(status: int) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture
-def unavailable() -> Iterator[str]:
-    yield from answering(503)
+@pytest.fixture(params=[503, 429, 401])  # down, rate-limited, credentials being rotated
+def unavailable(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from answering(request.param)
 
 
 @pytest.fixture

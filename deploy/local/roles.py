@@ -47,8 +47,8 @@ ROLES: dict[str, Role] = {
         writes=(REWARDS, TRIGGERS, DEADLETTER),
         reads=(INTERACTIONS, FEEDBACK, REWARDS),
         group_prefixes=("atlas-rewards",),
-        # its changelogs, and Faust's repartition topics (named after the agent's module)
-        owned_topic_prefixes=("atlas-rewards-", "streams."),
+        # its changelogs and the retrain policy's observations (streams/policy_agent.py)
+        owned_topic_prefixes=("atlas-rewards-",),
     ),
     "sink": Role(
         writes=(DEADLETTER,),  # an event the store refuses, isolated and dead-lettered
