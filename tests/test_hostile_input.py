@@ -42,6 +42,12 @@ def test_each_bad_message_gets_one_dead_letter_and_valid_events_flow_on(
             "SELECT count() FROM latest_traces WHERE agent_id = {a:String}", parameters={"a": agent}
         ).result_rows[0][0]
 
+    def lettered() -> int:
+        return store.query(
+            "SELECT uniqExact(key) FROM dead_letters WHERE startsWith(key, {run:String})",
+            parameters={"run": f"{run}-bad-"},
+        ).result_rows[0][0]
+
     workers = [WorkerProcess(stack_settings, k, tmp_path) for k in ("rewards", "rewards", "sink")]
     try:
 
@@ -59,6 +65,9 @@ def test_each_bad_message_gets_one_dead_letter_and_valid_events_flow_on(
         workers[0].kill9()  # its partitions move to the other worker, state from the changelog
         send(valid[200:], bad[26:])
         eventually(lambda: Observed(stored(), 400), 240, "400 valid traces stored", interval=2)
+        # Feedback and interactions are separate streams: valid traces all stored says nothing
+        # about a bad feedback message still waiting in a partition the killed worker held.
+        eventually(lambda: Observed(lettered(), len(bad)), 120, "a letter per bad message")
         alive = [w.process.poll() is None for w in workers[1:]]
     finally:
         for worker in workers:
