@@ -30,6 +30,7 @@ import functools
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,40 +252,45 @@ def create_app(
             decoded.append(item)
         judged = dict(zip(to_judge, await judge_batch(list(to_judge.values())), strict=True))
         for event, item in zip(events, decoded, strict=True):  # held in partition order
+            await hold_outcome(event, functools.partial(scored, event, item, judged))
 
-            def scored(event: Any = event, item: Any = item) -> list[Send]:
-                try:
-                    if isinstance(item, Exception):
-                        raise item
-                    judgement = judged.get(item.event_id)
-                    if isinstance(judgement, Exception):
-                        raise judgement
-                    # No await from here to put(): the state read is the state written over.
-                    state = state_of(item.trace_id.encode())
-                    return outputs(processor.on_interaction(item, state, judgement), event)
-                except RegistryUnavailable:
-                    raise
-                except Exception as exc:
-                    return failed(event, exc)
-
-            await deliveries.hold(event, await patiently(scored))
+    def scored(
+        event: Any, item: InteractionEvent | Exception, judged: dict[str, Any]
+    ) -> list[Send]:
+        if isinstance(item, Exception):
+            raise item
+        judgement = judged.get(item.event_id)
+        if isinstance(judgement, Exception):
+            raise judgement
+        # No await from here to put(): the state read is the state written over.
+        state = state_of(item.trace_id.encode())
+        return outputs(processor.on_interaction(item, state, judgement), event)
 
     async def merge(events: list[Any]) -> None:
         """Merge feedback events into their traces' states, one at a time, in order."""
         for event in events:
+            await hold_outcome(event, functools.partial(merged, event))
 
-            def merged(event: Any = event) -> list[Send]:
-                try:
-                    decoded = decode(event, FeedbackEvent)
-                    source = (event.message.partition, event.message.offset)
-                    state = state_of(decoded.trace_id.encode())
-                    return outputs(processor.on_feedback(decoded, state, source), event)
-                except RegistryUnavailable:
-                    raise
-                except Exception as exc:
-                    return failed(event, exc)
+    def merged(event: Any) -> list[Send]:
+        decoded = decode(event, FeedbackEvent)
+        source = (event.message.partition, event.message.offset)
+        state = state_of(decoded.trace_id.encode())
+        return outputs(processor.on_feedback(decoded, state, source), event)
 
-            await deliveries.hold(event, await patiently(merged))
+    async def hold_outcome(event: Any, step: Callable[[], list[Send]]) -> None:
+        """Hold ``event`` until what ``step()`` sends is delivered. A registry outage is waited
+        out and ``step`` run again (``patiently``); any other failure is the event's own and
+        dead-letters it."""
+
+        def outcome() -> list[Send]:
+            try:
+                return step()
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:
+                return failed(event, exc)
+
+        await deliveries.hold(event, await patiently(outcome))
 
     handlers = {INTERACTIONS: score, FEEDBACK: merge}
     # One lock per source topic: a sweep and its topic's agent never process at the same time.
