@@ -883,7 +883,7 @@ app.add_typer(worker_app, name="worker")
 @worker_app.command("rewards")
 @clear_errors
 def worker_rewards() -> None:
-    """Score interactions and merge feedback (Faust): interactions + feedback -> rewards.
+    """Score interactions and merge feedback: interactions + feedback -> rewards, exactly once.
 
     Run several to share the partitions; each keeps per-trace state in a changelog topic.
     """

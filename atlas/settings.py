@@ -131,12 +131,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Feedback waits this long for its interaction, then is dead-lettered.",
     )
-    rewards_store: Literal["memory", "rocksdb"] = Field(
-        default="rocksdb",
-        description="The reward worker's table store: rocksdb (on disk, fast restarts) or memory.",
-    )
     rewards_batch_size: int = Field(
-        default=64, ge=1, description="Interactions the reward worker judges in one batch."
+        default=500,
+        ge=1,
+        description="Most events the reward worker handles in one transaction (interactions "
+        "are judged together); with model judges, one batch must be judged within 10 minutes.",
     )
     rewards_linger_s: float = Field(
         default=0.05,

@@ -20,7 +20,7 @@ from rim.reward import Rim
 from schemas.configfile import load_config
 from schemas.models import JobKind
 from schemas.secrets import scrub_log_records
-from schemas.topics import INTERACTIONS
+from schemas.topics import INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
@@ -55,16 +55,12 @@ def topic_partitions(kafka_config: dict[str, str], topic: str) -> int:
 REWARDS_GROUP = "atlas-rewards"
 
 
-def run_rewards_worker(settings: Settings) -> None:
-    """Run the Faust reward processor until SIGTERM/SIGINT."""
-    import faulthandler
+def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run the reward stream (and the retrain policy it feeds) until SIGTERM/SIGINT."""
+    from streams.app import create_stream
 
-    import faust
-
-    faulthandler.enable()  # a crash in native code (RocksDB, librdkafka) leaves a stack trace
-
-    from streams.app import create_app
-
+    stop = stop or threading.Event()
+    stop_on_signals(stop)
     lease = registry.claim(settings.home, "rewards", REWARDS_GROUP, settings.worker_id)
     kafka = settings.kafka_config("rewards")
     processor = RewardProcessor(
@@ -72,31 +68,25 @@ def run_rewards_worker(settings: Settings) -> None:
         pending_ttl_s=settings.pending_feedback_ttl_s,
         feedback_window_s=settings.feedback_window_s,
     )
-    # Its own folder per slot: RocksDB allows one process per database.
-    data_dir = registry.workers_dir(settings.home) / f"rewards-{lease.record.slot}"
-    data_dir.mkdir(parents=True, exist_ok=True)
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
-    app = create_app(
+    engine = create_stream(
         kafka,
         processor,
-        topic_partitions(kafka, INTERACTIONS),
-        app_id=REWARDS_GROUP,
-        data_dir=str(data_dir),
-        batch_size=settings.rewards_batch_size,
-        linger_s=settings.rewards_linger_s,
         codec=settings.codec(),
         policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
-        store=f"{settings.rewards_store}://",
+        group_id=REWARDS_GROUP,
+        batch_size=settings.rewards_batch_size,
+        linger_s=settings.rewards_linger_s,
     )
-    logging.getLogger(__name__).info(
-        "rewards worker %s (pid %d), %s store in %s",
-        lease.worker_id,
-        lease.record.pid,
-        settings.rewards_store,
-        data_dir,
-    )
+    engine.ensure_topics(topic_partitions(kafka, INTERACTIONS), [POLICY_OBSERVATIONS])
+    log = logging.getLogger(__name__)
     try:
-        faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+        engine.run(
+            stop,
+            ready=lambda: log.info(
+                "rewards worker %s (pid %d) ready", lease.worker_id, lease.record.pid
+            ),
+        )
     finally:
         lease.release()
 

@@ -79,9 +79,13 @@ def settle(settings: Settings, timeout: float = 600.0) -> float:
         REWARDS_GROUP: (INTERACTIONS, FEEDBACK, POLICY_OBSERVATIONS),
         SINK_GROUP: DEFAULT_TOPICS,
     }
-    while any(group_lag(kafka, group, topics).lag for group, topics in behind.items()):
+    while lags := {
+        group: lag
+        for group, topics in behind.items()
+        if (lag := group_lag(kafka, group, topics)).lag
+    }:
         if time.perf_counter() - started > timeout:
-            raise TimeoutError(f"the pipeline did not settle within {timeout:.0f}s")
+            raise TimeoutError(f"the pipeline did not settle within {timeout:.0f}s: {lags}")
         time.sleep(0.5)
     return time.perf_counter() - started
 

@@ -1,13 +1,14 @@
 """The reward worker's bounded state, on a fresh local stack per run (real Kafka, real workers):
 
-1. memory after N traces (default 200,000) with a 1-minute vs a 7-day feedback window, in-memory
-   table store: the worker's RSS (when ready, peak, later) and the trace states it still holds
-   one expiry pass, and 60 s + a pass, after all was consumed (its log line ``trace states: N
-   held, M expired now``);
+1. memory after N traces (default 200,000) with a 1-minute vs a 7-day feedback window: the
+   worker's RSS (when ready, peak, later) and the trace states it still holds one expiry pass,
+   and 60 s + a pass, after all was consumed (its log line ``trace states: N held, M expired
+   now``);
 2. recovery of a worker killed with ``kill -9`` holding M traces (default 100,000) of state,
-   in-memory vs RocksDB store: seconds from the restart until a fresh probe interaction is
-   scored on atlas.rewards.v1, and until Faust logs "Restoring state" / "Recovery complete"
-   (a kill -9'd member holds its partitions for the 20 s session timeout); changelog size.
+   beside one holding 1,000: seconds from the restart until a fresh probe interaction is
+   scored on atlas.rewards.v1, and until the worker logs that it restored the traces' table
+   from the changelog (a kill -9'd member holds its partitions for the 20 s session timeout);
+   changelog size.
 
 Interactions are offered at a steady rate (``--rate``); the rate the worker kept up is shown.
 Figures are printed beside their baseline from the same run, with the machine load; nothing
@@ -46,7 +47,7 @@ from tests.workers import WorkerProcess, wait_consumed
 INTERACTIONS, REWARDS = "atlas.interactions.v1", "atlas.rewards.v1"
 CHANGELOG, GROUP = "atlas-rewards-traces-changelog", "atlas-rewards"
 STATES = re.compile(r"trace states: (\d+) held, (\d+) expired now")
-READY, RESTORING, RECOVERED = "Worker ready", "Restoring state", "Recovery complete"
+READY, RECOVERED = ") ready", "states of atlas-rewards-traces-changelog"
 SHORT_S, LONG_S = 60, 604_800
 STAMP, STAMP_FORMAT = (
     re.compile(r"\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"),
@@ -111,7 +112,7 @@ class LogWatch:
         for line in data[:end].decode(errors="replace").splitlines():
             stamp = STAMP.match(line)
             now = datetime.strptime(stamp[1], STAMP_FORMAT).timestamp() if stamp else time.time()
-            for marker in (READY, RESTORING, RECOVERED):
+            for marker in (READY, RECOVERED):
                 if marker in line:
                     self.seen.setdefault(marker, now)
             if match := STATES.search(line):
@@ -179,7 +180,7 @@ def fill(settings: Settings, worker: WorkerProcess, n: int, rate: float) -> tupl
 
 
 def window_run(window: int, traces: int, rate: float, logs: Path) -> Figures:
-    env = {"ATLAS_REWARDS_STORE": "memory", "ATLAS_FEEDBACK_WINDOW_S": str(window)}
+    env = {"ATLAS_FEEDBACK_WINDOW_S": str(window)}
     pending_ttl = 3600.0
     if window < pending_ttl:
         env["ATLAS_PENDING_FEEDBACK_TTL_S"] = str(window)
@@ -216,8 +217,8 @@ def window_run(window: int, traces: int, rate: float, logs: Path) -> Figures:
             worker.stop()
 
 
-def recovery_run(store: str, traces: int, rate: float, flush: float, logs: Path) -> Figures:
-    env = {"ATLAS_REWARDS_STORE": store, "ATLAS_FEEDBACK_WINDOW_S": str(LONG_S)}
+def recovery_run(traces: int, rate: float, flush: float, logs: Path) -> Figures:
+    env = {"ATLAS_FEEDBACK_WINDOW_S": str(LONG_S)}
     with fresh_stack() as settings:
         kafka = settings.kafka_config()
         worker = WorkerProcess(settings, "rewards", logs, env=env)
@@ -248,18 +249,16 @@ def recovery_run(store: str, traces: int, rate: float, flush: float, logs: Path)
 
             watch.until(probe_scored, 900, "the probe's ScoredTrace")
             watch.poll()
-            restoring, recovered = watch.seen.get(RESTORING), watch.seen.get(RECOVERED)
+            recovered = watch.seen.get(RECOVERED)
             return {
                 "offered rate /s": offered,
                 "worker kept /s": kept,
                 "restart -> probe scored s": scored - restarted,
-                "restart -> 'Restoring state' logged s": restoring and restoring - restarted,
-                "restart -> 'Recovery complete' logged s": recovered and recovered - restarted,
+                "restart -> table restored s": recovered and recovered - restarted,
                 "changelog records": changelog,
                 "changelog segments MB": disk_mb(
                     Path(settings.home, "kafka", "data"), CHANGELOG + "-*", "*.log"
                 ),
-                "local store on disk MB": disk_mb(settings.home / "workers", "rewards-*"),
                 "RSS before kill MB": rss_full,
                 "RSS after recovery MB": rss_mb(worker.process.pid),
             }
@@ -296,21 +295,21 @@ def main() -> None:
     loads.append(f"after 1-min window {load()}")
     week = window_run(LONG_S, args.traces, args.rate, logs)
     loads.append(f"after 7-day window {load()}")
-    rocks = recovery_run("rocksdb", args.recovery_traces, args.rate, args.flush, logs)
-    loads.append(f"after rocksdb {load()}")
-    memory = recovery_run("memory", args.recovery_traces, args.rate, args.flush, logs)
-    loads.append(f"after memory {load()}")
+    full = recovery_run(args.recovery_traces, args.rate, args.flush, logs)
+    loads.append(f"after {args.recovery_traces:,} traces {load()}")
+    few = recovery_run(1000, args.rate, args.flush, logs)
+    loads.append(f"after 1,000 traces {load()}")
     lines = [
         *table(
-            f"{args.traces:,} traces, memory store",
+            f"{args.traces:,} traces",
             ("1-min window", "7-day (baseline)"),
             (short, week),
         ),
         "",
         *table(
-            f"kill -9 with {args.recovery_traces:,} traces",
-            ("rocksdb", "memory (baseline)"),
-            (rocks, memory),
+            "kill -9, then restart",
+            (f"{args.recovery_traces:,} traces", "1,000 (baseline)"),
+            (full, few),
         ),
         "",
         f"load average 1/5/15 min on {os.cpu_count()} cores: " + "; ".join(loads),

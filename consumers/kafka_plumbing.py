@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas.codec import AvroCodec
-from schemas.deadletter import make_dead_letter
+from schemas.deadletter import dead_letter_for
 from schemas.topics import DEADLETTER
 
 log = logging.getLogger(__name__)
@@ -29,17 +29,7 @@ class DeadLetterProducer:
         self._failed: list[tuple[bytes, bytes]] = []
 
     def send(self, message: Message, reason: str, error_type: str) -> None:
-        letter = make_dead_letter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            key=message.key(),
-            original=message.value() or b"",
-            reason=reason,
-            error_type=error_type,
-            processor=self.processor,
-            limits=self.codec.limits,
-        )
+        letter = dead_letter_for(message, reason, error_type, self.processor, self.codec.limits)
         log.warning(
             "dead letter %s[%d]@%d: %s",
             message.topic(),

@@ -20,14 +20,13 @@ MAX_REASON_CHARS = 2000
 def dead_letter_for(
     message: Any, reason: str, error_type: str, processor: str, limits: EventLimits | None = None
 ) -> DeadLetter:
-    """The dead letter of a consumed Faust message (``.topic``, ``.partition``, ``.offset``,
-    ``.key``, ``.value`` attributes)."""
+    """The dead letter of a consumed message (confluent-kafka's ``Message``)."""
     return make_dead_letter(
-        source_topic=message.topic,
-        source_partition=message.partition,
-        source_offset=message.offset,
-        key=message.key,
-        original=message.value or b"",
+        source_topic=message.topic(),
+        source_partition=message.partition(),
+        source_offset=message.offset(),
+        key=message.key(),
+        original=message.value() or b"",
         reason=reason,
         error_type=error_type,
         processor=processor,

@@ -50,7 +50,7 @@ TRIGGERS = "atlas.triggers.v1"
 JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
 # Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
-# scored trace's agent, revision and reward, for the retrain policy (streams/policy_agent.py).
+# scored trace's agent, revision and reward, for the retrain policy (streams/policy_stream.py).
 POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
 
 TOPICS: dict[str, TopicContract] = {

@@ -1,14 +1,13 @@
-"""The reward processor's logic, free of Faust: per-trace state in, ScoredTraces out.
+"""The reward processor's logic, free of Kafka: per-trace state in, ScoredTraces out.
 
 An interaction yields revision 1 (judges run once, batched); each feedback event yields the
 next revision with the human signal merged into the stored judge scores (judges are not run
 again). Feedback that arrives before its interaction waits in the state, bounded in count and
 age. Replays are idempotent: an event already applied (same event_id) changes nothing.
 
-Judging is slow and runs in a thread, so it is split from the state change: ``judge`` needs no
-state, and ``on_interaction`` applies a judgement to the state as it is *after* judging. The
-stream reads, changes and writes a trace's state without awaiting in between, so feedback
-merged while the judges ran is never overwritten.
+Judging is slow and batched, so it is split from the state change: ``judge`` needs no state,
+and ``on_interaction`` applies a judgement to the state as it is *after* judging (feedback of
+the same batch may have been merged meanwhile).
 
 A trace's state lives for ``feedback_window_s`` after its last change, then expires (feedback
 later than that waits as if the interaction had never come, and is dead-lettered).
@@ -45,8 +44,6 @@ class TraceState(BaseModel):
     # Where each waiting feedback event came from (event_id -> partition, offset), so an
     # orphan is dead-lettered under its own source coordinates.
     sources: dict[str, tuple[int, int]] = Field(default_factory=dict)
-    # The table partition that holds the state (set by the stream), for its tombstone.
-    partition: int = -1
 
     @property
     def pending(self) -> bool:
@@ -142,10 +139,8 @@ class RewardProcessor:
         )
 
     def _replayed(self, trace_id: str, state: TraceState) -> Outcome:
-        """An event the state already holds: its output may never have left (a worker killed
-        after RocksDB kept the state but before Kafka had the scored trace, then restarted on
-        the same data), so the trace's current revision is sent again; the store keeps one row
-        per (trace, revision)."""
+        """An event the state already holds (sent twice by its producer): the trace's current
+        revision is sent again, which the store keeps as one row per (trace, revision)."""
         if state.interaction is None or state.revision < 1:
             return Outcome(trace_id, state)  # still waiting for its interaction: nothing to send
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)

@@ -1,6 +1,7 @@
 """With a schema registry configured, a registry that cannot answer is an outage, never the
 event's fault: the codec raises RegistryUnavailable (named, password redacted), which the CLI
-prints as one line and the stream and the sink wait out instead of dead-lettering. A registry
+prints as one line and the stream (tests/test_stream_engine.py) and the sink wait out instead of
+dead-lettering. A registry
 that answers "no" (an unknown schema id) is the message's fault: a DecodeError.
 
 The registry here is a stub HTTP server that answers every request with one status: enough
@@ -9,7 +10,6 @@ README, "Schema registry")."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -26,7 +26,6 @@ import pytest
 from atlas.settings import Settings
 from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.models import InteractionEvent
-from streams.delivery import patiently
 from tests.factories import interaction
 from tests.test_sink_batching import ScriptedConsumer, sink_with
 
@@ -99,19 +98,6 @@ def test_an_unreachable_registry_is_an_outage() -> None:
 def test_an_unknown_schema_id_is_the_messages_fault(not_found: str) -> None:
     with pytest.raises(DecodeError, match="cannot decode InteractionEvent from registry format"):
         codec(not_found).decode(CONFLUENT_FRAMED, InteractionEvent)
-
-
-def test_the_stream_waits_out_an_outage_instead_of_dead_lettering() -> None:
-    calls: list[int] = []
-
-    def step() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise RegistryUnavailable("schema registry http://r unavailable")
-        return "scored"
-
-    assert asyncio.run(patiently(step)) == "scored"
-    assert len(calls) == 3  # two outages waited out (0.5 s, 1 s), then done
 
 
 class Pausable(ScriptedConsumer):

@@ -1,6 +1,6 @@
 """`atlas up --secure` against the real broker and store: each role does what it must and only
 that, clients without (or with wrong) credentials are refused, a client nobody here wrote
-(kcat) gets the same answers, and the reward worker (Faust/aiokafka) and the sink (over HTTPS
+(kcat) gets the same answers, and the reward worker (transactional) and the sink (over HTTPS
 to the store) score and store traffic that an agent's credentials produced."""
 
 from __future__ import annotations

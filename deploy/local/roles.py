@@ -32,7 +32,7 @@ class Role:
     reads: tuple[str, ...] = ()
     group_prefixes: tuple[str, ...] = ()
     transactional_prefixes: tuple[str, ...] = ()
-    # topics under these prefixes it creates and owns (Faust's changelogs)
+    # topics under these prefixes it creates and owns (the reward stream's changelogs)
     owned_topic_prefixes: tuple[str, ...] = ()
     describe_configs: tuple[str, ...] = ()
 
@@ -45,9 +45,11 @@ ROLES: dict[str, Role] = {
     ),
     "rewards": Role(
         writes=(REWARDS, TRIGGERS, DEADLETTER),
-        reads=(INTERACTIONS, FEEDBACK, REWARDS),
+        reads=(INTERACTIONS, FEEDBACK),
         group_prefixes=("atlas-rewards",),
-        # its changelogs and the retrain policy's observations (streams/policy_agent.py)
+        # each worker's transactional producer (streams/engine.py)
+        transactional_prefixes=("atlas-rewards-",),
+        # its changelogs and the retrain policy's observations (streams/policy_stream.py)
         owned_topic_prefixes=("atlas-rewards-",),
     ),
     "sink": Role(
