@@ -162,9 +162,12 @@ class StreamEngine:
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self._assignment_changed = True
-        self._commits = {
-            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(assigned, timeout=60)
-        }
+        try:
+            committed = consumer.committed(assigned, timeout=60)
+        except KafkaException as exc:  # then idle partitions commit their positions once
+            log.warning("reading the group's offsets failed (%s)", exc)
+            committed = []
+        self._commits = {(tp.topic, tp.partition): tp.offset for tp in committed}
         for table in self.tables:
             wanted = {tp.partition for tp in assigned if tp.topic in table.follows}
             for partition in set(table.partitions) - wanted:
