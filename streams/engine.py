@@ -92,7 +92,6 @@ class StreamEngine:
         self.batch_size, self.linger_s, self.retry_on = batch_size, linger_s, retry_on
         self.transactional_id = transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}"
         self.max_poll_interval_s = max_poll_interval_s
-        self.committed_batches = 0
         self._assignment_changed = False
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -120,6 +119,7 @@ class StreamEngine:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
+                continue  # another worker created it meanwhile
             log.info("created topic %s (%d partitions)", name, partitions)
 
     def _connect(self) -> None:
@@ -332,7 +332,6 @@ class StreamEngine:
         raise failure
 
     def _committed(self, offsets: list[TopicPartition]) -> None:
-        self.committed_batches += 1
         self._commits.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
 
     def _commit_passed(self) -> None:
