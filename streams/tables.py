@@ -7,7 +7,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,16 @@ class Output:
     key: bytes | None
     value: bytes | None
     partition: int = -1  # -1: the producer's partitioner (by key)
+
+    def send_with(self, producer: Producer) -> None:
+        while True:
+            try:
+                producer.produce(
+                    self.topic, key=self.key, value=self.value, partition=self.partition
+                )
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
 
 
 class Batch:
@@ -66,6 +84,28 @@ class Batch:
                 data.pop(key, None)
             else:
                 data[key] = old
+
+
+def ensure_topics(
+    kafka_config: dict[str, str], topics: dict[str, bool], partitions: int
+) -> None:
+    """Create each of ``topics`` (name -> whether compacted) that is missing, with
+    ``partitions`` partitions; one another process created meanwhile is left as it is."""
+    admin = AdminClient(kafka_config)
+    existing = admin.list_topics(timeout=15).topics
+    wanted = [
+        NewTopic(name, partitions, config={"cleanup.policy": "compact"} if compact else {})
+        for name, compact in topics.items()
+        if name not in existing
+    ]
+    for name, future in (admin.create_topics(wanted) if wanted else {}).items():
+        try:
+            future.result(30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            continue
+        log.info("created topic %s (%d partitions)", name, partitions)
 
 
 def restore(

@@ -7,11 +7,12 @@ across a rebalance between two workers."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from atlas.lag import group_lag
@@ -150,6 +151,44 @@ def test_a_waiting_batch_is_undone_and_lands_once(kafka_config: dict[str, str]) 
     for key, value in outputs:
         finals[key] = max(finals.get(key, 0), int(value.split(":")[2]))
     assert finals == {k: keys.count(k) for k in set(keys)}  # counts not inflated by retries
+
+
+def test_a_failed_commit_undoes_the_batch_filled_behind_it_and_both_land_once(
+    kafka_config: dict[str, str],
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    source, out, group = f"engine-in-{run}", f"engine-out-{run}", f"engine-{run}"
+    topics(kafka_config, source, out)
+    engine = counting_engine(kafka_config, source, out, group, [0])
+    engine.batch_size = 5
+    handle, transact = engine.handlers[source], engine._transact
+    fills, failures, filled_behind = [0], [2], []
+
+    def counted(messages: Sequence[Message], batch: Batch) -> None:
+        fills[0] += 1
+        handle(messages, batch)
+
+    def failing(batch: Batch, offsets: list[TopicPartition]) -> None:
+        if failures[0] == 0:
+            return transact(batch, offsets)
+        failures[0] -= 1
+        before = fills[0]
+        time.sleep(0.5)  # the next batch is filled meanwhile, on top of this one's changes
+        filled_behind.append(fills[0] > before)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "injected commit failure"))
+
+    engine.handlers[source] = counted
+    engine._transact = failing  # type: ignore[method-assign]
+    keys = [f"k{i % 7}" for i in range(40)]
+    produce(kafka_config, source, keys)  # all there before the engine starts: batches queue
+    with running(engine):
+        outputs = read_all(kafka_config, out, len(keys))
+    assert failures == [0] and any(filled_behind)
+    assert len(outputs) == len(keys)  # once each: both undone batches were done again
+    finals = {}
+    for key, value in outputs:
+        finals[key] = max(finals.get(key, 0), int(value.split(":")[2]))
+    assert finals == {k: keys.count(k) for k in set(keys)}  # the later batch's counts undone too
 
 
 def test_the_next_worker_restores_the_table_and_a_rebalance_loses_nothing(
