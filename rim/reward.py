@@ -93,19 +93,14 @@ class Rim:
     ) -> Reward:
         """The reward from already computed judge scores plus the human signal: re-scoring a
         trace when feedback arrives does not call the judges again."""
-        scored = [s for s in judge_scores if s.score is not None and math.isfinite(s.score)]
+        scored = _finite(judge_scores)
         errors = [f"{s.judge}: {s.error}" for s in judge_scores if s.error]
         errors += [
             f"{s.judge}: non-finite score ignored"
             for s in judge_scores
             if s.score is not None and not math.isfinite(s.score)
         ]
-        judge_score = None
-        if scored:
-            weights = [self.weights.judges.get(s.judge, 1.0) for s in scored]
-            total = sum(weights)
-            if total > 0 and math.isfinite(total):
-                judge_score = sum(w * s.score for w, s in zip(weights, scored, strict=True)) / total  # type: ignore[misc]
+        judge_score = self.judge_score(judge_scores)
         human = human_signal(trace.final_answer, feedback)
         if human is not None and judge_score is not None:
             final = (
@@ -136,6 +131,15 @@ class Rim:
             errors=errors,
         )
 
+    def judge_score(self, judge_scores: Sequence[JudgeScore]) -> float | None:
+        """The judges' weighted mean over their finite scores; None if there is none."""
+        scored = _finite(judge_scores)
+        weights = [self.weights.judges.get(s.judge, 1.0) for s in scored]
+        total = sum(weights)
+        if not scored or total <= 0 or not math.isfinite(total):
+            return None
+        return sum(w * s.score for w, s in zip(weights, scored, strict=True)) / total  # type: ignore[misc]
+
     def score(self, trace: InteractionEvent, feedback: Sequence[FeedbackEvent] = ()) -> Reward:
         return self.score_many([trace], [feedback])[0]
 
@@ -160,5 +164,12 @@ class Rim:
         if not judges or not with_baseline:
             return [None] * len(traces)
         rewrites = [t.model_copy(update={"final_answer": t.baseline_answer}) for t in with_baseline]
-        scores = iter(Rim(judges, self.weights).score_many(rewrites))
-        return [next(scores).judge_score if t.baseline_answer is not None else None for t in traces]
+        scores = iter(Rim(judges, self.weights).judge_many(rewrites))
+        return [
+            self.judge_score(next(scores)) if t.baseline_answer is not None else None
+            for t in traces
+        ]
+
+
+def _finite(judge_scores: Sequence[JudgeScore]) -> list[JudgeScore]:
+    return [s for s in judge_scores if s.score is not None and math.isfinite(s.score)]
