@@ -1,7 +1,8 @@
 """The reward worker's bounded state, on a fresh local stack per run (real Kafka, real workers):
 
 1. memory after N traces (default 200,000) with a 1-minute vs a 7-day feedback window: the
-   worker's RSS (when ready, peak, later) and the trace states it still holds one expiry pass,
+   worker's RSS (when ready, after each quarter was sent, once all was consumed, peak, later)
+   and the trace states it still holds one expiry pass,
    and 60 s + a pass, after all was consumed (its log line ``trace states: N held, M expired
    now``);
 2. recovery of a worker killed with ``kill -9`` holding M traces (default 100,000) of state,
@@ -16,6 +17,8 @@ is asserted. Worker logs are kept in a folder printed at the end.
 
     .venv/bin/python benchmarks/state.py [--traces 200000] [--recovery-traces 100000]
         [--rate 300] [--flush 5] [--logs DIR]   # the full run takes ~40 min on 2 cores
+    .venv/bin/python benchmarks/state.py --memory-only --traces 1000000 --rate 1000 \
+        --baseline-traces 200000   # RSS over a million events, ~25 min
 """
 
 from __future__ import annotations
@@ -153,9 +156,16 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     }
 
 
-def fill(settings: Settings, worker: WorkerProcess, n: int, rate: float) -> tuple[float, float]:
+def fill(
+    settings: Settings,
+    worker: WorkerProcess,
+    n: int,
+    rate: float,
+    quarter: Callable[[int], None] = lambda sent: None,
+) -> tuple[float, float]:
     """Offer ``n`` interactions at ``rate``/s in 100 ms chunks, wait until the worker's group
-    consumed them; (offered rate, rate the worker kept from first send to all consumed)."""
+    consumed them; (offered rate, rate the worker kept from first send to all consumed).
+    ``quarter(sent)`` is called after each quarter of them was sent."""
     kafka, rng = settings.kafka_config(), random.Random(n)
     agent, chunk = f"state-{uuid.uuid4().hex[:6]}", max(1, int(rate / 10))
     started = time.perf_counter()
@@ -165,6 +175,8 @@ def fill(settings: Settings, worker: WorkerProcess, n: int, rate: float) -> tupl
                 time.sleep(max(0.0, started + i / rate - time.perf_counter()))
                 if i % (chunk * 100) == 0:
                     alive(worker)
+            if i and i % max(1, n // 4) == 0:
+                quarter(i)
             producer.record_interaction(interaction(rng, agent))
     produced = time.perf_counter()
     deadline = produced + 600 + n / 50
@@ -193,9 +205,15 @@ def window_run(window: int, traces: int, rate: float, logs: Path) -> Figures:
             watch = LogWatch(worker)
             watch.until(lambda: READY in watch.seen, 180, "worker ready")
             idle = rss_mb(worker.process.pid)
-            offered, kept = fill(settings, worker, traces, rate)
+            along: Figures = {}
+
+            def quarter(sent: int) -> None:
+                along[f"RSS after {sent * 100 // traces}% sent MB"] = rss_mb(worker.process.pid)
+
+            offered, kept = fill(settings, worker, traces, rate, quarter)
             consumed = time.time()
-            figures: Figures = {"offered rate /s": offered, "worker kept /s": kept}
+            along["RSS after all consumed MB"] = rss_mb(worker.process.pid)
+            figures: Figures = {"offered rate /s": offered, "worker kept /s": kept, **along}
             # A pass that began after all was consumed, then one a short window later.
             for label, wait in (("a pass", interval), (f"{SHORT_S}s + a pass", SHORT_S + interval)):
                 after = consumed + wait + 1
@@ -287,30 +305,41 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300, help="offered interactions/s")
     parser.add_argument("--flush", type=float, default=5, help="seconds before the kill -9")
     parser.add_argument("--logs", type=Path, default=None, help="folder for the worker logs")
+    parser.add_argument(
+        "--baseline-traces",
+        type=int,
+        default=None,
+        help="traces for the 7-day-window baseline (default: --traces)",
+    )
+    parser.add_argument("--memory-only", action="store_true", help="skip the kill -9 recovery part")
     args = parser.parse_args()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="atlas-state-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
     started, loads = time.perf_counter(), [f"start {load()}"]
     short = window_run(SHORT_S, args.traces, args.rate, logs)
     loads.append(f"after 1-min window {load()}")
-    week = window_run(LONG_S, args.traces, args.rate, logs)
+    baseline = args.baseline_traces or args.traces
+    week = window_run(LONG_S, baseline, args.rate, logs)
     loads.append(f"after 7-day window {load()}")
-    full = recovery_run(args.recovery_traces, args.rate, args.flush, logs)
-    loads.append(f"after {args.recovery_traces:,} traces {load()}")
-    few = recovery_run(1000, args.rate, args.flush, logs)
-    loads.append(f"after 1,000 traces {load()}")
-    lines = [
-        *table(
-            f"{args.traces:,} traces",
-            ("1-min window", "7-day (baseline)"),
-            (short, week),
-        ),
-        "",
-        *table(
-            "kill -9, then restart",
-            (f"{args.recovery_traces:,} traces", "1,000 (baseline)"),
-            (full, few),
-        ),
+    lines = table(
+        f"{args.traces:,} traces (baseline {baseline:,})",
+        ("1-min window", "7-day (baseline)"),
+        (short, week),
+    )
+    if not args.memory_only:
+        full = recovery_run(args.recovery_traces, args.rate, args.flush, logs)
+        loads.append(f"after {args.recovery_traces:,} traces {load()}")
+        few = recovery_run(1000, args.rate, args.flush, logs)
+        loads.append(f"after 1,000 traces {load()}")
+        lines += [
+            "",
+            *table(
+                "kill -9, then restart",
+                (f"{args.recovery_traces:,} traces", "1,000 (baseline)"),
+                (full, few),
+            ),
+        ]
+    lines += [
         "",
         f"load average 1/5/15 min on {os.cpu_count()} cores: " + "; ".join(loads),
         f"took {time.perf_counter() - started:.0f}s; worker logs in {logs}",
