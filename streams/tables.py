@@ -86,9 +86,7 @@ class Batch:
                 data[key] = old
 
 
-def ensure_topics(
-    kafka_config: dict[str, str], topics: dict[str, bool], partitions: int
-) -> None:
+def ensure_topics(kafka_config: dict[str, str], topics: dict[str, bool], partitions: int) -> None:
     """Create each of ``topics`` (name -> whether compacted) that is missing, with
     ``partitions`` partitions; one another process created meanwhile is left as it is."""
     admin = AdminClient(kafka_config)
@@ -123,11 +121,7 @@ def restore(
         }
     )
     data: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-    open_ = {
-        p
-        for p in partitions
-        if len(set(reader.get_watermark_offsets(TopicPartition(table.changelog, p), 10))) > 1
-    }
+    open_ = {p for p in partitions if len(set(_watermarks(reader, table.changelog, p))) > 1}
     reader.assign([TopicPartition(table.changelog, p, OFFSET_BEGINNING) for p in open_])
     entries = 0
     try:
@@ -158,3 +152,19 @@ def restore(
         entries,
         time.monotonic() - started,
     )
+
+
+def _watermarks(reader: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """A changelog partition's low and high offsets. A topic created a moment ago may have no
+    leader yet (NOT_LEADER_FOR_PARTITION, seen when the first worker restores the changelogs
+    it has just created): asked again for up to a minute."""
+    deadline, delay = time.monotonic() + 60, 0.2
+    while True:
+        try:
+            return reader.get_watermark_offsets(TopicPartition(topic, partition), 10)
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("%s[%d] not readable yet (%s); asking again", topic, partition, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
