@@ -19,19 +19,12 @@ from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
 from schemas.configfile import load_config
 from schemas.models import JobKind
-from schemas.secrets import scrub_log_records
 from schemas.topics import INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
 from trainer.gepa_engine import load_gepa_config
 from trainer.grpo import load_grpo_config
-
-
-def configure_logging() -> None:
-    """INFO to stderr, every record scrubbed of the secrets this process holds."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    scrub_log_records()
 
 
 def build_settings_rim(settings: Settings) -> Rim:

@@ -13,9 +13,9 @@ from clickhouse_connect.driver.client import Client
 from consumers.jobs import JobReporter, fresh_run_dir
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
-from runtime.prompts import PromptSubscriber, StaticPrompts
+from runtime.prompts import current_prompts, next_versions
 from schemas.codec import AvroCodec
-from schemas.models import Demonstration, PromptSource, PromptVersion, RetrainTrigger
+from schemas.models import PromptVersion, RetrainTrigger
 from store.queries import training_traces
 from trainer.datasets import build_splits
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
@@ -24,43 +24,6 @@ from trainer.gepa_engine import GepaConfig, GepaOutcome, evolve_prompts, reflect
 
 log = logging.getLogger(__name__)
 DEFAULT_WINDOW = timedelta(hours=24)
-
-
-def current_prompts(
-    kafka_config: dict[str, str],
-    agent_id: str,
-    seed_prompts: dict[str, str],
-    codec: AvroCodec | None = None,
-) -> dict[str, PromptVersion]:
-    """What the agent's runtime would use right now (the compacted topic, else the seeds)."""
-    following = PromptSubscriber(kafka_config, StaticPrompts(seed_prompts), codec=codec)
-    with following.start() as subscriber:
-        return subscriber.snapshot(agent_id)
-
-
-def next_versions(
-    current: dict[str, PromptVersion],
-    texts: dict[str, str],
-    source: PromptSource,
-    demonstrations: dict[str, list[Demonstration]] | None = None,
-    **lineage: object,
-) -> list[PromptVersion]:
-    """New versions for the roles given a text or demonstrations, each a child of the role's
-    current version; what is not given is carried over from it."""
-    demonstrations = demonstrations or {}
-    return [
-        PromptVersion(
-            agent_id=current[role].agent_id,
-            role=role,
-            version=current[role].version + 1,
-            parent_version=current[role].version,
-            text=texts.get(role, current[role].text),
-            demonstrations=demonstrations.get(role, current[role].demonstrations),
-            source=source,
-            **lineage,  # type: ignore[arg-type]
-        )
-        for role in sorted({*texts, *demonstrations})
-    ]
 
 
 def as_candidate(current: dict[str, PromptVersion]) -> dict[str, str]:

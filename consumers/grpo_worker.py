@@ -26,13 +26,13 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-from consumers.gepa_worker import current_prompts
 from consumers.jobs import JobReporter, fresh_run_dir
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
-from runtime.checkpoints import CARD, CheckpointFollower, sha256_of, verify
+from runtime.checkpoints import CARD, current_checkpoints, sha256_of, verify
 from runtime.core import GenerationLimits
+from runtime.prompts import current_prompts
 from schemas.codec import AvroCodec
 from schemas.models import CheckpointEvent, RetrainTrigger, under
 from store.queries import training_traces
@@ -86,13 +86,6 @@ def trainer_command(spec: Path) -> list[str]:
         "trainer.grpo_run",
         str(spec),
     ]
-
-
-def current_checkpoint(
-    kafka_config: dict[str, str], agent_id: str, role: str, codec: AvroCodec | None = None
-) -> CheckpointEvent | None:
-    with CheckpointFollower(kafka_config, codec=codec).start() as follower:
-        return follower.latest(agent_id, role)
 
 
 def run_trainer(spec: Path, steps: int, reporter: JobReporter, log_path: Path) -> dict[str, float]:
@@ -168,7 +161,7 @@ def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobCon
             "FAILED", f"not enough examples: {splits.sizes()} from {len(traces)} traces"
         )
         return
-    current = current_checkpoint(ctx.kafka_config, trigger.agent_id, role, ctx.codec)
+    current = current_checkpoints(ctx.kafka_config, trigger.agent_id, [role], ctx.codec).get(role)
     start_dir = verify(current) if current else ctx.base_model_dir
     prompts = {
         r: v.text

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
-from runtime.backends.local import LocalBackend
+from runtime.backends.local import SMOLLM2_NAME, LocalBackend, default_model_dir
 from runtime.follow import RoleVersionFollower
+from runtime.prompts import NoParentVersion, VersionNotStored
 from schemas.codec import AvroCodec
 from schemas.models import PATH_SAFE, CheckpointEvent
 from schemas.signing import Verifier
@@ -32,6 +34,62 @@ class CheckpointFollower(RoleVersionFollower[CheckpointEvent]):
         verifier: Verifier | None = None,
     ):
         super().__init__(kafka_config, CHECKPOINTS, CheckpointEvent, codec, verifier)
+
+
+def current_checkpoints(
+    kafka_config: dict[str, str],
+    agent_id: str,
+    roles: Iterable[str],
+    codec: AvroCodec | None = None,
+) -> dict[str, CheckpointEvent]:
+    """The checkpoint each of the agent's ``roles`` runs now (roles on their base model left
+    out), from one replay of the checkpoints topic, whatever the number of roles."""
+    with CheckpointFollower(kafka_config, codec=codec).start() as follower:
+        found = {role: follower.latest(agent_id, role) for role in set(roles)}
+    return {role: event for role, event in found.items() if event is not None}
+
+
+class CheckpointRollback(NamedTuple):
+    restored: int  # the version whose weights serve again
+    event: CheckpointEvent  # the new version that publishes them
+
+
+def rollback_checkpoint(
+    agent_id: str,
+    role: str,
+    current: CheckpointEvent | None,
+    to: int | None,
+    cache_dir: Path,
+    stored: Callable[[int], CheckpointEvent | None],
+) -> CheckpointRollback:
+    """The event that makes an earlier checkpoint current again: a new version, child of
+    ``current``, serving the weights of version ``to`` (by default the current one's parent).
+    Version 0 is the base model (in ``cache_dir``, converted there on first use); any other
+    comes from ``stored`` (called only then). Raises ``NoParentVersion`` (nothing published,
+    or no parent) or ``VersionNotStored``, with a message an operator can read."""
+    if current is None:
+        raise NoParentVersion(f"{agent_id}/{role} runs its base model: nothing to roll back")
+    target = current.parent_version if to is None else to
+    if target is None:
+        raise NoParentVersion(f"{agent_id}/{role} v{current.version} has no parent")
+    if target == 0:
+        uri, sha, base = f"file://{default_model_dir(cache_dir)}", {}, SMOLLM2_NAME
+    else:
+        found = stored(target)
+        if found is None:
+            raise VersionNotStored(f"no stored checkpoint v{target} of {agent_id}/{role}")
+        uri, sha, base = found.uri, found.sha256, found.base_model
+    event = CheckpointEvent(
+        agent_id=agent_id,
+        role=role,
+        version=current.version + 1,
+        parent_version=current.version,
+        uri=uri,
+        base_model=base,
+        sha256=sha,
+        source="rollback",
+    )
+    return CheckpointRollback(target, event)
 
 
 def sha256_of(path: Path) -> str:

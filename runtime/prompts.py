@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
-from schemas.models import Demonstration, PromptVersion
+from schemas.models import Demonstration, PromptSource, PromptVersion
 from schemas.signing import Verifier
 from schemas.topics import PROMPTS
 
@@ -72,3 +73,68 @@ class PromptSubscriber(RoleVersionFollower[PromptVersion]):
                 if published is not None:
                     base[role] = published
         return base
+
+
+class NoParentVersion(ValueError):
+    """A rollback to the parent of a version that has none (or of nothing published)."""
+
+
+class VersionNotStored(LookupError):
+    """A rollback to a version the store does not hold."""
+
+
+def restored_prompt(
+    current: PromptVersion,
+    to: int | None,
+    seed: PromptVersion,
+    stored: Callable[[int], PromptVersion | None],
+) -> PromptVersion:
+    """The version whose text and demonstrations a rollback of ``current`` restores: version
+    ``to``, by default the current version's parent. Version 0 is ``seed`` (the configured
+    text, no demonstrations); any other comes from ``stored`` (called only then). Raises
+    ``NoParentVersion`` or ``VersionNotStored``, with a message an operator can read."""
+    target = current.parent_version if to is None else to
+    name = f"{current.agent_id}/{current.role}"
+    if target is None:
+        raise NoParentVersion(f"{name} v{current.version} has no parent to roll back to")
+    found = seed if target == 0 else stored(target)
+    if found is None:
+        raise VersionNotStored(f"no stored version {target} of {name}")
+    return found
+
+
+def current_prompts(
+    kafka_config: dict[str, str],
+    agent_id: str,
+    seed_prompts: dict[str, str],
+    codec: AvroCodec | None = None,
+) -> dict[str, PromptVersion]:
+    """What the agent's runtime would use right now (the compacted topic, else the seeds)."""
+    following = PromptSubscriber(kafka_config, StaticPrompts(seed_prompts), codec=codec)
+    with following.start() as subscriber:
+        return subscriber.snapshot(agent_id)
+
+
+def next_versions(
+    current: dict[str, PromptVersion],
+    texts: dict[str, str],
+    source: PromptSource,
+    demonstrations: dict[str, list[Demonstration]] | None = None,
+    **lineage: object,
+) -> list[PromptVersion]:
+    """New versions for the roles given a text or demonstrations, each a child of the role's
+    current version; what is not given is carried over from it."""
+    demonstrations = demonstrations or {}
+    return [
+        PromptVersion(
+            agent_id=current[role].agent_id,
+            role=role,
+            version=current[role].version + 1,
+            parent_version=current[role].version,
+            text=texts.get(role, current[role].text),
+            demonstrations=demonstrations.get(role, current[role].demonstrations),
+            source=source,
+            **lineage,  # type: ignore[arg-type]
+        )
+        for role in sorted({*texts, *demonstrations})
+    ]

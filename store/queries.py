@@ -176,14 +176,26 @@ def training_traces(
     ]
 
 
-PROMPT_HISTORY = """
+PROMPT_SELECT = """
 SELECT agent_id, role, version, parent_version, text, source, created_at, job_id, trigger_id,
        window_start, window_end, heldout_reward, baseline_reward, non_degradation,
        demonstrations
-FROM prompt_versions FINAL
+FROM prompt_versions FINAL"""
+PROMPT_HISTORY = (
+    PROMPT_SELECT
+    + """
 WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
 ORDER BY role, version
 """
+)
+PROMPT_VERSION = (
+    PROMPT_SELECT
+    + """
+WHERE agent_id = {agent:String} AND role = {role:String} AND version = {version:Int32}
+LIMIT 1
+"""
+)
+INT32 = range(-(2**31), 2**31)  # the type of the version columns: nothing outside is stored
 
 
 def prompt_history(client: Client, agent: str, role: str = "") -> list[PromptVersion]:
@@ -191,6 +203,15 @@ def prompt_history(client: Client, agent: str, role: str = "") -> list[PromptVer
         PromptVersion(**row)
         for row in rows_as_dicts(client, PROMPT_HISTORY, {"agent": agent, "role": role})
     ]
+
+
+def prompt_version(client: Client, agent: str, role: str, version: int) -> PromptVersion | None:
+    """Stored version ``version`` of the agent's ``role`` prompt; None if the store has none."""
+    if version not in INT32:
+        return None
+    parameters = {"agent": agent, "role": role, "version": version}
+    rows = rows_as_dicts(client, PROMPT_VERSION, parameters)
+    return PromptVersion(**rows[0]) if rows else None
 
 
 JOB_REPORTS = """
@@ -228,14 +249,25 @@ def stored_trigger(client: Client, trigger_id: str) -> RetrainTrigger | None:
     return RetrainTrigger(**rows[0]) if rows else None
 
 
-CHECKPOINT_HISTORY = """
+CHECKPOINT_SELECT = """
 SELECT agent_id, role, version, parent_version, uri, base_model, sha256, source, created_at,
        job_id, trigger_id, window_start, window_end, heldout_reward, baseline_reward,
        non_degradation
-FROM checkpoints FINAL
+FROM checkpoints FINAL"""
+CHECKPOINT_HISTORY = (
+    CHECKPOINT_SELECT
+    + """
 WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
 ORDER BY role, version
 """
+)
+CHECKPOINT_VERSION = (
+    CHECKPOINT_SELECT
+    + """
+WHERE agent_id = {agent:String} AND role = {role:String} AND version = {version:Int32}
+LIMIT 1
+"""
+)
 
 
 def checkpoint_history(client: Client, agent: str, role: str = "") -> list[CheckpointEvent]:
@@ -243,3 +275,14 @@ def checkpoint_history(client: Client, agent: str, role: str = "") -> list[Check
         CheckpointEvent(**row)
         for row in rows_as_dicts(client, CHECKPOINT_HISTORY, {"agent": agent, "role": role})
     ]
+
+
+def checkpoint_version(
+    client: Client, agent: str, role: str, version: int
+) -> CheckpointEvent | None:
+    """Stored checkpoint ``version`` of the agent's ``role``; None if the store has none."""
+    if version not in INT32:
+        return None
+    parameters = {"agent": agent, "role": role, "version": version}
+    rows = rows_as_dicts(client, CHECKPOINT_VERSION, parameters)
+    return CheckpointEvent(**rows[0]) if rows else None

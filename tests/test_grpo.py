@@ -16,11 +16,16 @@ from typing import Any
 import pytest
 
 from atlas.settings import PROJECT_CONFIGS, Settings
-from consumers.grpo_worker import GrpoJobContext, current_checkpoint, run_grpo_job
+from consumers.grpo_worker import GrpoJobContext, run_grpo_job
 from consumers.jobs import TERMINAL, read_job_states
 from rim.config import build_rim, load_rim_config
 from runtime.backends.local import SMOLLM2_NAME
-from runtime.checkpoints import CheckpointFollower, HotLoadingBackend, verify
+from runtime.checkpoints import (
+    CheckpointFollower,
+    HotLoadingBackend,
+    current_checkpoints,
+    verify,
+)
 from runtime.producer import EventProducer
 from runtime.tasks import generate
 from schemas.codec import AvroCodec
@@ -150,7 +155,7 @@ def test_a_tiny_grpo_run_from_trigger_to_a_hot_loaded_checkpoint(
     assert job.state == "SUCCEEDED", job.message
     assert job.metrics["train_zero_stage"] == 2.0 and job.metrics["train_step"] == 2.0
     assert "train_reward" in job.metrics and "train_kl" in job.metrics
-    checkpoint = current_checkpoint(kafka, extraction_agent, "student")
+    checkpoint = current_checkpoints(kafka, extraction_agent, ["student"]).get("student")
     assert checkpoint is not None and checkpoint.version == 1 == job.result_version
     assert checkpoint.job_id == job.job_id and checkpoint.source == "grpo"
     folder = verify(checkpoint)
@@ -179,5 +184,5 @@ def test_a_run_rigged_to_get_worse_is_rejected_and_nothing_is_published(
     job = _run_job(kafka, extraction_agent)
     assert job.state == "REJECTED", job.message
     assert job.metrics["heldout_candidate_reward"] < job.metrics["heldout_current_reward"]
-    assert current_checkpoint(kafka, extraction_agent, "student") is None
+    assert current_checkpoints(kafka, extraction_agent, ["student"]) == {}
     assert not list((tmp_path / "checkpoints").glob("**/*.safetensors"))

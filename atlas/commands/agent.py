@@ -1,0 +1,143 @@
+"""`atlas agent run`: a local agent on built-in tasks, every interaction produced to Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from atlas.commands.common import clear_errors, console, err, get_settings
+
+if TYPE_CHECKING:
+    from runtime.tasks import Task
+    from schemas.models import InteractionEvent
+
+app = typer.Typer(help="Run agents on the local stack.", no_args_is_help=True)
+MODES = ("auto", "paired", "coach")
+
+
+@app.command("run")
+@clear_errors
+def agent_run(
+    ctx: typer.Context,
+    task: Annotated[
+        str, typer.Option(help="Built-in task family: arithmetic, two_step or extraction.")
+    ] = "arithmetic",
+    n: Annotated[int, typer.Option(min=1, help="Number of tasks.")] = 50,
+    agent_id: Annotated[str, typer.Option("--agent", help="The agent's id.")] = "demo-agent",
+    mode: Annotated[
+        str, typer.Option(help="auto, paired, coach, or policy (let the mode policy choose).")
+    ] = "policy",
+    split: Annotated[str, typer.Option(help="Task split: train, validation or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Task generator seed.")] = 0,
+    batch: Annotated[int, typer.Option(min=1, help="Tasks run together per batched step.")] = 8,
+    simulate_users: Annotated[
+        bool,
+        typer.Option(help="Simulated users approve bare right answers and edit the rest."),
+    ] = False,
+    user_noise: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of careless simulated feedback.")
+    ] = 0.1,
+    follow_checkpoints: Annotated[
+        bool, typer.Option(help="Hot-load checkpoints published for this agent (local models).")
+    ] = False,
+    spill: Annotated[
+        bool,
+        typer.Option(
+            help="Keep events Kafka did not acknowledge in $ATLAS_HOME/spill/AGENT.jsonl and"
+            " send them on the next run."
+        ),
+    ] = True,
+) -> None:
+    """Run a local agent (student + teacher through the closed loop) on built-in tasks,
+    produce every interaction to Kafka, and print accuracy, modes and tokens."""
+    from rich.progress import Progress
+
+    from atlas.agent import Backends, load_agent_config
+    from atlas.simulation import SimulatedUser
+    from deploy.local.processes import StackError
+    from runtime.core import Runtime
+    from runtime.policy import ModePolicy
+    from runtime.producer import EventProducer
+    from runtime.prompts import PromptSubscriber, StaticPrompts
+    from runtime.tasks import generate
+    from schemas.models import path_component
+    from store.client import StoreUnavailable, connect
+    from store.queries import StoreRecentRewards
+
+    if mode not in (*MODES, "policy"):
+        raise typer.BadParameter("choose auto, paired, coach or policy", param_hint="--mode")
+    try:
+        path_component(agent_id, "agent id")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agent") from None
+    try:
+        tasks = generate(task, split, n, seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = get_settings(ctx)
+    config = load_agent_config(settings.config_dir)
+    kafka = settings.kafka_config("agent")
+    rewards = None
+    try:
+        rewards = StoreRecentRewards(connect(settings.store()), config.recent_reward_hours)
+    except (StackError, StoreUnavailable) as exc:
+        err.print(f"[yellow]no recent rewards (the policy uses probes only):[/] {exc}")
+    with console.status("loading models and prompts"):
+        backends = Backends(settings)
+        if follow_checkpoints:
+            student, teacher = backends.hot_loading(agent_id)
+        else:
+            student, teacher = backends.student_and_teacher()
+        prompts = PromptSubscriber(
+            kafka, StaticPrompts(config.prompts), settings.codec(), verifier=settings.verifier()
+        ).start()
+    runtime = Runtime(
+        agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
+    )
+    forced = None if mode == "policy" else mode
+    users = SimulatedUser(user_noise, seed) if simulate_users else None
+    events: list[InteractionEvent] = []
+    try:
+        spill_path = settings.home / "spill" / f"{agent_id}.jsonl" if spill else None
+        with (
+            EventProducer(kafka, codec=settings.codec(), spill_path=spill_path) as producer,
+            Progress(console=console) as progress,
+        ):
+            bar = progress.add_task(f"{agent_id} on {task}", total=len(tasks))
+            for start in range(0, len(tasks), batch):
+                chunk = tasks[start : start + batch]
+                for task_, event in zip(chunk, runtime.run_many(chunk, forced), strict=True):  # type: ignore[arg-type]
+                    producer.record_interaction(event)
+                    events.append(event)
+                    if users is not None:
+                        users.react(task_, event, producer)
+                progress.advance(bar, min(batch, len(tasks) - start))
+    finally:
+        prompts.close()
+    _print_summary(tasks, events, producer.delivered)
+
+
+def _print_summary(
+    tasks: Sequence[Task], events: Sequence[InteractionEvent], delivered: int
+) -> None:
+    """One row: tasks run, accuracy with and without the teacher, modes, tokens, delivered."""
+    from runtime.tasks import is_correct
+
+    by_id = {t.task_id: t for t in tasks}
+    table = Table("tasks", "accuracy", "baseline acc.", "modes", "tokens/task", "delivered")
+    correct = sum(is_correct(by_id[e.task_id], e.final_answer) for e in events)
+    baseline = sum(is_correct(by_id[e.task_id], e.baseline_answer or "") for e in events)
+    modes = {m: sum(e.mode == m for e in events) for m in MODES}
+    tokens = sum(e.usage.total_tokens for e in events) / len(events)
+    table.add_row(
+        str(len(events)),
+        f"{correct / len(events):.3f}",
+        f"{baseline / len(events):.3f}",
+        ", ".join(f"{m} {c}" for m, c in modes.items() if c),
+        f"{tokens:.0f}",
+        str(delivered),
+    )
+    console.print(table)

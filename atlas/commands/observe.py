@@ -1,0 +1,138 @@
+"""Looking at what the loop did: `atlas monitor`, `atlas replay`, `atlas jobs`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from atlas.commands.common import (
+    DAY,
+    Window,
+    clear_errors,
+    console,
+    get_settings,
+    since_option,
+)
+
+app = typer.Typer()
+jobs_app = typer.Typer(
+    help="Retrain jobs: list them, or `atlas jobs show ID`.", invoke_without_command=True
+)
+AgentFilter = Annotated[str, typer.Option(help="One agent (default: all).")]
+
+
+@app.command()
+@clear_errors
+def monitor(
+    ctx: typer.Context,
+    since: Annotated[Window, since_option("Window: 30m, 24h, 7d ...")] = DAY,
+    agent: AgentFilter = "",
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG chart to this path.")] = None,
+) -> None:
+    """Is each agent improving, degrading, costing fewer tokens? Reward by hour and prompt
+    version, non-degradation, tokens by mode, escalations, judge agreement, dead letters."""
+    from atlas.report import plot_monitor, print_monitor
+    from store.client import connect
+    from store.monitoring import monitor as run_queries
+
+    results = run_queries(connect(get_settings(ctx).store()), since.start(), agent)
+    print_monitor(console, results)
+    if plot is not None:
+        console.print(f"chart written to {plot_monitor(results, plot)}")
+
+
+@app.command()
+@clear_errors
+def replay(
+    ctx: typer.Context,
+    since: Annotated[Window, since_option("Traces created in this window: 30m, 24h, 7d ...")],
+    agent: AgentFilter = "",
+) -> None:
+    """Re-score stored traces with the current judges, as a new revision of each.
+
+    The stored interactions are re-sent to the reward stream marked for re-scoring; the
+    reward worker (`atlas worker rewards`) scores them and the sink stores the new revisions.
+    """
+    from runtime.producer import EventProducer
+    from store.client import connect
+    from store.queries import stored_interactions
+    from streams.processor import AFTER_REVISION, RESCORE
+
+    settings = get_settings(ctx)
+    stored = stored_interactions(connect(settings.store()), since.start(), agent)
+    replay_id = f"replay-{int(time.time())}"
+    with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
+        for event, revision in stored:
+            metadata = {**event.metadata, RESCORE: replay_id, AFTER_REVISION: str(revision)}
+            producer.record_interaction(event.model_copy(update={"metadata": metadata}))
+    console.print(f"{replay_id}: {len(stored)} trace(s) sent for re-scoring")
+
+
+@jobs_app.callback()
+@clear_errors
+def jobs(ctx: typer.Context, agent: AgentFilter = "") -> None:
+    """List retrain jobs, newest first, with their last reported state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from store.client import connect
+    from store.queries import latest_job_states
+
+    table = Table("job", "kind", "agent", "state", "progress", "updated", "message")
+    for job in latest_job_states(connect(get_settings(ctx).store()), agent):
+        table.add_row(
+            job.job_id,
+            job.kind,
+            job.agent_id,
+            job.state,
+            "" if job.progress is None else f"{job.progress:.0%}",
+            f"{job.updated_at:%Y-%m-%d %H:%M:%S}",
+            job.message[:80],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+@clear_errors
+def jobs_show(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The job's id.")]
+) -> None:
+    """A job's reports in order, its figures, and its lineage: trigger, data window, and the
+    prompt versions it published."""
+    from store.client import connect
+    from store.queries import job_reports, prompt_history, stored_trigger
+
+    client = connect(get_settings(ctx).store())
+    reports = job_reports(client, job_id)
+    if not reports:
+        raise typer.BadParameter(f"no job {job_id!r} in the store", param_hint="JOB_ID")
+    history = Table("seq", "state", "at", "progress", "message")
+    for r in reports:
+        progress = "" if r.progress is None else f"{r.progress:.0%}"
+        history.add_row(str(r.seq), r.state, f"{r.updated_at:%H:%M:%S}", progress, r.message)
+    console.print(history)
+    last = reports[-1]
+    if last.metrics:
+        figures = Table("figure", "value")
+        for name, value in sorted(last.metrics.items()):
+            figures.add_row(name, f"{value:.4g}")
+        console.print(figures)
+    trigger = stored_trigger(client, last.trigger_id)
+    console.print(
+        f"trigger {last.trigger_id}: "
+        + (
+            f"{trigger.reason} (by {trigger.requested_by}),"
+            f" window {trigger.window_start} .. {trigger.window_end}"
+            if trigger
+            else "not in the store"
+        )
+    )
+    for version in prompt_history(client, last.agent_id):
+        if version.job_id == job_id:
+            console.print(
+                f"published {version.agent_id}/{version.role} v{version.version}"
+                f" (parent v{version.parent_version})"
+            )

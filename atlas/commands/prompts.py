@@ -1,0 +1,237 @@
+"""`atlas prompts`: the agents' prompt versions: list, show, set (through the gate), roll back.
+
+Every new version is a child of the version agents use now, published by the learner in a
+transaction (signed when this host has the key); agents pick it up live.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from atlas.commands.common import (
+    DAY,
+    AgentOption,
+    RoleOption,
+    SinceOption,
+    check_role,
+    clear_errors,
+    console,
+    err,
+    get_settings,
+    publish_as_learner,
+)
+from atlas.settings import Settings
+
+if TYPE_CHECKING:
+    from schemas.models import PromptVersion
+
+app = typer.Typer(
+    help="Prompt versions: list, show, set (through the gate), roll back.", no_args_is_help=True
+)
+
+
+def _seeds(settings: Settings) -> dict[str, str]:
+    from atlas.agent import load_agent_config
+
+    return load_agent_config(settings.config_dir).prompts
+
+
+def _current(
+    settings: Settings, agent: str, seeds: dict[str, str] | None = None
+) -> dict[str, PromptVersion]:
+    """What the agent's runtime uses now, per role: the prompts topic, else the seeds."""
+    from runtime.prompts import current_prompts
+
+    seeds = _seeds(settings) if seeds is None else seeds
+    return current_prompts(settings.kafka_config(), agent, seeds, settings.codec())
+
+
+def _publish(settings: Settings, versions: list[PromptVersion]) -> None:
+    publish_as_learner(settings, versions)
+    for v in versions:
+        console.print(f"published {v.agent_id}/{v.role} v{v.version} ({v.source})")
+
+
+@app.command("list")
+@clear_errors
+def prompts_list(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: Annotated[str, typer.Option(help="One role.")] = "",
+) -> None:
+    """Every stored version of the agent's prompts, with lineage and held-out figures;
+    the version agents use now is marked."""
+    from store.client import connect
+    from store.queries import prompt_history
+
+    settings = get_settings(ctx)
+    current = _current(settings, agent)
+    table = Table(
+        "role",
+        "version",
+        "parent",
+        "source",
+        "created",
+        "held-out",
+        "prod.",
+        "non-degr.",
+        "job",
+        "text",
+    )
+    for v in prompt_history(connect(settings.store()), agent, role):
+        live = current.get(v.role) is not None and current[v.role].version == v.version
+        table.add_row(
+            v.role,
+            f"{v.version}{' *' if live else ''}",
+            "" if v.parent_version is None else str(v.parent_version),
+            v.source,
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            "" if v.heldout_reward is None else f"{v.heldout_reward:.3f}",
+            "" if v.baseline_reward is None else f"{v.baseline_reward:.3f}",
+            "" if v.non_degradation is None else f"{v.non_degradation:.3f}",
+            v.job_id or "",
+            v.text[:50].replace("\n", " "),
+        )
+    console.print(table)
+    console.print("* = in use now; version 0 is the seed in configs/agent.yaml")
+
+
+LINEAGE = (
+    "version",
+    "parent_version",
+    "source",
+    "created_at",
+    "job_id",
+    "trigger_id",
+    "window_start",
+    "window_end",
+    "heldout_reward",
+    "baseline_reward",
+    "non_degradation",
+)
+
+
+@app.command("show")
+@clear_errors
+def prompts_show(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: RoleOption = "student",
+    version: Annotated[int | None, typer.Option(help="Default: the version in use now.")] = None,
+) -> None:
+    """One prompt version's full text and lineage."""
+    from store.client import connect
+    from store.queries import prompt_version
+
+    check_role(role)
+    settings = get_settings(ctx)
+    chosen = _current(settings, agent)[role]
+    if version is not None and version != chosen.version:
+        stored = prompt_version(connect(settings.store()), agent, role, version)
+        if stored is None:
+            raise typer.BadParameter(
+                f"no stored version {version} of {agent}/{role}", param_hint="--version"
+            )
+        chosen = stored
+    for name in LINEAGE:
+        console.print(f"{name}: {getattr(chosen, name)}")
+    console.print(chosen.text, highlight=False, markup=False)
+    for i, shot in enumerate(chosen.demonstrations, 1):
+        console.print(f"demonstration {i}: {shot.input!r} -> {shot.output!r}", highlight=False)
+
+
+@app.command("set")
+@clear_errors
+def prompts_set(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: RoleOption = "student",
+    text: Annotated[str | None, typer.Option(help="The new prompt text.")] = None,
+    file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Read it from a file.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Publish without the held-out gate.")] = False,
+    since: SinceOption = DAY,
+    task: Annotated[list[str], typer.Option(help="Also gate on this built-in task family.")] = [],  # noqa: B006
+) -> None:
+    """Publish a hand-written prompt. It faces the same held-out gate as GEPA's candidates
+    (evaluated with the agent's models) unless --force."""
+    from consumers.gepa_worker import gate_manual_prompts
+    from runtime.prompts import next_versions
+
+    check_role(role)
+    if (text is None) == (file is None):
+        raise typer.BadParameter("give exactly one of --text and --file")
+    new_text = text if text is not None else file.read_text()  # type: ignore[union-attr]
+    if not new_text.strip():
+        raise typer.BadParameter("the prompt text is empty")
+    settings = get_settings(ctx)
+    lineage: dict[str, object] = {}
+    if force:
+        current = _current(settings, agent)
+    else:
+        from atlas.workers import gepa_job_context
+
+        with console.status("evaluating production and proposed prompts on held-out examples"):
+            try:
+                current, decision = gate_manual_prompts(
+                    gepa_job_context(settings), agent, {role: new_text}, since.start(), task
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        console.print(f"gate: {decision.reason}")
+        if not decision.passed:
+            err.print("[bold red]rejected:[/] nothing published (use --force to override)")
+            raise typer.Exit(2)
+        lineage = {
+            "heldout_reward": decision.candidate_reward,
+            "baseline_reward": decision.current_reward,
+            "non_degradation": decision.non_degradation,
+        }
+    _publish(settings, next_versions(current, {role: new_text}, "manual", **lineage))
+
+
+@app.command("rollback")
+@clear_errors
+def prompts_rollback(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: RoleOption = "teacher",
+    to: Annotated[
+        int | None,
+        typer.Option(help="Version to restore (default: the parent of the current one)."),
+    ] = None,
+) -> None:
+    """Restore an earlier prompt's text as a new version (agents pick it up live)."""
+    from runtime.prompts import (
+        NoParentVersion,
+        StaticPrompts,
+        VersionNotStored,
+        next_versions,
+        restored_prompt,
+    )
+    from store.client import connect
+    from store.queries import prompt_version
+
+    check_role(role)
+    settings = get_settings(ctx)
+    seeds = _seeds(settings)
+    current = _current(settings, agent, seeds)
+    try:
+        restored = restored_prompt(
+            current[role],
+            to,
+            StaticPrompts(seeds).snapshot(agent)[role],
+            lambda version: prompt_version(connect(settings.store()), agent, role, version),
+        )
+    except NoParentVersion as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except VersionNotStored as exc:
+        raise typer.BadParameter(str(exc), param_hint="--to") from None
+    texts, shots = {role: restored.text}, {role: restored.demonstrations}
+    _publish(settings, next_versions(current, texts, "rollback", shots))
+    console.print(f"{agent}/{role}: text of v{restored.version} restored")

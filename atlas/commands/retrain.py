@@ -1,0 +1,99 @@
+"""`atlas retrain gepa|grpo`: an operator's RetrainTrigger, for a worker to pick up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from atlas.commands.common import (
+    DAY,
+    AgentOption,
+    SinceOption,
+    Window,
+    clear_errors,
+    console,
+    get_settings,
+)
+
+app = typer.Typer(
+    help="Ask for a retrain job: produces a RetrainTrigger that a worker picks up.",
+    no_args_is_help=True,
+)
+ParamOption = Annotated[
+    list[str],
+    typer.Option(help="NAME=VALUE overriding a knob of the job's config (section.name nests)."),
+]
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    return params
+
+
+def _request_retrain(
+    ctx: typer.Context, kind: str, agent: str, since: Window, budget: int | None, param: list[str]
+) -> None:
+    """Produce the trigger, once its budget and params are known to fit the job's config (a
+    usage error otherwise, and nothing produced); print its id."""
+    from runtime.producer import EventProducer
+    from schemas.models import RetrainTrigger
+    from trainer.gepa_engine import load_gepa_config
+    from trainer.grpo import load_grpo_config
+
+    params = _parse_params(param)
+    settings = get_settings(ctx)
+    loader = {"gepa": load_gepa_config, "grpo": load_grpo_config}[kind]
+    try:
+        loader(settings.config_dir).with_overrides(budget, params)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        raise typer.BadParameter(str(exc).splitlines()[0], param_hint="--param") from None
+    now = datetime.now(UTC)
+    trigger = RetrainTrigger(
+        kind=kind,  # type: ignore[arg-type]
+        agent_id=agent,
+        reason=f"operator request ({since} of traces)",
+        requested_by="operator",
+        window_start=now - since.length,
+        window_end=now,
+        budget=budget,
+        params=params,
+    )
+    with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
+        producer.send(trigger)
+    console.print(trigger.trigger_id)
+
+
+@app.command("gepa")
+@clear_errors
+def retrain_gepa(
+    ctx: typer.Context,
+    agent: AgentOption,
+    since: SinceOption = DAY,
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Metric calls (default: configs/gepa.yaml).")
+    ] = None,
+    param: ParamOption = [],  # noqa: B006 (typer needs a literal default)
+) -> None:
+    """Evolve the agent's system prompts with GEPA on its stored traces (`atlas worker gepa`).
+    Prints the trigger id; follow the job with `atlas jobs`."""
+    _request_retrain(ctx, "gepa", agent, since, budget, param)
+
+
+@app.command("grpo")
+@clear_errors
+def retrain_grpo(
+    ctx: typer.Context,
+    agent: AgentOption,
+    since: SinceOption = DAY,
+    budget: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    param: ParamOption = [],  # noqa: B006
+) -> None:
+    """Fine-tune the agent's model with GRPO on its stored traces (`atlas worker grpo`)."""
+    _request_retrain(ctx, "grpo", agent, since, budget, param)

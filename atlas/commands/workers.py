@@ -1,0 +1,66 @@
+"""`atlas worker rewards|sink|gepa|grpo`: the long-running stream workers, in the foreground
+until SIGTERM or SIGINT, logging at INFO to stderr (every record scrubbed of secrets)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from atlas.commands.common import clear_errors, configure_logging, console, get_settings
+
+app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
+
+
+@app.callback()
+def workers() -> None:
+    configure_logging(logging.INFO)  # once, for whichever worker runs
+
+
+@app.command("rewards")
+@clear_errors
+def worker_rewards(ctx: typer.Context) -> None:
+    """Score interactions and merge feedback: interactions + feedback -> rewards, exactly once.
+
+    Run several to share the partitions; each keeps per-trace state in a changelog topic.
+    """
+    from atlas.workers import run_rewards_worker
+
+    run_rewards_worker(get_settings(ctx))
+
+
+@app.command("sink")
+@clear_errors
+def worker_sink(ctx: typer.Context) -> None:
+    """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches."""
+    from atlas.workers import run_sink_worker
+
+    stats = run_sink_worker(get_settings(ctx))
+    console.print(
+        f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
+        f"{stats.dead_letters} dead letters, {stats.insert_failures} failed inserts"
+    )
+
+
+@app.command("gepa")
+@clear_errors
+def worker_gepa(ctx: typer.Context) -> None:
+    """Run GEPA jobs from `gepa` triggers: datasets from the store, GEPA over the agent's runtime
+    and RIM, the held-out gate, then publish to atlas.prompts.v1. One job at a time per worker;
+    keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    from atlas.workers import run_trigger_worker
+
+    jobs_run = run_trigger_worker(get_settings(ctx), "gepa")
+    console.print(f"gepa worker stopped after {jobs_run} job(s)")
+
+
+@app.command("grpo")
+@clear_errors
+def worker_grpo(ctx: typer.Context) -> None:
+    """Run GRPO jobs from `grpo` triggers: DeepSpeed GRPO in a child process (the deepspeed
+    launcher), the held-out gate, then a checkpoint on atlas.checkpoints.v1. Needs the
+    `train` extra. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    from atlas.workers import run_trigger_worker
+
+    jobs_run = run_trigger_worker(get_settings(ctx), "grpo")
+    console.print(f"grpo worker stopped after {jobs_run} job(s)")
