@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
 from schemas.codec import AvroCodec, RegistryUnavailable
@@ -230,64 +230,69 @@ class ClickHouseSink:
             self.stats.dead_letters += 1
             self._dead.send(message, reason, error_type)
 
-    def _readable(
-        self, batch: list[Message], stop: threading.Event
-    ) -> list[tuple[Message, Event]] | None:
-        """The batch decoded; while the schema registry is away, the partitions wait and the
-        batch is decoded again (a dead letter sent before the outage may be sent twice: the
-        store keeps one per source offset). None if ``stop`` came first."""
-        backoff, paused = 0.5, False
-        while True:
-            try:
-                decoded = self._decode(batch)
-                break
-            except RegistryUnavailable as exc:
-                log.error("%s; retrying in %.1fs, the partitions wait", exc, backoff)
-                if not paused:
-                    self._consumer.pause(self._consumer.assignment())
-                    paused = True
-                self._wait(backoff, stop)
-                if stop.is_set():
-                    return None
-                backoff = min(backoff * 2, self.max_backoff_s)
-        if paused:
-            self._consumer.resume(self._consumer.assignment())
-        return decoded
-
     def _sink(self, batch: list[Message], stop: threading.Event) -> None:
-        decoded = self._readable(batch, stop)
-        if decoded is None:
-            return  # stopping: not committed, the next run replays this batch
-        backoff = 0.5
-        paused: list[TopicPartition] = []
-        while True:
-            try:
-                self._insert(decoded)
-                break
-            # keep the batch, retry, skip nothing (a dead letter for an event the store refused
-            # may need the schema registry)
-            except (StoreDown, RegistryUnavailable) as exc:
-                self.stats.insert_failures += 1
-                self.stats.last_error = str(exc)
-                log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff)
-                self._warn_near_retention(batch)
-                if not paused:
-                    paused = self._consumer.assignment()
-                    self._consumer.pause(paused)
-                self._wait(backoff, stop)
-                if stop.is_set():
-                    return  # not committed: the next run replays this batch
-                backoff = min(backoff * 2, self.max_backoff_s)
-        if paused:
-            log.info("store is back: batch of %d messages inserted", len(batch))
-            self._consumer.resume(self._consumer.assignment())
+        """Decode, insert, confirm dead letters, commit. While the schema registry or the
+        store is away, the partitions wait (paused, the group keeping this member) and the
+        same batch is tried again; stopping meanwhile commits nothing (the next run replays
+        it; a dead letter sent before may be sent twice, the store keeps one per source
+        offset)."""
+        decoded: list[tuple[Message, Event]] = []
+
+        def store_down(exc: Exception, backoff: float) -> None:
+            self.stats.insert_failures += 1
+            self.stats.last_error = str(exc)
+            log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff)
+            self._warn_near_retention(batch)
+
+        def registry_down(exc: Exception, backoff: float) -> None:
+            log.error("%s; retrying in %.1fs, the partitions wait", exc, backoff)
+
+        if not self._until_done(
+            lambda: decoded.extend(self._decode(batch)), (RegistryUnavailable,), registry_down, stop
+        ):
+            return
+        # keep the batch, retry, skip nothing (a dead letter for an event the store refused
+        # may need the schema registry)
+        if not self._until_done(
+            lambda: self._insert(decoded), (StoreDown, RegistryUnavailable), store_down, stop
+        ):
+            return
         if not self._dead.confirm(stop):  # dead letters durable before their offsets commit
-            return  # stopping: not committed, the next run replays this batch
+            return
         self._consumer.commit(asynchronous=False)
         now = time.time() * 1000
         self.stats.lag_ms.extend(now - m.timestamp()[1] for m in batch if m.timestamp()[1] > 0)
         self.stats.batches += 1
         self.stats.messages += len(batch)
+
+    def _until_done(
+        self,
+        attempt: Callable[[], None],
+        transient: tuple[type[Exception], ...],
+        failed: Callable[[Exception, float], None],
+        stop: threading.Event,
+    ) -> bool:
+        """``attempt()`` until it succeeds; after each ``transient`` failure (told to
+        ``failed`` with the next backoff) the partitions pause and it waits. False if
+        ``stop`` came first."""
+        backoff, tries = 0.5, 0
+        while True:
+            try:
+                attempt()
+                break
+            except transient as exc:
+                failed(exc, backoff)
+                if not tries:
+                    self._consumer.pause(self._consumer.assignment())
+                tries += 1
+                self._wait(backoff, stop)
+                if stop.is_set():
+                    return False
+                backoff = min(backoff * 2, self.max_backoff_s)
+        if tries:
+            log.info("batch handled after %d failed tries; partitions resumed", tries)
+            self._consumer.resume(self._consumer.assignment())
+        return True
 
     def _insert(self, decoded: list[tuple[Message, Event]]) -> None:
         """Insert the events; StoreDown if the store cannot be reached. A batch the store

@@ -147,7 +147,15 @@ def test_the_sink_pauses_through_an_outage_and_dead_letters_nothing(
     sink = sink_with(kafka_config, consumer, max_backoff_s=0.2)
     sink.codec = FlakyCodec(outages=2)
     message = Message()
-    assert sink._readable([message], threading.Event()) == [(message, "event")]
+    decoded: list[tuple[object, object]] = []
+    failures: list[float] = []
+    assert sink._until_done(
+        lambda: decoded.extend(sink._decode([message])),  # type: ignore[list-item]
+        (RegistryUnavailable,),
+        lambda exc, backoff: failures.append(backoff),
+        threading.Event(),
+    )
+    assert decoded == [(message, "event")] and failures == [0.5, 0.2]  # capped backoff
     assert consumer.paused == consumer.resumed == ["atlas.rewards.v1[0]"]
     assert sink.stats.dead_letters == 0 and sink.stats.skipped == 0
 
