@@ -23,8 +23,8 @@ from schemas.topics import INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
-from trainer.gepa_engine import load_gepa_config
-from trainer.grpo import load_grpo_config
+from trainer.gepa_config import load_gepa_config
+from trainer.grpo_config import load_grpo_config
 
 
 def build_settings_rim(settings: Settings) -> Rim:

@@ -23,12 +23,12 @@ from runtime.backends.local import default_model_dir
 from runtime.tasks import generate
 from schemas.models import InteractionEvent
 from trainer.grpo import (
-    GrpoConfig,
     GrpoTrainer,
     RolloutScorer,
     read_deepspeed_config,
     single_process_environment,
 )
+from trainer.grpo_config import GrpoConfig
 
 SYSTEM = "Answer with the city only."
 

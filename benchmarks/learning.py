@@ -29,14 +29,15 @@ from runtime.tasks import Task, generate, is_correct
 from store.queries import TrainingTrace
 from trainer.datasets import DatasetConfig, Example, build_splits
 from trainer.evaluation import PromptEvaluator
-from trainer.gepa_engine import GepaConfig, evolve_prompts
+from trainer.gepa_config import GepaConfig
+from trainer.gepa_engine import evolve_prompts
 from trainer.grpo import (
-    GrpoConfig,
     GrpoTrainer,
     RolloutScorer,
     read_deepspeed_config,
     single_process_environment,
 )
+from trainer.grpo_config import GrpoConfig
 
 SEEDS = {
     "student": "You are a helpful assistant. Solve the user's task step by step if needed, and"

@@ -1,32 +1,33 @@
-"""The GEPA job: stored traces -> datasets -> GEPA -> gate -> published prompt versions."""
+"""The GEPA job: the learning-job skeleton (``consumers/learning_job.py``) with GEPA plugged in:
+production prompts -> GEPA on train/validation -> held-out comparison -> prompt versions. And
+the same held-out comparison for an operator's own prompt (``gate_manual_prompts``)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
 from consumers.jobs import JobReporter, fresh_run_dir
+from consumers.learning_job import Material, Publication, Trained, gather, run_learning_job
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.prompts import current_prompts, next_versions
 from schemas.codec import AvroCodec
 from schemas.models import PromptVersion, RetrainTrigger
-from store.queries import training_traces
-from trainer.datasets import build_splits
+from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
-from trainer.evaluation import GateDecision, PromptEvaluator, gate
-from trainer.gepa_engine import GepaConfig, GepaOutcome, evolve_prompts, reflection_lm
+from trainer.evaluation import GateDecision, PromptEvaluator, compare_on_heldout, measure
+from trainer.gepa_config import GepaConfig
+from trainer.gepa_engine import GepaOutcome, evolve_prompts, reflection_lm
 
-log = logging.getLogger(__name__)
-DEFAULT_WINDOW = timedelta(hours=24)
+Production = dict[str, PromptVersion]
 
 
-def as_candidate(current: dict[str, PromptVersion]) -> dict[str, str]:
+def as_candidate(current: Production) -> dict[str, str]:
     """Production prompts as a GEPA candidate: texts per role plus the student's shots."""
     return {
         **{role: version.text for role, version in current.items()},
@@ -47,100 +48,96 @@ class GepaJobContext:
     run_root: Path | None = None
     codec: AvroCodec | None = None  # the deployment's (its schema registry); None = plain
 
+    def production(self, agent_id: str) -> Production:
+        """The prompt versions the agent's runtime uses now."""
+        return current_prompts(self.kafka_config, agent_id, self.seed_prompts, self.codec)
+
+    def evaluator(self, agent_id: str, config: GepaConfig) -> PromptEvaluator:
+        """The agent's loop (its student and teacher) scored by RIM, as ``config`` measures."""
+        return PromptEvaluator(
+            agent_id,
+            self.student,
+            self.teacher,
+            self.rim,
+            config.eval_mode,
+            config.limits,
+            config.eval_batch_size,
+        )
+
+
+@dataclass(frozen=True)
+class GepaJob:
+    """GEPA as a ``LearningJob``; its result is production and GEPA's outcome."""
+
+    ctx: GepaJobContext
+    config: GepaConfig
+
+    @property
+    def dataset(self) -> DatasetConfig:
+        return self.config.dataset
+
+    def shortage(self, material: Material) -> str | None:
+        sizes = material.splits.sizes()
+        if all(sizes.values()):
+            return None
+        return (
+            f"not enough examples in {material.since:%Y-%m-%d %H:%M}..{material.until:%H:%M}:"
+            f" {sizes} from {material.stored_traces} stored trace(s) with a reference or an edit"
+        )
+
+    def train(
+        self, material: Material, reporter: JobReporter
+    ) -> Trained[tuple[Production, GepaOutcome]]:
+        ctx, config, splits = self.ctx, self.config, material.splits
+        current = ctx.production(material.agent_id)
+        edited = sum(e.user_edit is not None for e in splits.train + splits.validation)
+        sizes = splits.sizes()
+        components = config.optimized_components(ctx.reflection is not None, True)
+        reporter.report(
+            "RUNNING",
+            f"optimizing {', '.join(components)} on {sizes['train']} train /"
+            f" {sizes['validation']} validation examples ({edited} user edits),"
+            f" budget {config.budget}",
+            progress=0.0,
+            metrics={f"{k}_examples": float(v) for k, v in sizes.items()},
+        )
+        # GEPA resumes from a pickled state in its run folder: always a fresh, private one
+        run_dir = fresh_run_dir(ctx.run_root, reporter.job_id) if ctx.run_root else None
+        outcome = evolve_prompts(
+            as_candidate(current),
+            splits,
+            ctx.evaluator(material.agent_id, config),
+            reflection_lm(ctx.reflection, config) if ctx.reflection is not None else None,
+            config,
+            progress=reporter.progress,
+            run_dir=run_dir,
+        )
+        return Trained(outcome.decision, outcome.metrics(), (current, outcome))
+
+    def publish(
+        self,
+        result: tuple[Production, GepaOutcome],
+        lineage: dict[str, object],
+        metrics: dict[str, float],
+    ) -> Publication:
+        current, outcome = result
+        texts = {r: outcome.best[r] for r in outcome.changed_roles if r != DEMONSTRATIONS}
+        shots = {}
+        if DEMONSTRATIONS in outcome.changed_roles:
+            shots["student"] = decode(outcome.best[DEMONSTRATIONS])
+        versions = next_versions(current, texts, "gepa", shots, **lineage)
+        summary = ", ".join(
+            f"{v.role} v{v.version}"
+            + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")
+            for v in versions
+        )
+        return Publication(versions, summary, max(v.version for v in versions))
+
 
 def run_gepa_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GepaJobContext) -> None:
+    """One GEPA job for ``trigger`` (its budget and params over ``ctx.config``)."""
     config = ctx.config.with_overrides(trigger.budget, trigger.params)
-    reporter.report("RUNNING", "building datasets from the store", progress=0.0)
-    until = trigger.window_end or datetime.now(UTC)
-    since = trigger.window_start or until - DEFAULT_WINDOW
-    traces = training_traces(ctx.connect_store(), trigger.agent_id, since, until)
-    splits = build_splits(traces, config.dataset)
-    sizes = splits.sizes()
-    edited = sum(e.user_edit is not None for e in splits.train + splits.validation)
-    log.info("job %s: %d stored traces -> %s", reporter.job_id, len(traces), sizes)
-    if not all(sizes.values()):
-        reporter.report(
-            "FAILED",
-            f"not enough examples in {since:%Y-%m-%d %H:%M}..{until:%H:%M}: {sizes}"
-            f" from {len(traces)} stored trace(s) with a reference or an edit",
-        )
-        return
-    current = current_prompts(ctx.kafka_config, trigger.agent_id, ctx.seed_prompts, ctx.codec)
-    evaluator = PromptEvaluator(
-        trigger.agent_id,
-        ctx.student,
-        ctx.teacher,
-        ctx.rim,
-        config.eval_mode,
-        config.limits,
-        config.eval_batch_size,
-    )
-    reporter.report(
-        "RUNNING",
-        f"optimizing {', '.join(config.optimized_components(ctx.reflection is not None, True))}"
-        f" on {sizes['train']} train /"
-        f" {sizes['validation']} validation examples ({edited} user edits), budget {config.budget}",
-        progress=0.0,
-        metrics={f"{k}_examples": float(v) for k, v in sizes.items()},
-    )
-    # GEPA resumes from a pickled state in its run folder: always a fresh, private one
-    run_dir = fresh_run_dir(ctx.run_root, reporter.job_id) if ctx.run_root else None
-    outcome = evolve_prompts(
-        as_candidate(current),
-        splits,
-        evaluator,
-        reflection_lm(ctx.reflection, config) if ctx.reflection is not None else None,
-        config,
-        progress=reporter.progress,
-        run_dir=run_dir,
-    )
-    finish(trigger, reporter, current, outcome, since, until, len(traces))
-
-
-def finish(
-    trigger: RetrainTrigger,
-    reporter: JobReporter,
-    current: dict[str, PromptVersion],
-    outcome: GepaOutcome,
-    since: datetime,
-    until: datetime,
-    stored_traces: int,
-) -> None:
-    decision = outcome.decision
-    metrics = {**outcome.metrics(), "stored_traces": float(stored_traces)}
-    if not decision.passed:
-        reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
-        return
-    texts = {r: outcome.best[r] for r in outcome.changed_roles if r != DEMONSTRATIONS}
-    shots = {}
-    if DEMONSTRATIONS in outcome.changed_roles:
-        shots["student"] = decode(outcome.best[DEMONSTRATIONS])
-    versions = next_versions(
-        current,
-        texts,
-        "gepa",
-        shots,
-        job_id=reporter.job_id,
-        trigger_id=trigger.trigger_id,
-        window_start=since,
-        window_end=until,
-        heldout_reward=decision.candidate_reward,
-        baseline_reward=decision.current_reward,
-        non_degradation=decision.non_degradation,
-    )
-    published = ", ".join(
-        f"{v.role} v{v.version}"
-        + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")
-        for v in versions
-    )
-    reporter.report(
-        "SUCCEEDED",
-        f"published {published}: {decision.reason}",
-        progress=1.0,
-        metrics=metrics,
-        result_version=max(v.version for v in versions),
-        publish=versions,
-    )
+    run_learning_job(trigger, reporter, ctx.connect_store, GepaJob(ctx, config))
 
 
 def gate_manual_prompts(
@@ -149,28 +146,26 @@ def gate_manual_prompts(
     proposed: dict[str, str],
     since: datetime,
     families: list[str],
-) -> tuple[dict[str, PromptVersion], GateDecision]:
+) -> tuple[Production, GateDecision]:
     """The gate GEPA's candidates face, for an operator's own text: production vs proposed on
-    the held-out split of the agent's stored traces (plus the named built-in families)."""
+    the held-out split of the agent's stored traces since ``since`` (plus the named built-in
+    families). ValueError, and nothing evaluated, when there is no held-out example."""
     config = ctx.config
-    traces = training_traces(ctx.connect_store(), agent_id, since, datetime.now(UTC))
-    heldout = build_splits(traces, config.dataset, families).heldout
-    if not heldout:
+    material = gather(
+        ctx.connect_store, agent_id, since, datetime.now(UTC), config.dataset, families
+    )
+    if not material.splits.heldout:
         raise ValueError(
             "no held-out examples: the agent has no stored traces with a reference or an edit"
             " in the window; name a built-in task family with --task, or use --force"
         )
-    current = current_prompts(ctx.kafka_config, agent_id, ctx.seed_prompts, ctx.codec)
+    current = ctx.production(agent_id)
     texts = as_candidate(current)
-    evaluator = PromptEvaluator(
-        agent_id,
-        ctx.student,
-        ctx.teacher,
-        ctx.rim,
-        config.eval_mode,
-        config.limits,
-        config.eval_batch_size,
+    evaluator = ctx.evaluator(agent_id, config)
+    comparison = compare_on_heldout(
+        material.splits.heldout,
+        measure(evaluator, texts),
+        measure(evaluator, {**texts, **proposed}),
+        config.gate,
     )
-    before = [s.reward.score for s in evaluator.evaluate(texts, heldout)]
-    after = [s.reward.score for s in evaluator.evaluate({**texts, **proposed}, heldout)]
-    return current, gate(after, before, config.gate)
+    return current, comparison.decision

@@ -1,4 +1,6 @@
-"""The GRPO job: stored traces -> DeepSpeed GRPO in a child process -> gate -> checkpoint.
+"""The GRPO job: the learning-job skeleton (``consumers/learning_job.py``) with GRPO plugged in:
+DeepSpeed GRPO in a child process -> held-out comparison of the current and trained models ->
+checkpoint.
 
 The trainer runs under the deepspeed launcher as a child process that dies with the worker
 (PR_SET_PDEATHSIG) and is killed with its process group when the job ends any other way; its
@@ -19,14 +21,14 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
 from consumers.jobs import JobReporter, fresh_run_dir
+from consumers.learning_job import Material, Publication, Trained, run_learning_job
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
@@ -35,13 +37,11 @@ from runtime.core import GenerationLimits
 from runtime.prompts import current_prompts
 from schemas.codec import AvroCodec
 from schemas.models import CheckpointEvent, RetrainTrigger, under
-from store.queries import training_traces
-from trainer.datasets import build_splits
-from trainer.evaluation import PromptEvaluator, gate
-from trainer.grpo import GrpoConfig
+from trainer.datasets import DatasetConfig, Example
+from trainer.evaluation import Measure, OnBatch, PromptEvaluator, Scored, compare_on_heldout
+from trainer.grpo_config import GrpoConfig
 
 log = logging.getLogger(__name__)
-DEFAULT_WINDOW = timedelta(hours=24)
 
 
 @dataclass
@@ -148,28 +148,15 @@ def publish_files(source: Path, target: Path, card: dict[str, object]) -> dict[s
     return digests
 
 
-def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobContext) -> None:
-    config = ctx.config.with_overrides(trigger.budget, trigger.params)
-    role = config.role
-    reporter.report("RUNNING", "building datasets from the store", progress=0.0)
-    until = trigger.window_end or datetime.now(UTC)
-    since = trigger.window_start or until - DEFAULT_WINDOW
-    traces = training_traces(ctx.connect_store(), trigger.agent_id, since, until)
-    splits = build_splits(traces, config.dataset)
-    if not splits.train or not splits.heldout:
-        reporter.report(
-            "FAILED", f"not enough examples: {splits.sizes()} from {len(traces)} traces"
-        )
-        return
-    current = current_checkpoints(ctx.kafka_config, trigger.agent_id, [role], ctx.codec).get(role)
-    start_dir = verify(current) if current else ctx.base_model_dir
-    prompts = {
-        r: v.text
-        for r, v in current_prompts(
-            ctx.kafka_config, trigger.agent_id, ctx.seed_prompts, ctx.codec
-        ).items()
-    }
-    run_dir = fresh_run_dir(ctx.run_root, reporter.job_id)
+def write_spec(
+    run_dir: Path,
+    config: GrpoConfig,
+    ctx: GrpoJobContext,
+    start_dir: Path,
+    prompts: dict[str, str],
+    train: Sequence[Example],
+) -> Path:
+    """The trainer's spec (``trainer/grpo_run.py``) in ``run_dir``: everything it needs."""
     spec = run_dir / "spec.json"
     spec.write_text(
         json.dumps(
@@ -188,79 +175,135 @@ def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobCon
                         "reference": e.task.reference,
                         "answer_format": e.task.answer_format,
                     }
-                    for e in splits.train
+                    for e in train
                 ],
             }
         )
     )
-    reporter.report(
-        "RUNNING",
-        f"training the {role} from {start_dir.name}: {config.steps} steps x"
-        f" {config.prompts_per_step} prompts x {config.group_size} samples",
-        progress=0.0,
-    )
-    training = run_trainer(spec, config.steps, reporter, run_dir / "trainer.log")
-    reporter.report("RUNNING", "held-out evaluation of the current and trained models", 0.7)
-    limits = GenerationLimits(answer_tokens=config.eval_answer_tokens)
-    scores = {}
-    for name, folder in (("current", start_dir), ("trained", run_dir / "model")):
-        model = LocalBackend(folder, model_name=f"{role}-{name}")
-        student = model if role == "student" else ctx.student
-        teacher = model if role == "teacher" else ctx.student
-        evaluator = PromptEvaluator(
-            trigger.agent_id, student, teacher, ctx.rim, config.eval_mode, limits
+    return spec
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A GRPO run's model, and the checkpoint it started from (None: the base model)."""
+
+    agent_id: str
+    parent: CheckpointEvent | None
+    model_dir: Path
+
+
+@dataclass(frozen=True)
+class GrpoJob:
+    """GRPO as a ``LearningJob``; its result is the trained model."""
+
+    ctx: GrpoJobContext
+    config: GrpoConfig
+
+    @property
+    def dataset(self) -> DatasetConfig:
+        return self.config.dataset
+
+    def shortage(self, material: Material) -> str | None:
+        splits = material.splits
+        if splits.train and splits.heldout:
+            return None
+        return f"not enough examples: {splits.sizes()} from {material.stored_traces} traces"
+
+    def train(self, material: Material, reporter: JobReporter) -> Trained[TrainedModel]:
+        ctx, config, agent, role = self.ctx, self.config, material.agent_id, self.config.role
+        current = current_checkpoints(ctx.kafka_config, agent, [role], ctx.codec).get(role)
+        start_dir = verify(current) if current else ctx.base_model_dir
+        prompts = {
+            r: v.text
+            for r, v in current_prompts(
+                ctx.kafka_config, agent, ctx.seed_prompts, ctx.codec
+            ).items()
+        }
+        run_dir = fresh_run_dir(ctx.run_root, reporter.job_id)
+        spec = write_spec(run_dir, config, ctx, start_dir, prompts, material.splits.train)
+        reporter.report(
+            "RUNNING",
+            f"training the {role} from {start_dir.name}: {config.steps} steps x"
+            f" {config.prompts_per_step} prompts x {config.group_size} samples",
+            progress=0.0,
         )
-        scores[name] = [s.reward.score for s in evaluator.evaluate(prompts, splits.heldout)]
-        reporter.progress(0.85 if name == "current" else 1.0, f"held-out: {name} evaluated")
-    decision = gate(scores["trained"], scores["current"], config.gate)
-    metrics = {
-        **decision.metrics(),
-        **{f"train_{k}": float(v) for k, v in training.items()},
-        "stored_traces": float(len(traces)),
-        "train_examples": float(len(splits.train)),
-    }
-    if not decision.passed:
-        shutil.rmtree(run_dir / "model", ignore_errors=True)
-        reporter.report("REJECTED", decision.reason, progress=1.0, metrics=metrics)
-        return
-    version = (current.version if current else 0) + 1
-    target = under(ctx.checkpoint_root, trigger.agent_id, role, f"v{version}")
-    lineage = {
-        "job_id": reporter.job_id,
-        "trigger_id": trigger.trigger_id,
-        "window_start": since,
-        "window_end": until,
-        "heldout_reward": decision.candidate_reward,
-        "baseline_reward": decision.current_reward,
-        "non_degradation": decision.non_degradation,
-    }
-    digests = publish_files(
-        run_dir / "model",
-        target,
-        {
-            "base_model": ctx.base_model_name,
-            "config": config.model_dump(),
-            "metrics": metrics,
-            "parent_version": current.version if current else 0,
-            **lineage,
-        },
-    )
-    event = CheckpointEvent(
-        agent_id=trigger.agent_id,
-        role=role,
-        version=version,
-        parent_version=current.version if current else 0,
-        uri=f"file://{target}",
-        base_model=ctx.base_model_name,
-        sha256=digests,
-        source="grpo",
-        **lineage,  # type: ignore[arg-type]
-    )
-    reporter.report(
-        "SUCCEEDED",
-        f"published {role} checkpoint v{version}: {decision.reason}",
-        progress=1.0,
-        metrics=metrics,
-        result_version=version,
-        publish=[event],
-    )
+        training = run_trainer(spec, config.steps, reporter, run_dir / "trainer.log")
+        reporter.report("RUNNING", "held-out evaluation of the current and trained models", 0.7)
+
+        def evaluated(done: int, total: int) -> None:  # production first, then the trained
+            if done == total // 2:
+                reporter.progress(0.85, "held-out: current evaluated")
+            elif done == total:
+                reporter.progress(1.0, "held-out: trained evaluated")
+
+        model_dir = run_dir / "model"
+        comparison = compare_on_heldout(
+            material.splits.heldout,
+            self._side(agent, "current", start_dir, prompts),
+            self._side(agent, "trained", model_dir, prompts),
+            config.gate,
+            evaluated,
+        )
+        decision = comparison.decision
+        if not decision.passed:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        metrics = {
+            **decision.metrics(),
+            **{f"train_{k}": float(v) for k, v in training.items()},
+            "train_examples": float(len(material.splits.train)),
+        }
+        return Trained(decision, metrics, TrainedModel(agent, current, model_dir))
+
+    def _side(self, agent: str, name: str, folder: Path, prompts: dict[str, str]) -> Measure:
+        """One side of the comparison: the model in ``folder`` in the trained role, loaded
+        only when its turn comes (the other role stays the student)."""
+        role, ctx = self.config.role, self.ctx
+        limits = GenerationLimits(answer_tokens=self.config.eval_answer_tokens)
+
+        def run(examples: Sequence[Example], on_batch: OnBatch | None) -> list[Scored]:
+            model = LocalBackend(folder, model_name=f"{role}-{name}")
+            student = model if role == "student" else ctx.student
+            teacher = model if role == "teacher" else ctx.student
+            evaluator = PromptEvaluator(
+                agent, student, teacher, ctx.rim, self.config.eval_mode, limits
+            )
+            return evaluator.evaluate(prompts, examples, on_batch)
+
+        return run
+
+    def publish(
+        self, result: TrainedModel, lineage: dict[str, object], metrics: dict[str, float]
+    ) -> Publication:
+        ctx, role = self.ctx, self.config.role
+        parent = result.parent.version if result.parent else 0
+        version = parent + 1
+        target = under(ctx.checkpoint_root, result.agent_id, role, f"v{version}")
+        digests = publish_files(
+            result.model_dir,
+            target,
+            {
+                "base_model": ctx.base_model_name,
+                "config": self.config.model_dump(),
+                "metrics": metrics,
+                "parent_version": parent,
+                **lineage,
+            },
+        )
+        event = CheckpointEvent(
+            agent_id=result.agent_id,
+            role=role,
+            version=version,
+            parent_version=parent,
+            uri=f"file://{target}",
+            base_model=ctx.base_model_name,
+            sha256=digests,
+            source="grpo",
+            **lineage,  # type: ignore[arg-type]
+        )
+        return Publication([event], f"{role} checkpoint v{version}", version)
+
+
+def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobContext) -> None:
+    """One GRPO job for ``trigger`` (its budget and params over ``ctx.config``)."""
+    config = ctx.config.with_overrides(trigger.budget, trigger.params)
+    run_learning_job(trigger, reporter, ctx.connect_store, GrpoJob(ctx, config))

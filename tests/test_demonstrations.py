@@ -24,7 +24,8 @@ from trainer.demonstrations import (
     decode,
 )
 from trainer.evaluation import PromptEvaluator
-from trainer.gepa_engine import GepaConfig, evolve_prompts
+from trainer.gepa_config import GepaConfig
+from trainer.gepa_engine import evolve_prompts
 
 CITY_SET = set(CITIES)
 SEEDS = {"student": "You are a helpful assistant.", "teacher": "You are a reviewer."}

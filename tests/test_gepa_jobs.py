@@ -36,7 +36,7 @@ from tests.factories import interaction, scored
 from tests.fakes import ScriptedTaskWorld
 from tests.workers import eventually, start_trigger_worker
 from trainer.datasets import DatasetConfig, split_of
-from trainer.gepa_engine import GepaConfig
+from trainer.gepa_config import GepaConfig
 
 SEEDS = {"student": "You are a helpful assistant.", "teacher": "You are a reviewer."}
 runner = CliRunner()

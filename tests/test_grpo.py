@@ -36,7 +36,8 @@ from tests.factories import interaction, scored
 from tests.fakes import ScriptedBackend
 from tests.workers import eventually, start_trigger_worker
 from trainer.datasets import DatasetConfig
-from trainer.grpo import GrpoConfig, RolloutScorer, group_advantages
+from trainer.grpo import RolloutScorer, group_advantages
+from trainer.grpo_config import GrpoConfig
 
 pytest.importorskip("deepspeed", reason="GRPO needs the train extra")
 SEEDS = {"student": "Answer with the city only.", "teacher": "You are a reviewer."}

@@ -21,8 +21,9 @@ from tests.factories import interaction, scored
 from tests.fakes import ScriptedTaskWorld
 from trainer.datasets import DatasetConfig, build_splits, split_of
 from trainer.evaluation import GateConfig, PromptEvaluator, gate
-from trainer.gepa_engine import GepaConfig, evolve_prompts, reflection_lm
-from trainer.grpo import GrpoConfig
+from trainer.gepa_config import GepaConfig
+from trainer.gepa_engine import evolve_prompts, reflection_lm
+from trainer.grpo_config import GrpoConfig
 
 SEEDS = {"student": "You are a helpful assistant.", "teacher": "You are a reviewer."}
 

@@ -1,5 +1,7 @@
 """Measuring prompts: run the agent's closed loop with given prompts, score with RIM; and the
-publish gate that compares a candidate with production on held-out examples."""
+held-out comparison every publish goes through (GEPA's prompts, GRPO's checkpoints, an
+operator's own prompt): production and the candidate measured on the same held-out examples,
+then the gate. This module is the only place that comparison and the gate live."""
 
 from __future__ import annotations
 
@@ -157,3 +159,65 @@ def gate(candidate: Sequence[float], current: Sequence[float], config: GateConfi
         f" non-degradation {kept:.3f}{kept_right} (n={n})"
     )
     return GateDecision(not failures, candidate_mean, current_mean, kept, retention, n, reason)
+
+
+OnBatch = Callable[[int], None]
+Measure = Callable[[Sequence[Example], OnBatch | None], list[Scored]]
+"""One side of a held-out comparison: the examples scored in order, ``on_batch(n)`` after every
+batch of ``n``. A side that needs a model of its own may load it inside the call, so that the
+two sides' models are never held at once."""
+
+
+def measure(evaluator: PromptEvaluator, candidate: dict[str, str]) -> Measure:
+    """A side: ``candidate`` (prompts per role, optionally demonstrations) run by ``evaluator``."""
+    return lambda examples, on_batch: evaluator.evaluate(candidate, examples, on_batch)
+
+
+@dataclass(frozen=True)
+class HeldoutComparison:
+    decision: GateDecision
+    current: list[float]  # production's reward per held-out example, in order
+    candidate: list[float]  # the candidate's; production's own when there was no candidate
+
+
+def compare_on_heldout(
+    heldout: Sequence[Example],
+    current: Measure,
+    candidate: Measure | None,
+    config: GateConfig,
+    progress: Callable[[int, int], None] | None = None,
+    no_candidate: str = "no candidate other than production",
+) -> HeldoutComparison:
+    """Production, then the candidate, on the same ``heldout`` examples, and :func:`gate` on
+    the two score lists.
+
+    ``candidate`` None means the engine found nothing but production: production alone is
+    measured and the decision refuses, with ``no_candidate`` as its reason. ``progress(done,
+    total)`` follows every batch, ``done`` counting the examples of both sides. ValueError
+    without held-out examples: nothing is measured then."""
+    if not heldout:
+        raise ValueError("no held-out examples to compare production and a candidate on")
+    total = (1 if candidate is None else 2) * len(heldout)
+    done = 0
+
+    def batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    before = [s.reward.score for s in current(heldout, batch)]
+    if candidate is None:
+        mean = sum(before) / len(before)
+        refused = GateDecision(
+            passed=False,
+            candidate_reward=mean,
+            current_reward=mean,
+            non_degradation=1.0,
+            retention=None,
+            n=len(heldout),
+            reason=no_candidate,
+        )
+        return HeldoutComparison(refused, before, list(before))
+    after = [s.reward.score for s in candidate(heldout, batch)]
+    return HeldoutComparison(gate(after, before, config), before, after)

@@ -3,7 +3,9 @@
 The candidate is the agent's system prompts (``student``, ``teacher``). The adapter's
 ``evaluate`` runs our closed loop with the candidate prompts and scores each result with RIM;
 its reflective dataset hands the reflection model what the judges said, the reference, and
-above all the users' edits. The best candidate then faces the gate on held-out examples.
+above all the users' edits. GEPA's progress comes through its callback API; the best
+candidate then faces the held-out comparison (``trainer/evaluation.py``). Every knob of a run
+is a field of ``GepaConfig``, documented in ``trainer/gepa_config.py``.
 """
 
 from __future__ import annotations
@@ -16,66 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from gepa import EvaluationBatch, optimize
+from gepa.core.callbacks import BudgetUpdatedEvent, ValsetEvaluatedEvent
 from gepa.strategies.instruction_proposal import InstructionProposalSignature
-from pydantic import BaseModel, Field
 
 from runtime.backends.base import GenerationParams, ModelBackend
-from runtime.core import GenerationLimits
-from schemas.configfile import load_config
-from schemas.models import Mode
-from trainer.datasets import DatasetConfig, Example, Splits
+from trainer.datasets import Example, Splits
 from trainer.demonstrations import (
     DEMONSTRATIONS,
-    DemonstrationConfig,
     DemonstrationProposer,
     candidates_from,
     encode,
 )
-from trainer.evaluation import GateConfig, GateDecision, PromptEvaluator, Scored, gate
-from trainer.overrides import with_params
+from trainer.evaluation import (
+    GateDecision,
+    PromptEvaluator,
+    Scored,
+    compare_on_heldout,
+    measure,
+)
+from trainer.gepa_config import GepaConfig
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-
-
-class GepaConfig(BaseModel):
-    """One GEPA job. ``configs/gepa.yaml`` holds the defaults; a trigger may override the
-    budget and (through its params) any top-level scalar here."""
-
-    budget: int = Field(40, ge=1, description="Metric calls (one = one example evaluated).")
-    minibatch_size: int = Field(3, ge=1, description="Examples per reflective minibatch.")
-    eval_mode: Mode = Field(
-        "paired", description="The loop mode every candidate is measured in (auto: student only)."
-    )
-    components: list[str] = Field(
-        default_factory=lambda: ["student", "teacher"],
-        description="Which system prompts GEPA may rewrite (needs a reflection model).",
-    )
-    demonstrations: DemonstrationConfig = Field(default_factory=DemonstrationConfig)
-    reflection_max_tokens: int = Field(384, ge=16, description="Length of a proposed prompt.")
-    reflection_temperature: float = Field(0.7, ge=0)
-    eval_batch_size: int = Field(8, ge=1, description="Tasks per batched runtime call.")
-    seed: int = 0
-    limits: GenerationLimits = Field(default_factory=GenerationLimits)
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-
-    def optimized_components(
-        self, reflection: bool = True, demonstrations: bool = False
-    ) -> list[str]:
-        """Text components need a reflection model; the demonstrations need a candidate pool."""
-        texts = ["student"] if self.eval_mode == "auto" else list(self.components)
-        return (texts if reflection else []) + (
-            [DEMONSTRATIONS] if demonstrations and self.demonstrations.enabled else []
-        )
-
-    def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GepaConfig:
-        """This config with a trigger's budget and params (``name`` or ``section.name``)."""
-        return with_params(self, params, "GEPA", "budget", budget)
-
-
-def load_gepa_config(config_dir: Path) -> GepaConfig:
-    return load_config(config_dir / "gepa.yaml", GepaConfig)
 
 
 def reflection_lm(backend: ModelBackend, config: GepaConfig) -> Callable[[Any], str]:
@@ -111,17 +75,13 @@ class AtlasGepaAdapter:
         self,
         evaluator: PromptEvaluator,
         fixed_prompts: dict[str, str],
-        budget: int,
         reflection: Callable[[Any], str] | None,
         demonstrations: DemonstrationProposer | None,
-        progress: Progress | None = None,
     ):
         self.evaluator = evaluator
         self.fixed_prompts = fixed_prompts
-        self.budget = budget
         self.reflection = reflection
         self.demonstrations = demonstrations
-        self.progress = progress
 
     def propose_new_texts(
         self,
@@ -149,17 +109,12 @@ class AtlasGepaAdapter:
     def evaluate(
         self, batch: list[Example], candidate: dict[str, str], capture_traces: bool = False
     ) -> EvaluationBatch:
-        scored = self.evaluator.evaluate({**self.fixed_prompts, **candidate}, batch, self._tick)
+        scored = self.evaluator.evaluate({**self.fixed_prompts, **candidate}, batch)
         return EvaluationBatch(
             outputs=[s.event.final_answer for s in scored],
             scores=[s.reward.score for s in scored],
             trajectories=scored if capture_traces else None,
         )
-
-    def _tick(self, _done: int) -> None:
-        if self.progress is not None:
-            calls = self.evaluator.calls
-            self.progress(min(calls / self.budget, 1.0), f"{calls}/{self.budget} metric calls")
 
     def make_reflective_dataset(
         self,
@@ -194,6 +149,59 @@ class _GepaLog:
         log.info("gepa: %s", message)
 
 
+class GepaProgress:
+    """GEPA's own progress, through its callback API (``optimize(callbacks=...)``), as
+    ``progress(fraction, message)``: the iteration, the metric calls spent of the budget and
+    the best validation score so far, after the seed's validation and after every evaluation
+    GEPA counts. ``fraction`` is ``share`` times the spent share of the budget: it never
+    decreases and never passes ``share``.
+
+    It is a GEPA stopper (``stop_callbacks=``) too. GEPA logs and swallows a callback's
+    exception; one raised by ``progress`` (a job ended from outside, a reporter that cannot
+    send) is kept instead, no more progress is reported, GEPA stops before its next
+    iteration, and :meth:`raise_if_failed` raises it."""
+
+    def __init__(self, progress: Progress, budget: int, share: float = 0.8):
+        self.progress = progress
+        self.budget = budget
+        self.share = share
+        self.calls = 0
+        self.best: float | None = None
+        self.error: Exception | None = None
+
+    def on_valset_evaluated(self, event: ValsetEvaluatedEvent) -> None:
+        score = event["average_score"]
+        self.best = score if self.best is None else max(self.best, score)
+        if event["iteration"] == 0:  # the seed's, before GEPA counts its calls
+            self.calls = max(self.calls, event["num_examples_evaluated"])
+        self._report(event["iteration"])
+
+    def on_budget_updated(self, event: BudgetUpdatedEvent) -> None:
+        self.calls = max(self.calls, event["metric_calls_used"])
+        self._report(event["iteration"])
+
+    def _report(self, iteration: int) -> None:
+        if self.error is not None:
+            return
+        best = "" if self.best is None else f", best validation score {self.best:.3f}"
+        try:
+            self.progress(
+                self.share * min(self.calls / self.budget, 1.0),
+                f"optimizing: iteration {iteration}, {self.calls}/{self.budget} metric calls"
+                + best,
+            )
+        except Exception as exc:
+            self.error = exc
+
+    def __call__(self, _state: object) -> bool:
+        """GEPA's stop question: stop once ``progress`` has failed."""
+        return self.error is not None
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class GepaOutcome:
     current: dict[str, str]
@@ -226,10 +234,14 @@ def evolve_prompts(
     progress: Progress | None = None,
     run_dir: Path | None = None,
 ) -> GepaOutcome:
-    """GEPA on train/validation, then the gate on held-out: production vs the best candidate.
+    """GEPA on train/validation, then the held-out comparison (``compare_on_heldout``):
+    production vs the best candidate, or production alone and a refusal when GEPA found
+    nothing else.
 
     ``current`` is production as a candidate: a system prompt per role and the student's
-    demonstrations (JSON) under ``DEMONSTRATIONS``."""
+    demonstrations (JSON) under ``DEMONSTRATIONS``. ``progress`` gets GEPA's own progress
+    (``GepaProgress``) up to 0.8, then the held-out evaluation's up to 1.0; an exception it
+    raises ends the search and is raised here."""
     if not splits.train or not splits.validation or not splits.heldout:
         raise ValueError(f"not enough examples to optimize: {splits.sizes()}")
     started = time.perf_counter()
@@ -247,57 +259,45 @@ def evolve_prompts(
     seed = {role: current[role] for role in components}
     fixed = {role: text for role, text in current.items() if role not in components}
 
-    def optimizing(fraction: float, message: str) -> None:
-        if progress is not None:
-            progress(0.8 * fraction, f"optimizing: {message}")
-
-    adapter = AtlasGepaAdapter(evaluator, fixed, config.budget, reflection, proposer, optimizing)
+    tracker = None if progress is None else GepaProgress(progress, config.budget)
     result = optimize(
         seed_candidate=seed,
         trainset=splits.train,
         valset=splits.validation,
-        adapter=adapter,
+        adapter=AtlasGepaAdapter(evaluator, fixed, reflection, proposer),
         reflection_minibatch_size=config.minibatch_size,
         max_metric_calls=config.budget,
+        stop_callbacks=None if tracker is None else [tracker],
+        callbacks=None if tracker is None else [tracker],
         seed=config.seed,
         run_dir=str(run_dir) if run_dir else None,
         raise_on_exception=False,
         display_progress_bar=False,
         logger=_GepaLog(),
     )
+    if tracker is not None:
+        tracker.raise_if_failed()
     best = {**fixed, **result.best_candidate}
     changed = [role for role in components if best[role] != current[role]]
     metric_calls = evaluator.calls
 
-    heldout = splits.heldout
-    total = (2 if changed else 1) * len(heldout)
-    done = {"n": 0}
-
-    def gating(n: int) -> None:
-        done["n"] += n
+    def gating(done: int, total: int) -> None:
         if progress is not None:
-            progress(0.8 + 0.2 * done["n"] / total, f"held-out evaluation {done['n']}/{total}")
+            progress(0.8 + 0.2 * done / total, f"held-out evaluation {done}/{total}")
 
-    current_scores = [s.reward.score for s in evaluator.evaluate(current, heldout, gating)]
-    if changed:
-        best_scores = [s.reward.score for s in evaluator.evaluate(best, heldout, gating)]
-        decision = gate(best_scores, current_scores, config.gate)
-    else:
-        mean = sum(current_scores) / len(current_scores)
-        decision = GateDecision(
-            passed=False,
-            candidate_reward=mean,
-            current_reward=mean,
-            non_degradation=1.0,
-            retention=None,
-            n=len(heldout),
-            reason="GEPA found no candidate other than production",
-        )
+    comparison = compare_on_heldout(
+        splits.heldout,
+        measure(evaluator, current),
+        measure(evaluator, best) if changed else None,
+        config.gate,
+        gating,
+        no_candidate="GEPA found no candidate other than production",
+    )
     return GepaOutcome(
         current=current,
         best=best,
         changed_roles=changed,
-        decision=decision,
+        decision=comparison.decision,
         metric_calls=metric_calls,
         candidates=len(result.candidates),
         validation_best=result.val_aggregate_scores[result.best_idx],

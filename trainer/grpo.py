@@ -17,6 +17,8 @@ Why our own loop and not TRL's GRPOTrainer: the teacher's reward needs the stude
 each completion (a rollout of two models), which TRL's reward-function interface does not give
 us, and the loop stays the same on CPU (gloo) and GPU. ``benchmarks/grpo.py`` compares the
 seconds per step with TRL's trainer on the student setting, which both can run.
+
+Every knob of a run is a field of ``GrpoConfig``, documented in ``trainer/grpo_config.py``.
 """
 
 from __future__ import annotations
@@ -26,61 +28,18 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from rim.reward import Rim
 from runtime.backends.base import GenerationParams, Message, ModelBackend
 from runtime.backends.local import load_tokenizer
 from runtime.core import GUIDANCE, RETRY, withhold_answer
 from runtime.tasks import Task
-from schemas.configfile import load_config
 from schemas.models import InteractionEvent
-from trainer.datasets import DatasetConfig
-from trainer.evaluation import GateConfig
-from trainer.overrides import with_params
-
-
-class GrpoConfig(BaseModel):
-    """One GRPO job; ``configs/grpo.yaml`` holds the defaults, a trigger's params override."""
-
-    role: Literal["teacher", "student"] = Field("teacher", description="Which model to train.")
-    steps: int = Field(20, ge=1, description="Optimizer steps (a trigger's budget overrides).")
-    prompts_per_step: int = Field(2, ge=1, description="Training examples per step.")
-    group_size: int = Field(4, ge=2, description="Completions sampled per prompt.")
-    max_prompt_tokens: int = Field(256, ge=16, description="Longer prompts are cut from the left.")
-    max_completion_tokens: int = Field(48, ge=1, description="Sampled tokens per completion.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
-    learning_rate: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    beta: float = Field(0.04, ge=0, description="Weight of the KL penalty to the start model.")
-    epsilon: float = Field(0.2, gt=0, description="PPO-style ratio clipping.")
-    seed: int = 0
-    deepspeed_config: str = Field(
-        "deepspeed/zero2_cpu.json", description="ZeRO stage and offload, relative to configs/."
-    )
-    student_answer_tokens: int = Field(64, ge=1, description="Student turns in teacher rollouts.")
-    eval_mode: Literal["auto", "paired", "coach"] = Field(
-        "paired", description="Loop mode of the held-out gate (auto cannot see a teacher)."
-    )
-    eval_answer_tokens: int = Field(64, ge=1, description="Answer length in the gate's runs.")
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    gate: GateConfig = Field(
-        default_factory=lambda: GateConfig(margin=0.0),
-        description="A checkpoint must not be worse on average (margin 0) nor per example.",
-    )
-
-    def with_overrides(self, budget: int | None, params: Mapping[str, str]) -> GrpoConfig:
-        """This config with a trigger's budget (steps) and params (``name`` or ``section.name``)."""
-        return with_params(self, params, "GRPO", "steps", budget)
-
-
-def load_grpo_config(config_dir: Path) -> GrpoConfig:
-    return load_config(config_dir / "grpo.yaml", GrpoConfig)
+from trainer.grpo_config import GrpoConfig
 
 
 @dataclass

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from rim.config import build_rim, load_rim_config
 from runtime.tasks import Task
-from trainer.grpo import GrpoConfig, GrpoTrainer, RolloutScorer, read_deepspeed_config
+from trainer.grpo import GrpoTrainer, RolloutScorer, read_deepspeed_config
+from trainer.grpo_config import GrpoConfig
 
 
 class GrpoSpec(BaseModel):

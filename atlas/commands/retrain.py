@@ -44,8 +44,8 @@ def _request_retrain(
     usage error otherwise, and nothing produced); print its id."""
     from runtime.producer import EventProducer
     from schemas.models import RetrainTrigger
-    from trainer.gepa_engine import load_gepa_config
-    from trainer.grpo import load_grpo_config
+    from trainer.gepa_config import load_gepa_config
+    from trainer.grpo_config import load_grpo_config
 
     params = _parse_params(param)
     settings = get_settings(ctx)
