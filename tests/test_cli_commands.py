@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from atlas.cli import app
 from atlas.commands import common
-from atlas.commands.common import Window, parse_since
+from atlas.commands.common import Window, parse_since, version_cells
 from runtime import checkpoints
 from runtime.checkpoints import rollback_checkpoint
 from runtime.prompts import NoParentVersion, VersionNotStored, restored_prompt
@@ -220,3 +220,11 @@ def test_a_version_no_column_can_hold_asks_nothing(version: int) -> None:
     assert prompt_version(client, "a", "teacher", version) is None  # type: ignore[arg-type]
     assert checkpoint_version(client, "a", "student", version) is None  # type: ignore[arg-type]
     assert client.asked == []
+
+
+def test_both_version_lists_show_the_same_lineage_columns() -> None:
+    shown = prompt(3, 2).model_copy(update={"heldout_reward": 0.8125, "baseline_reward": None})
+    cells = version_cells(shown, in_use=True)
+    assert cells[:4] == ["teacher", "3 *", "2", "gepa"]
+    assert cells[5:] == ["0.812", ""]
+    assert version_cells(checkpoint(0, None), in_use=False)[:4] == ["student", "0", "", "grpo"]

@@ -19,6 +19,7 @@ from atlas.commands.common import (
     console,
     get_settings,
     publish_as_learner,
+    version_cells,
 )
 
 app = typer.Typer(help="Published model checkpoints: list, roll back.", no_args_is_help=True)
@@ -51,17 +52,7 @@ def checkpoints_list(
     )
     for c in history:
         in_use = c.role in live and live[c.role].version == c.version
-        table.add_row(
-            c.role,
-            f"{c.version}{' *' if in_use else ''}",
-            "" if c.parent_version is None else str(c.parent_version),
-            c.source,
-            f"{c.created_at:%Y-%m-%d %H:%M}",
-            "" if c.heldout_reward is None else f"{c.heldout_reward:.3f}",
-            "" if c.baseline_reward is None else f"{c.baseline_reward:.3f}",
-            c.job_id or "",
-            c.uri,
-        )
+        table.add_row(*version_cells(c, in_use), c.job_id or "", c.uri)
     console.print(table)
     console.print("* = in use now; version 0 is the base model")
 

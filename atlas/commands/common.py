@@ -24,7 +24,7 @@ from runtime.producer import ProducerError
 from schemas.codec import DecodeError, RegistryUnavailable, SchemaError
 from schemas.configfile import ConfigError, validation_summary
 from schemas.limits import LimitError
-from schemas.models import Event
+from schemas.models import CheckpointEvent, Event, PromptVersion
 from store.client import StoreUnavailable
 
 console = Console()
@@ -150,6 +150,23 @@ def configure_logging(level: int | None = None, quiet: Sequence[str] = ()) -> No
     from schemas.secrets import scrub_log_records
 
     scrub_log_records()
+
+
+def version_cells(version: PromptVersion | CheckpointEvent, in_use: bool) -> list[str]:
+    """The lineage columns `prompts list` and `checkpoints list` both show, in order: role,
+    version (``*`` when in use), parent, source, created, held-out and previous figures."""
+    return [
+        version.role,
+        f"{version.version}{' *' if in_use else ''}",
+        "" if version.parent_version is None else str(version.parent_version),
+        version.source,
+        f"{version.created_at:%Y-%m-%d %H:%M}",
+        *(_figure(f) for f in (version.heldout_reward, version.baseline_reward)),
+    ]
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def publish_as_learner(settings: Settings, events: Sequence[Event]) -> None:

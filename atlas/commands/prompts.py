@@ -23,6 +23,7 @@ from atlas.commands.common import (
     err,
     get_settings,
     publish_as_learner,
+    version_cells,
 )
 from atlas.settings import Settings
 
@@ -84,18 +85,9 @@ def prompts_list(
     )
     for v in prompt_history(connect(settings.store()), agent, role):
         live = current.get(v.role) is not None and current[v.role].version == v.version
-        table.add_row(
-            v.role,
-            f"{v.version}{' *' if live else ''}",
-            "" if v.parent_version is None else str(v.parent_version),
-            v.source,
-            f"{v.created_at:%Y-%m-%d %H:%M}",
-            "" if v.heldout_reward is None else f"{v.heldout_reward:.3f}",
-            "" if v.baseline_reward is None else f"{v.baseline_reward:.3f}",
-            "" if v.non_degradation is None else f"{v.non_degradation:.3f}",
-            v.job_id or "",
-            v.text[:50].replace("\n", " "),
-        )
+        non_degradation = "" if v.non_degradation is None else f"{v.non_degradation:.3f}"
+        text = v.text[:50].replace("\n", " ")
+        table.add_row(*version_cells(v, live), non_degradation, v.job_id or "", text)
     console.print(table)
     console.print("* = in use now; version 0 is the seed in configs/agent.yaml")
 
