@@ -34,13 +34,12 @@ from atlas.lag import group_lag
 from atlas.settings import Settings
 from atlas.workers import REWARDS_GROUP, SINK_GROUP
 from consumers.sink import DEFAULT_TOPICS
-from rim.judges import LLMJudge, Principle
-from runtime.backends.local import LocalBackend, default_model_dir
 from runtime.producer import EventProducer
 from schemas.topics import FEEDBACK, INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.judging import judge_local
 from benchmarks.stages import (
     Deadline,
     StageRun,
@@ -155,28 +154,6 @@ def pipeline(
             worker.stop()
 
 
-def judging(traces: int) -> tuple[float, float]:
-    backend = LocalBackend(default_model_dir(Settings().cache_dir), max_batch=8, threads=2)
-    judge = LLMJudge(
-        "accuracy",
-        [Principle(name="correctness", description="right answer")],
-        backend,
-        temperatures=(0.2, 0.5, 0.8),
-        retries=0,
-        max_tokens=64,
-    )
-    rng = random.Random(3)
-    batch = [interaction(rng) for _ in range(traces)]
-    started = time.perf_counter()
-    for trace in batch:
-        judge.judge([trace])
-    serial = traces / (time.perf_counter() - started)
-    started = time.perf_counter()
-    judge.judge(batch)
-    batched = traces / (time.perf_counter() - started)
-    return serial, batched
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000, help="per worker stage")
@@ -223,12 +200,8 @@ def main() -> None:
                 f"  secure at {rate:.0f}/s offered: p50 {q.p50:.0f} ms, p99 {q.p99:.0f} ms"
                 f" (plain p50 {base.p50:.0f} ms, p99 {base.p99:.0f} ms)"
             )
-    if args.judged:
-        serial, batched = judging(args.judged)
-        print(
-            f"LLM judge, local model, 3 samples: serial {serial:.2f} traces/s, batched"
-            f" {batched:.2f} traces/s, x{batched / serial:.2f}"
-        )
+    if args.judged:  # the same as benchmarks/judging.py --only local
+        print("\n".join(judge_local(args.judged)))
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Programmatic judges check what code can check (reference match, bare-answer format, tool
 success). LLM judges ask a model for JSON ``{principles, score, rationale, uncertainty}`` at
 several temperatures, validate it, retry malformed output, and escalate to an arbiter model when
-the samples disagree, are unsure, or none parsed. A judge never raises on bad model output: the
+the samples disagree, are unsure, or none parsed. A batch of traces at all temperatures is one
+backend request (`complete_each`): the local backend generates it in one batch, an
+OpenAI-compatible one sends it concurrently. A judge never raises on bad model output: the
 failure becomes the score's ``error``.
 """
 
@@ -17,7 +19,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from runtime.backends.base import GenerationParams, Message, ModelBackend
+from runtime.backends.base import GenerationParams, Message, ModelBackend, complete_each
 from runtime.tasks import FAMILIES, Task, is_bare, is_correct, last_integer
 from schemas.models import InteractionEvent, JudgeScore
 
@@ -171,6 +173,9 @@ def render_trace(trace: InteractionEvent) -> str:
 
 
 class LLMJudge:
+    """Scores traces by sampling a model at each of ``temperatures`` (all traces and
+    temperatures in one backend request), escalating to ``arbiter`` when needed."""
+
     def __init__(
         self,
         name: str,
@@ -205,38 +210,52 @@ class LLMJudge:
         ]
 
     def _sample(
-        self, backend: ModelBackend, traces: Sequence[InteractionEvent], temperature: float
-    ) -> list[JudgeOutput | str]:
-        """One parsed output (or the last parse error) per trace; malformed replies are retried
-        together in one more batched call."""
-        results: list[JudgeOutput | str] = ["not asked"] * len(traces)
-        todo = list(range(len(traces)))
+        self,
+        backend: ModelBackend,
+        traces: Sequence[InteractionEvent],
+        temperatures: Sequence[float],
+    ) -> list[list[JudgeOutput | str]]:
+        """For each temperature, one parsed output (or the last parse error) per trace.
+
+        Every trace at every temperature goes to the backend in one `complete_each` call (rows
+        ordered temperature by temperature), and the malformed replies of all of them are
+        retried together in one more such call, up to ``retries`` times.
+        """
+        conversations = [self._conversation(trace) for trace in traces]
+        rows = [(t, i) for t in range(len(temperatures)) for i in range(len(traces))]
+        params = [
+            GenerationParams(temperature=t, max_tokens=self.max_tokens, json_output=True)
+            for t in temperatures
+        ]
+        results: list[list[JudgeOutput | str]] = [["not asked"] * len(traces) for _ in params]
+        todo = rows
         for _attempt in range(self.retries + 1):
             if not todo:
                 break
-            params = GenerationParams(
-                temperature=temperature, max_tokens=self.max_tokens, json_output=True
+            replies = complete_each(
+                backend, [conversations[i] for _, i in todo], [params[t] for t, _ in todo]
             )
-            replies = backend.complete([self._conversation(traces[i]) for i in todo], params)
             still = []
-            for i, reply in zip(todo, replies, strict=True):
+            for (t, i), reply in zip(todo, replies, strict=True):
                 try:
-                    results[i] = parse_judge_output(reply.text)
+                    results[t][i] = parse_judge_output(reply.text)
                 except ValueError as exc:
-                    results[i] = str(exc)
-                    still.append(i)
+                    results[t][i] = str(exc)
+                    still.append((t, i))
             todo = still
         return results
 
     def judge(self, traces: Sequence[InteractionEvent]) -> list[JudgeScore]:
-        # One batched call per temperature (plus retries), not one per trace and temperature.
-        samples = [self._sample(self.backend, traces, t) for t in self.temperatures]
+        """One backend request (`complete_each`) for all traces at all temperatures, plus
+        batched retries; then one arbiter request at the first temperature for the traces that
+        need escalation."""
+        samples = self._sample(self.backend, traces, self.temperatures)
         per_trace = [[s[i] for s in samples] for i in range(len(traces))]
         escalate = [i for i, outs in enumerate(per_trace) if self._needs_arbiter(outs)]
         arbiter_outputs: dict[int, JudgeOutput | str] = {}
         if escalate and self.arbiter is not None:
-            decided = self._sample(
-                self.arbiter, [traces[i] for i in escalate], self.temperatures[0]
+            [decided] = self._sample(
+                self.arbiter, [traces[i] for i in escalate], self.temperatures[:1]
             )
             arbiter_outputs = dict(zip(escalate, decided, strict=True))
         return [

@@ -120,7 +120,8 @@ def test_garbage_everywhere_is_a_judge_error_not_a_crash() -> None:
     assert garbage.calls == 6  # 3 temperatures, each retried once
 
 
-def test_batching_costs_one_call_per_temperature() -> None:
+def test_a_backend_without_complete_each_gets_one_call_per_temperature() -> None:
+    # (backends with it get one call in all: tests/test_judge_batching.py)
     backend = ScriptedBackend("judge", lambda c: reply(0.8))
     scores = LLMJudge("acc", PRINCIPLES, backend).judge([trace("7")] * 10)
     assert len(scores) == 10 and len(backend.batches) == 3

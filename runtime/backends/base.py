@@ -1,10 +1,16 @@
-"""The one seam for language models: a backend turns chat conversations into completions."""
+"""The one seam for language models: a backend turns chat conversations into completions.
+
+``complete`` takes one set of generation parameters for the whole batch. ``complete_each`` takes
+one per conversation (the LLM judge sends every trace at every temperature at once): a backend
+that can mix them in one batch implements ``complete_each`` itself, and any other backend gets
+one ``complete`` call per distinct parameter set.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -48,6 +54,56 @@ class ModelBackend(Protocol):
     ) -> list[ChatResult]:
         """One result per conversation, in order; batching is the backend's business."""
         ...
+
+
+@runtime_checkable
+class MixedBackend(ModelBackend, Protocol):
+    """A backend that serves rows with different parameters (temperatures) in one batch."""
+
+    def complete_each(
+        self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]
+    ) -> list[ChatResult]:
+        """One result per conversation, each generated with its own ``params`` row, in order."""
+        ...
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def group_rows(
+    params: Sequence[GenerationParams], key: Callable[[GenerationParams], K]
+) -> dict[K, list[int]]:
+    """Row indices grouped by ``key(params[i])``, groups and rows in first-seen order."""
+    groups: dict[K, list[int]] = {}
+    for i, row in enumerate(params):
+        groups.setdefault(key(row), []).append(i)
+    return groups
+
+
+def complete_each(
+    backend: ModelBackend,
+    conversations: Sequence[Sequence[Message]],
+    params: Sequence[GenerationParams],
+) -> list[ChatResult]:
+    """One result per conversation, each generated with its own ``params`` row, in order.
+
+    A backend with its own ``complete_each`` (local: one generate call with a temperature per
+    row; OpenAI-compatible: every row concurrently) gets all rows in one call. Any other
+    backend gets one ``complete`` call per distinct parameter set, and the results are put
+    back in row order.
+    """
+    if len(conversations) != len(params):
+        raise ValueError(f"{len(conversations)} conversations but {len(params)} parameter rows")
+    if not conversations:
+        return []
+    if isinstance(backend, MixedBackend):
+        return backend.complete_each(conversations, params)
+    results: list[ChatResult | None] = [None] * len(conversations)
+    for same, rows in group_rows(params, lambda p: p).items():
+        replies = backend.complete([conversations[i] for i in rows], same)
+        for i, reply in zip(rows, replies, strict=True):
+            results[i] = reply
+    return results  # type: ignore[return-value]  # every row was filled
 
 
 def chat(backend: ModelBackend, messages: Sequence[Message], **params: object) -> ChatResult:

@@ -15,9 +15,12 @@ from runtime.backends.base import BackendError, ChatResult, GenerationParams, Me
 
 class OpenAIBackend:
     """Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (the
-    client's own policy, ``max_retries`` times); fails at once, clearly, on auth errors and
-    unknown models. Conversations of one ``complete`` call run concurrently. Servers that
-    ignore ``n`` (llama.cpp) are topped up with extra requests."""
+    client's own policy, ``max_retries`` times, each try bounded by ``timeout`` seconds); fails
+    at once, clearly, on auth errors and unknown models. The conversations of one ``complete``
+    or ``complete_each`` call (each with its own temperature) run concurrently, at most
+    ``concurrency`` requests in flight: that is what lets vLLM or llama.cpp's server with
+    parallel slots batch them. Servers that ignore ``n`` (llama.cpp) are topped up with extra
+    requests."""
 
     def __init__(
         self,
@@ -42,10 +45,26 @@ class OpenAIBackend:
     def complete(
         self, conversations: Sequence[Sequence[Message]], params: GenerationParams
     ) -> list[ChatResult]:
-        if len(conversations) == 1:
-            return [self._one(conversations[0], params)]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda c: self._one(c, params), conversations))
+        return self.complete_each(conversations, [params] * len(conversations))
+
+    def complete_each(
+        self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]
+    ) -> list[ChatResult]:
+        """One request per conversation with its own parameters, all through one pool of
+        ``concurrency`` threads; results in order. The first failure is raised once the
+        requests already in flight are done."""
+        if len(conversations) != len(params):
+            raise ValueError(f"{len(conversations)} conversations but {len(params)} parameter rows")
+        if len(conversations) <= 1:
+            return [self._one(c, p) for c, p in zip(conversations, params, strict=True)]
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)))
+        try:
+            futures = [
+                pool.submit(self._one, c, p) for c, p in zip(conversations, params, strict=True)
+            ]
+            return [future.result() for future in futures]
+        finally:  # after a failure, requests not yet sent are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _one(self, messages: Sequence[Message], params: GenerationParams) -> ChatResult:
         started = time.perf_counter()
