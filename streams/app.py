@@ -206,7 +206,8 @@ def create_stream(
                 clock = stored_clock(value)
                 if clock is not None and not processor.expired(*clock, now=now):
                     continue
-                if expired == EXPIRY_BATCH:
+                if expired == EXPIRY_BATCH:  # counted now: the next transaction goes on
+                    stats.expired += expired
                     return True
                 expired += 1
                 orphans(batch, partition, key)
