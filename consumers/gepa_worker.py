@@ -17,7 +17,7 @@ from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.prompts import current_prompts, next_versions
 from schemas.codec import AvroCodec
-from schemas.models import PromptVersion, RetrainTrigger
+from schemas.models import Lineage, PromptVersion, RetrainTrigger
 from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
 from trainer.evaluation import GateDecision, PromptEvaluator, compare_on_heldout, measure
@@ -117,7 +117,7 @@ class GepaJob:
     def publish(
         self,
         result: tuple[Production, GepaOutcome],
-        lineage: dict[str, object],
+        lineage: Lineage,
         metrics: dict[str, float],
     ) -> Publication:
         current, outcome = result
@@ -125,7 +125,7 @@ class GepaJob:
         shots = {}
         if DEMONSTRATIONS in outcome.changed_roles:
             shots["student"] = decode(outcome.best[DEMONSTRATIONS])
-        versions = next_versions(current, texts, "gepa", shots, **lineage)
+        versions = next_versions(current, texts, "gepa", shots, lineage)
         summary = ", ".join(
             f"{v.role} v{v.version}"
             + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")

@@ -36,7 +36,7 @@ from runtime.checkpoints import CARD, current_checkpoints, sha256_of, verify
 from runtime.core import GenerationLimits
 from runtime.prompts import current_prompts
 from schemas.codec import AvroCodec
-from schemas.models import CheckpointEvent, RetrainTrigger, under
+from schemas.models import CheckpointEvent, Lineage, RetrainTrigger, under
 from trainer.datasets import DatasetConfig, Example
 from trainer.evaluation import Measure, OnBatch, PromptEvaluator, Scored, compare_on_heldout
 from trainer.grpo_config import GrpoConfig
@@ -272,11 +272,12 @@ class GrpoJob:
         return run
 
     def publish(
-        self, result: TrainedModel, lineage: dict[str, object], metrics: dict[str, float]
+        self, result: TrainedModel, lineage: Lineage, metrics: dict[str, float]
     ) -> Publication:
         ctx, role = self.ctx, self.config.role
         parent = result.parent.version if result.parent else 0
         version = parent + 1
+        provenance = lineage.model_dump()
         target = under(ctx.checkpoint_root, result.agent_id, role, f"v{version}")
         digests = publish_files(
             result.model_dir,
@@ -286,7 +287,7 @@ class GrpoJob:
                 "config": self.config.model_dump(),
                 "metrics": metrics,
                 "parent_version": parent,
-                **lineage,
+                **provenance,
             },
         )
         event = CheckpointEvent(
@@ -298,7 +299,7 @@ class GrpoJob:
             base_model=ctx.base_model_name,
             sha256=digests,
             source="grpo",
-            **lineage,  # type: ignore[arg-type]
+            **provenance,
         )
         return Publication([event], f"{role} checkpoint v{version}", version)
 

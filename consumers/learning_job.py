@@ -33,7 +33,7 @@ from typing import Generic, Protocol, TypeVar
 from clickhouse_connect.driver.client import Client
 
 from consumers.jobs import JobReporter
-from schemas.models import Event, RetrainTrigger
+from schemas.models import Event, Lineage, RetrainTrigger
 from store.queries import training_traces
 from trainer.datasets import DatasetConfig, Splits, build_splits
 from trainer.evaluation import GateDecision
@@ -112,25 +112,22 @@ class LearningJob(Protocol[R]):
         production on ``material.splits.heldout``; a refused candidate leaves no files."""
         ...
 
-    def publish(
-        self, result: R, lineage: dict[str, object], metrics: dict[str, float]
-    ) -> Publication:
+    def publish(self, result: R, lineage: Lineage, metrics: dict[str, float]) -> Publication:
         """Make the passed candidate publishable (files first, where it has any); each event
         carries ``lineage``. Nothing goes out here: the skeleton sends the events."""
         ...
 
 
-def lineage(reporter: JobReporter, material: Material, decision: GateDecision) -> dict[str, object]:
+def lineage(reporter: JobReporter, material: Material, decision: GateDecision) -> Lineage:
     """What every published version says about where it came from."""
-    return {
-        "job_id": reporter.job_id,
-        "trigger_id": reporter.trigger.trigger_id,
-        "window_start": material.since,
-        "window_end": material.until,
-        "heldout_reward": decision.candidate_reward,
-        "baseline_reward": decision.current_reward,
-        "non_degradation": decision.non_degradation,
-    }
+    return decision.lineage(
+        Lineage(
+            job_id=reporter.job_id,
+            trigger_id=reporter.trigger.trigger_id,
+            window_start=material.since,
+            window_end=material.until,
+        )
+    )
 
 
 def run_learning_job(

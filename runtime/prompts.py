@@ -7,7 +7,7 @@ from typing import Protocol
 
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
-from schemas.models import Demonstration, PromptSource, PromptVersion
+from schemas.models import Demonstration, Lineage, PromptSource, PromptVersion
 from schemas.signing import Verifier
 from schemas.topics import PROMPTS
 
@@ -120,11 +120,12 @@ def next_versions(
     texts: dict[str, str],
     source: PromptSource,
     demonstrations: dict[str, list[Demonstration]] | None = None,
-    **lineage: object,
+    lineage: Lineage | None = None,
 ) -> list[PromptVersion]:
     """New versions for the roles given a text or demonstrations, each a child of the role's
-    current version; what is not given is carried over from it."""
+    current version carrying ``lineage``; what is not given is carried over from it."""
     demonstrations = demonstrations or {}
+    provenance = (lineage or Lineage()).model_dump()
     return [
         PromptVersion(
             agent_id=current[role].agent_id,
@@ -134,7 +135,7 @@ def next_versions(
             text=texts.get(role, current[role].text),
             demonstrations=demonstrations.get(role, current[role].demonstrations),
             source=source,
-            **lineage,  # type: ignore[arg-type]
+            **provenance,
         )
         for role in sorted({*texts, *demonstrations})
     ]

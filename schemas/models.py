@@ -192,16 +192,15 @@ class Demonstration(Record):
     output: str
 
 
-class PromptVersion(Event):
-    schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
+class Lineage(Record):
+    """Where a published prompt or checkpoint came from: the job, the trigger and the data
+    window that made it, and its held-out figures against the version it replaced. One model
+    for both version events, the store's columns and the queries that read them back.
 
-    agent_id: Id
-    role: Id
-    version: int
-    parent_version: int | None = None
-    text: str
-    source: PromptSource
-    created_at: Instant = Field(default_factory=utcnow)
+    ``parent_version`` is not here: it is the version chain, set from the current version by
+    whoever publishes, and both contracts place it right after ``version``, apart from these
+    fields, where a base class cannot put it (a base's fields stay one block)."""
+
     job_id: str | None = None
     trigger_id: str | None = None
     window_start: Instant | None = None
@@ -209,12 +208,28 @@ class PromptVersion(Event):
     heldout_reward: float | None = None
     baseline_reward: float | None = None
     non_degradation: float | None = None
+
+
+# A model's fields run base by base in reverse MRO order, so ``class X(Lineage, Head)`` lists
+# Head's fields, then Lineage's, then X's own: the order of the .avsc, which the codec and a
+# test hold the models to. The heads are the fields before the lineage.
+class _PromptHead(Event):
+    agent_id: Id
+    role: Id
+    version: int
+    parent_version: int | None = None
+    text: str
+    source: PromptSource
+    created_at: Instant = Field(default_factory=utcnow)
+
+
+class PromptVersion(Lineage, _PromptHead):
+    schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
+
     demonstrations: list[Demonstration] = Field(default_factory=list)
 
 
-class CheckpointEvent(Event):
-    schema_name: ClassVar[str] = "io.atlas_stream.CheckpointEvent"
-
+class _CheckpointHead(Event):
     agent_id: Id
     role: Id
     version: int
@@ -224,13 +239,10 @@ class CheckpointEvent(Event):
     sha256: dict[str, str] = Field(default_factory=dict)
     source: CheckpointSource
     created_at: Instant = Field(default_factory=utcnow)
-    job_id: str | None = None
-    trigger_id: str | None = None
-    window_start: Instant | None = None
-    window_end: Instant | None = None
-    heldout_reward: float | None = None
-    baseline_reward: float | None = None
-    non_degradation: float | None = None
+
+
+class CheckpointEvent(Lineage, _CheckpointHead):
+    schema_name: ClassVar[str] = "io.atlas_stream.CheckpointEvent"
 
 
 class RetrainTrigger(Event):

@@ -13,7 +13,27 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.models import Instant, Lineage
+
 DEDUP = "SETTINGS non_replicated_deduplication_window = 10000"
+
+# The column type of each annotation a Lineage field has (all optional: Nullable).
+COLUMN_TYPES: dict[object, str] = {
+    str | None: "Nullable(String)",
+    Instant | None: "Nullable(DateTime64(3, 'UTC'))",
+    float | None: "Nullable(Float64)",
+}
+
+
+def lineage_columns() -> list[tuple[str, str]]:
+    """(name, type) of the lineage columns, in the order of ``Lineage``'s fields."""
+    return [(name, COLUMN_TYPES[f.annotation]) for name, f in Lineage.model_fields.items()]
+
+
+# Migration 1 creates prompt_versions and checkpoints with these and never runs again on a
+# store that has run it: a field added to Lineage also needs a migration adding its column
+# (ADD COLUMN IF NOT EXISTS, which a new store, given the column here, passes over).
+LINEAGE_COLUMNS = ",\n                ".join(f"{n} {t}" for n, t in lineage_columns())
 
 
 LATEST_TRACES = (
@@ -114,13 +134,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 text String,
                 source LowCardinality(String),
                 created_at DateTime64(3, 'UTC'),
-                job_id Nullable(String),
-                trigger_id Nullable(String),
-                window_start Nullable(DateTime64(3, 'UTC')),
-                window_end Nullable(DateTime64(3, 'UTC')),
-                heldout_reward Nullable(Float64),
-                baseline_reward Nullable(Float64),
-                non_degradation Nullable(Float64)
+                {LINEAGE_COLUMNS}
             ) ENGINE = ReplacingMergeTree
             ORDER BY (agent_id, role, version)
             {DEDUP}
@@ -136,13 +150,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 sha256 Map(String, String),
                 source LowCardinality(String),
                 created_at DateTime64(3, 'UTC'),
-                job_id Nullable(String),
-                trigger_id Nullable(String),
-                window_start Nullable(DateTime64(3, 'UTC')),
-                window_end Nullable(DateTime64(3, 'UTC')),
-                heldout_reward Nullable(Float64),
-                baseline_reward Nullable(Float64),
-                non_degradation Nullable(Float64)
+                {LINEAGE_COLUMNS}
             ) ENGINE = ReplacingMergeTree
             ORDER BY (agent_id, role, version)
             {DEDUP}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from pydantic import BaseModel
 
 from schemas.models import (
     CheckpointEvent,
@@ -176,11 +177,13 @@ def training_traces(
     ]
 
 
-PROMPT_SELECT = """
-SELECT agent_id, role, version, parent_version, text, source, created_at, job_id, trigger_id,
-       window_start, window_end, heldout_reward, baseline_reward, non_degradation,
-       demonstrations
-FROM prompt_versions FINAL"""
+def select_fields(model: type[BaseModel], table: str) -> str:
+    """``SELECT`` of every field of ``model`` from ``table``: a version table has one column
+    per field of its event, by the same name, so a row is the event's keyword arguments."""
+    return f"SELECT {', '.join(model.model_fields)}\nFROM {table} FINAL"
+
+
+PROMPT_SELECT = select_fields(PromptVersion, "prompt_versions")
 PROMPT_HISTORY = (
     PROMPT_SELECT
     + """
@@ -249,11 +252,7 @@ def stored_trigger(client: Client, trigger_id: str) -> RetrainTrigger | None:
     return RetrainTrigger(**rows[0]) if rows else None
 
 
-CHECKPOINT_SELECT = """
-SELECT agent_id, role, version, parent_version, uri, base_model, sha256, source, created_at,
-       job_id, trigger_id, window_start, window_end, heldout_reward, baseline_reward,
-       non_degradation
-FROM checkpoints FINAL"""
+CHECKPOINT_SELECT = select_fields(CheckpointEvent, "checkpoints")
 CHECKPOINT_HISTORY = (
     CHECKPOINT_SELECT
     + """

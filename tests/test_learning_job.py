@@ -26,7 +26,14 @@ from consumers.learning_job import (
 from rim.config import build_rim, load_rim_config
 from runtime.prompts import StaticPrompts
 from runtime.tasks import generate
-from schemas.models import CheckpointEvent, Event, JobStatus, PromptVersion, RetrainTrigger
+from schemas.models import (
+    CheckpointEvent,
+    Event,
+    JobStatus,
+    Lineage,
+    PromptVersion,
+    RetrainTrigger,
+)
 from store.queries import TrainingTrace
 from tests.fakes import ScriptedTaskWorld
 from trainer.datasets import DatasetConfig, Example, build_splits
@@ -104,7 +111,7 @@ class FakeEngine:
     needs_examples: bool = False
     calls: list[str] = field(default_factory=list)
     material: Material | None = None
-    lineage: dict[str, object] = field(default_factory=dict)
+    lineage: Lineage | None = None
 
     @property
     def dataset(self) -> DatasetConfig:
@@ -120,9 +127,7 @@ class FakeEngine:
         reporter.report("RUNNING", "engine running", progress=0.5)
         return Trained(decision(self.passes), {"engine_figure": 1.0}, "model")
 
-    def publish(
-        self, result: str, lineage: dict[str, object], metrics: dict[str, float]
-    ) -> Publication:
+    def publish(self, result: str, lineage: Lineage, metrics: dict[str, float]) -> Publication:
         self.calls.append(f"publish {result}")
         self.lineage = lineage
         event = CheckpointEvent(
@@ -133,7 +138,7 @@ class FakeEngine:
             uri="file:///x",
             base_model="base",
             source="grpo",
-            **lineage,  # type: ignore[arg-type]
+            **lineage.model_dump(),
         )
         return Publication([event], "student checkpoint v3", 3)
 
@@ -167,15 +172,15 @@ def test_a_passed_candidate_is_published_in_the_same_transaction_as_its_report()
     done = reports[-1]
     assert done.result_version == 3 and done.progress == 1.0
     assert done.metrics["engine_figure"] == 1.0 and done.metrics["stored_traces"] == 30.0
-    assert engine.lineage == {
-        "job_id": done.job_id,
-        "trigger_id": trigger.trigger_id,
-        "window_start": start,
-        "window_end": start + DEFAULT_WINDOW,
-        "heldout_reward": 0.9,
-        "baseline_reward": 0.5,
-        "non_degradation": 1.0,
-    }
+    assert engine.lineage == Lineage(
+        job_id=done.job_id,
+        trigger_id=trigger.trigger_id,
+        window_start=start,
+        window_end=start + DEFAULT_WINDOW,
+        heldout_reward=0.9,
+        baseline_reward=0.5,
+        non_degradation=1.0,
+    )
 
 
 def test_a_gate_refusal_publishes_nothing_and_reports_rejected_with_the_figures() -> None:

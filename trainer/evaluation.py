@@ -14,7 +14,7 @@ from rim.reward import Reward, Rim
 from runtime.backends.base import ModelBackend
 from runtime.core import GenerationLimits, Runtime
 from runtime.prompts import StaticPrompts
-from schemas.models import InteractionEvent, Mode
+from schemas.models import InteractionEvent, Lineage, Mode
 from trainer.datasets import Example
 from trainer.demonstrations import DEMONSTRATIONS, decode
 
@@ -118,6 +118,16 @@ class GateDecision:
     retention: float | None  # None: production got no held-out example right
     n: int
     reason: str
+
+    def lineage(self, provenance: Lineage | None = None) -> Lineage:
+        """``provenance`` (job, trigger, window) with this decision's held-out figures: the
+        lineage of a version published on it."""
+        figures = {
+            "heldout_reward": self.candidate_reward,
+            "baseline_reward": self.current_reward,
+            "non_degradation": self.non_degradation,
+        }
+        return (provenance or Lineage()).model_copy(update=figures)
 
     def metrics(self) -> dict[str, float]:
         return {

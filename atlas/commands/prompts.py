@@ -28,7 +28,7 @@ from atlas.commands.common import (
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
-    from schemas.models import PromptVersion
+    from schemas.models import Lineage, PromptVersion
 
 app = typer.Typer(
     help="Prompt versions: list, show, set (through the gate), roll back.", no_args_is_help=True
@@ -92,21 +92,6 @@ def prompts_list(
     console.print("* = in use now; version 0 is the seed in configs/agent.yaml")
 
 
-LINEAGE = (
-    "version",
-    "parent_version",
-    "source",
-    "created_at",
-    "job_id",
-    "trigger_id",
-    "window_start",
-    "window_end",
-    "heldout_reward",
-    "baseline_reward",
-    "non_degradation",
-)
-
-
 @app.command("show")
 @clear_errors
 def prompts_show(
@@ -116,6 +101,7 @@ def prompts_show(
     version: Annotated[int | None, typer.Option(help="Default: the version in use now.")] = None,
 ) -> None:
     """One prompt version's full text and lineage."""
+    from schemas.models import Lineage
     from store.client import connect
     from store.queries import prompt_version
 
@@ -129,7 +115,7 @@ def prompts_show(
                 f"no stored version {version} of {agent}/{role}", param_hint="--version"
             )
         chosen = stored
-    for name in LINEAGE:
+    for name in ("version", "parent_version", "source", "created_at", *Lineage.model_fields):
         console.print(f"{name}: {getattr(chosen, name)}")
     console.print(chosen.text, highlight=False, markup=False)
     for i, shot in enumerate(chosen.demonstrations, 1):
@@ -162,7 +148,7 @@ def prompts_set(
     if not new_text.strip():
         raise typer.BadParameter("the prompt text is empty")
     settings = get_settings(ctx)
-    lineage: dict[str, object] = {}
+    lineage: Lineage | None = None  # --force: published without held-out figures
     if force:
         current = _current(settings, agent)
     else:
@@ -179,12 +165,8 @@ def prompts_set(
         if not decision.passed:
             err.print("[bold red]rejected:[/] nothing published (use --force to override)")
             raise typer.Exit(2)
-        lineage = {
-            "heldout_reward": decision.candidate_reward,
-            "baseline_reward": decision.current_reward,
-            "non_degradation": decision.non_degradation,
-        }
-    _publish(settings, next_versions(current, {role: new_text}, "manual", **lineage))
+        lineage = decision.lineage()
+    _publish(settings, next_versions(current, {role: new_text}, "manual", lineage=lineage))
 
 
 @app.command("rollback")
