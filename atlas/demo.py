@@ -26,13 +26,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from atlas import stack
+from atlas.demo_report import report
 from atlas.settings import Settings
 from deploy.local.processes import StackError, pid_alive, stop_pid
 from schemas.configfile import read_yaml
-from trainer.evaluation import GateConfig
 
 
 @dataclass(frozen=True)
@@ -131,94 +130,6 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Po
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the demo, which stops them by PID
         )
-
-
-def demo_report_rows(client: Any, agent: str, since: datetime) -> dict[str, Any]:
-    from store.queries import rows_as_dicts
-
-    params = {"agent": agent, "since": since}
-    by_version = rows_as_dicts(
-        client,
-        """
-        SELECT prompt_versions['student'] AS student_version, count() AS traces,
-               avg(reward) AS mean_reward, avg(prompt_tokens + completion_tokens) AS tokens,
-               countIf(mode = 'auto') / count() AS auto_share,
-               countIf(escalated) / count() AS escalation_rate
-        FROM latest_traces WHERE agent_id = {agent:String} AND created_at >= {since:DateTime64(3)}
-        GROUP BY student_version ORDER BY student_version
-        """,
-        params,
-    )
-    by_mode = rows_as_dicts(
-        client,
-        """
-        SELECT mode, count() AS traces, avg(reward) AS mean_reward,
-               avg(prompt_tokens + completion_tokens) AS tokens,
-               if(countIf(baseline_reward IS NOT NULL) = 0, NULL,
-                  countIf(baseline_reward IS NOT NULL AND reward >= baseline_reward)
-                  / countIf(baseline_reward IS NOT NULL)) AS non_degradation
-        FROM latest_traces WHERE agent_id = {agent:String} AND created_at >= {since:DateTime64(3)}
-        GROUP BY mode ORDER BY mode
-        """,
-        params,
-    )
-    timeline = rows_as_dicts(
-        client,
-        """
-        SELECT created_at, reward, prompt_versions['student'] AS student_version, mode
-        FROM latest_traces WHERE agent_id = {agent:String} AND created_at >= {since:DateTime64(3)}
-        ORDER BY created_at
-        """,
-        params,
-    )
-    letters = client.query(
-        "SELECT count() FROM dead_letters FINAL WHERE failed_at >= {since:DateTime64(3)}",
-        parameters={"since": since},
-    ).result_rows[0][0]
-    return {
-        "by_version": by_version,
-        "by_mode": by_mode,
-        "timeline": timeline,
-        "dead_letters": letters,
-    }
-
-
-def plot_demo(timeline: list[dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    rewards = [r["reward"] for r in timeline]
-    rolling = [
-        sum(rewards[max(0, i - 7) : i + 1]) / len(rewards[max(0, i - 7) : i + 1])
-        for i in range(len(rewards))
-    ]
-    versions = sorted({r["student_version"] for r in timeline})
-    for version in versions:
-        xs = [i for i, r in enumerate(timeline) if r["student_version"] == version]
-        ax.scatter(
-            xs, [rewards[i] for i in xs], s=14, alpha=0.5, label=f"student prompt v{version}"
-        )
-    ax.plot(range(len(rolling)), rolling, color="black", label="rolling mean (8 tasks)")
-    swaps = [
-        i
-        for i in range(1, len(timeline))
-        if timeline[i]["student_version"] != timeline[i - 1]["student_version"]
-    ]
-    for i in swaps:
-        ax.axvline(i - 0.5, color="tab:red", linestyle="--")
-    ax.set_xlabel("task (in production order)")
-    ax.set_ylabel("reward")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def run_demo(
@@ -348,97 +259,9 @@ def run_demo(
                 if stored >= total:
                     break
                 time.sleep(2)
-        report(console, store, agent, since, job, home)
+        report(console, store, agent, since, job, home, DEMO_NON_DEGRADATION)
         return 0
     finally:
         if prompts is not None:
             prompts.close()
         started.stop(settings, say)
-
-
-def report(console: Console, store: Any, agent: str, since: datetime, job: Any, home: Path) -> None:
-    from store.queries import prompt_history, stored_trigger
-
-    rows = demo_report_rows(store, agent, since)
-    versions = Table(
-        "student prompt",
-        "traces",
-        "mean reward",
-        "tokens/task",
-        "auto share",
-        "escalated",
-        title="Reward before/after the new prompt",
-    )
-    for r in rows["by_version"]:
-        versions.add_row(
-            f"v{r['student_version']}",
-            str(r["traces"]),
-            f"{r['mean_reward']:.3f}",
-            f"{r['tokens']:.0f}",
-            f"{r['auto_share']:.0%}",
-            f"{r['escalation_rate']:.0%}",
-        )
-    console.print(versions)
-    modes = Table(
-        "mode",
-        "traces",
-        "mean reward",
-        "tokens/task",
-        "non-degradation",
-        title="The closed loop by mode",
-    )
-    for r in rows["by_mode"]:
-        nd = (
-            ""
-            if r["non_degradation"] is None or r["mode"] == "auto"
-            else f"{r['non_degradation']:.3f}"
-        )
-        modes.add_row(
-            r["mode"], str(r["traces"]), f"{r['mean_reward']:.3f}", f"{r['tokens']:.0f}", nd
-        )
-    console.print(modes)
-    taught = [r for r in rows["by_mode"] if r["mode"] != "auto"]
-    auto = [r for r in rows["by_mode"] if r["mode"] == "auto"]
-    if taught and auto:
-        saving = 1 - auto[0]["tokens"] / (
-            sum(r["tokens"] * r["traces"] for r in taught) / sum(r["traces"] for r in taught)
-        )
-        console.print(f"token savings of auto over taught modes: {saving:.0%} per task")
-    metrics = job.metrics
-    gate = Table(
-        "held-out (n={})".format(int(metrics.get("heldout_n", 0))),
-        "production",
-        "candidate",
-        "non-degradation",
-        "right kept",
-        title="The gate",
-    )
-    if "heldout_current_reward" in metrics:
-        gate.add_row(
-            "mean reward",
-            f"{metrics['heldout_current_reward']:.3f}",
-            f"{metrics['heldout_candidate_reward']:.3f}",
-            f"{metrics['heldout_non_degradation']:.3f}",
-            f"{metrics['heldout_retention']:.3f}" if "heldout_retention" in metrics else "-",
-        )
-    console.print(gate)
-    console.print(
-        f"the demo's gate: candidate mean >= production + 0.01, non-degradation >="
-        f" {DEMO_NON_DEGRADATION} (the product default is 0.97) and >="
-        f" {GateConfig().min_retention} of the examples production gets right kept right"
-    )
-    trigger = stored_trigger(store, job.trigger_id)
-    console.print(
-        f"lineage: trigger {job.trigger_id} ({trigger.reason if trigger else 'not stored yet'})"
-        f" -> job {job.job_id} {job.state}"
-        + (f" -> student prompt v{job.result_version}" if job.result_version else "")
-    )
-    for version in prompt_history(store, agent, "student"):
-        console.print(
-            f"  v{version.version} (parent v{version.parent_version}, {version.source}):"
-            f" {len(version.demonstrations)} demonstrations"
-            + ("" if version.heldout_reward is None else f", held-out {version.heldout_reward:.3f}")
-        )
-    console.print(f"dead letters during the demo: {rows['dead_letters']}")
-    chart = plot_demo(rows["timeline"], home / "demo.png", f"{agent}: reward per task")
-    console.print(f"chart: {chart}")

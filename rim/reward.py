@@ -93,14 +93,10 @@ class Rim:
     ) -> Reward:
         """The reward from already computed judge scores plus the human signal: re-scoring a
         trace when feedback arrives does not call the judges again."""
-        scored = _finite(judge_scores)
+        scored, non_finite = _split_finite(judge_scores)
         errors = [f"{s.judge}: {s.error}" for s in judge_scores if s.error]
-        errors += [
-            f"{s.judge}: non-finite score ignored"
-            for s in judge_scores
-            if s.score is not None and not math.isfinite(s.score)
-        ]
-        judge_score = self.judge_score(judge_scores)
+        errors += [f"{s.judge}: non-finite score ignored" for s in non_finite]
+        judge_score = self._weighted_mean(scored)
         human = human_signal(trace.final_answer, feedback)
         if human is not None and judge_score is not None:
             final = (
@@ -133,7 +129,10 @@ class Rim:
 
     def judge_score(self, judge_scores: Sequence[JudgeScore]) -> float | None:
         """The judges' weighted mean over their finite scores; None if there is none."""
-        scored = _finite(judge_scores)
+        return self._weighted_mean(_split_finite(judge_scores)[0])
+
+    def _weighted_mean(self, scored: Sequence[JudgeScore]) -> float | None:
+        """`judge_score` over finite scores only: `combine` has split them already."""
         weights = [self.weights.judges.get(s.judge, 1.0) for s in scored]
         total = sum(weights)
         if not scored or total <= 0 or not math.isfinite(total):
@@ -171,5 +170,14 @@ class Rim:
         ]
 
 
-def _finite(judge_scores: Sequence[JudgeScore]) -> list[JudgeScore]:
-    return [s for s in judge_scores if s.score is not None and math.isfinite(s.score)]
+def _split_finite(
+    judge_scores: Sequence[JudgeScore],
+) -> tuple[list[JudgeScore], list[JudgeScore]]:
+    """The scores with a finite value and those with NaN or infinity, in order; a score
+    without a value (the judge failed) is in neither."""
+    finite: list[JudgeScore] = []
+    non_finite: list[JudgeScore] = []
+    for s in judge_scores:
+        if s.score is not None:
+            (finite if math.isfinite(s.score) else non_finite).append(s)
+    return finite, non_finite

@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
+from runtime.backends.base import (
+    BackendError,
+    ChatResult,
+    GenerationParams,
+    Message,
+    MixedBackend,
+)
 from runtime.backends.local import SMOLLM2_NAME, LocalBackend, default_model_dir
 from runtime.follow import RoleVersionFollower
 from runtime.prompts import NoParentVersion, VersionNotStored
@@ -127,8 +133,10 @@ def verify(checkpoint: CheckpointEvent) -> Path:
     return folder
 
 
-class HotLoadingBackend:
-    """A local backend that follows its agent/role's published checkpoints."""
+class HotLoadingBackend(MixedBackend):
+    """A local backend that follows its agent/role's published checkpoints. Calls go to the
+    wrapped backend as they are (``complete_each`` whole, so judging through this one keeps
+    its batching); the wrapped backend's lock lets a generate call finish before a swap."""
 
     def __init__(
         self, backend: LocalBackend, follower: CheckpointFollower, agent_id: str, role: str
@@ -159,7 +167,7 @@ class HotLoadingBackend:
         self.backend.model_name = f"{self.base_name}@v{latest.version}"
         log.info("%s/%s now runs checkpoint v%d", self.agent_id, self.role, latest.version)
 
-    def complete(
-        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    def complete_each(
+        self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]
     ) -> list[ChatResult]:
-        return self.backend.complete(conversations, params)
+        return self.backend.complete_each(conversations, params)

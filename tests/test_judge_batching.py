@@ -120,6 +120,24 @@ def test_backends_without_complete_each_get_one_call_per_parameter_set() -> None
         complete_each(backend, conversations, params[:2])
 
 
+def test_judging_through_a_hot_loading_backend_keeps_one_batch() -> None:
+    from runtime.checkpoints import CheckpointFollower, HotLoadingBackend
+
+    inner = MixedFake()  # its `complete` fails the test: everything must arrive batched
+    follower = CheckpointFollower({"bootstrap.servers": "127.0.0.1:9"})  # never started
+    backend = HotLoadingBackend(inner, follower, "agent", "judge")  # type: ignore[arg-type]
+    answers = ["7", "12", "30"]
+    scores = LLMJudge("acc", PRINCIPLES, backend, temperatures=TEMPERATURES).judge(
+        [trace(a) for a in answers]
+    )
+    assert len(inner.calls) == 1
+    assert sorted(inner.calls[0]) == sorted((a, t) for a in answers for t in TEMPERATURES)
+    assert [s.score for s in scores] == [int(a) / 100 for a in answers]
+    conversations = [[{"role": "user", "content": f"Final answer: {a}"}] for a in answers]
+    backend.complete(conversations, GenerationParams(temperature=0.5))
+    assert inner.calls[1] == [(a, 0.5) for a in answers]
+
+
 def test_row_temperature_scales_rows_independently_and_keeps_greedy_rows_greedy() -> None:
     torch = pytest.importorskip("torch")
     scores = torch.tensor([[1.0, 2.0, 3.0, 0.5], [1.0, 2.0, 3.0, 0.5], [0.1, 4.0, 2.0, 3.9]])

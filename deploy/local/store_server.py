@@ -9,7 +9,8 @@ use it like a ClickHouse server.
 It is a locked door: every request but ``/ping`` must carry the stack's password (ClickHouse's
 own HTTP auth), name 127.0.0.1 or localhost as its Host, and stay within the body, time and
 statement limits (``deploy/local/store_policy.py`` says which statements). Settings a client
-sends apply to its request only. A malformed request gets a 4xx reply, never a traceback.
+sends apply to its request only (``deploy/local/store_engine.py`` runs the statements). A
+malformed request gets a 4xx reply, never a traceback.
 
 Run: ``python -m deploy.local.store_server --path DIR --port PORT --password-file FILE``
 (127.0.0.1 only; FILE holds the password, mode 0600).
@@ -37,6 +38,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from deploy.local.store_engine import (
+    DEFAULT_MAX_EXECUTION_S,
+    ChdbEngine,
+    StoreError,
+    sql_string,
+)
 from deploy.local.store_http import (
     TRANSPORT_PARAMS,
     HttpError,
@@ -50,109 +57,12 @@ from deploy.local.store_policy import PolicyError, StatementPolicy
 from schemas.secrets import SecretFileError, read_secret
 
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
-DEFAULT_MAX_EXECUTION_S = 600
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 STORE_USER = "default"
 log = logging.getLogger("atlas.store")
 SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An INSERT whose data follows its FORMAT clause: the statement ends at the first line break.
 INSERT_WITH_DATA = re.compile(rb"^(\s*INSERT\s.*?)\sFORMAT\s+(\w+)[ \t]*(\r?\n|$)", re.I | re.S)
-ERROR_CODE = re.compile(r"Code:\s*(\d+)")
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-class StoreError(Exception):
-    def __init__(self, message: str, status: int = HTTPStatus.INTERNAL_SERVER_ERROR):
-        super().__init__(message)
-        self.status = status
-        found = ERROR_CODE.search(message)
-        self.code = found.group(1) if found else "1000"
-
-
-class ChdbEngine:
-    """One chdb connection, serialised: chdb runs one statement at a time per connection."""
-
-    def __init__(self, path: str, max_execution_s: int = DEFAULT_MAX_EXECUTION_S):
-        import chdb
-
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        try:
-            self._conn = chdb.connect(path)
-        except Exception as exc:
-            raise SystemExit(
-                f"cannot open the store at {path}: {exc} (is another process using it?)"
-            ) from exc
-        self._lock = threading.Lock()
-        self.path = path
-        self.max_execution_s = max_execution_s
-        # The session default is the server's limit; a client may ask for less, per request.
-        self._run(f"SET max_execution_time = {max_execution_s}", "TabSeparated")
-
-    def _run(self, sql: str, fmt: str, params: dict[str, Any] | None = None) -> Any:
-        try:
-            return self._conn.query(sql, fmt, params=params or {})
-        except Exception as exc:
-            raise StoreError(str(exc).strip()) from exc
-
-    def explain(self, sql: str, params: dict[str, Any]) -> str:
-        """The engine's parse tree of ``sql`` (parsing only, nothing runs); ``params`` are the
-        query's ``{name:Type}`` values, which the parser needs to substitute."""
-        with self._lock:
-            result = self._run(f"EXPLAIN AST {sql}", "TabSeparated", params)
-        return bytes(result.bytes()).decode(errors="replace")
-
-    def execute(
-        self,
-        sql: str,
-        fmt: str,
-        database: str,
-        settings: dict[str, str],
-        params: dict[str, Any],
-    ) -> Any:
-        limit = settings.get("max_execution_time")
-        if limit is not None:
-            asked = float(limit) if limit.replace(".", "", 1).isdigit() else 0.0
-            settings["max_execution_time"] = str(
-                min(asked, self.max_execution_s) if asked > 0 else self.max_execution_s
-            )
-        with self._lock:
-            self._run(f"USE `{database.replace('`', '')}`", "TabSeparated")
-            previous = self._snapshot(settings)
-            try:
-                for name, value in settings.items():
-                    self._run(f"SET {name} = {_quote(value)}", "TabSeparated")
-                return self._run(sql, fmt, params)
-            finally:
-                self._restore(previous)
-
-    def _snapshot(self, settings: dict[str, str]) -> dict[str, str | None]:
-        if not settings:
-            return {}
-        names = ", ".join(_quote(name) for name in settings)
-        rows = self._run(
-            f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})",
-            "JSONEachRow",
-        )
-        previous: dict[str, str | None] = dict.fromkeys(settings)
-        for line in rows.bytes().splitlines():
-            row = json.loads(line)
-            if row["changed"]:
-                previous[row["name"]] = row["value"]
-        return previous
-
-    def _restore(self, previous: dict[str, str | None]) -> None:
-        for name, value in previous.items():
-            restore = "DEFAULT" if value is None else _quote(value)
-            # an unknown custom setting never took effect: nothing to restore
-            with contextlib.suppress(StoreError):
-                self._run(f"SET {name} = {restore}", "TabSeparated")
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 class StoreRequestHandler(BaseHTTPRequestHandler):
@@ -270,7 +180,7 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
             ) as spool:
                 spool.write(text[insert.end() :])
             try:
-                sql = f"{statement} FROM INFILE {_quote(spool.name)} FORMAT {data_format}"
+                sql = f"{statement} FROM INFILE {sql_string(spool.name)} FORMAT {data_format}"
                 return engine.execute(sql, "TabSeparated", database, settings, bind)
             finally:
                 os.unlink(spool.name)

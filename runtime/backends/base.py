@@ -3,7 +3,8 @@
 ``complete`` takes one set of generation parameters for the whole batch. ``complete_each`` takes
 one per conversation (the LLM judge sends every trace at every temperature at once): a backend
 that can mix them in one batch implements ``complete_each`` itself, and any other backend gets
-one ``complete`` call per distinct parameter set.
+one ``complete`` call per distinct parameter set. A backend that subclasses `MixedBackend`
+inherits ``complete`` as ``complete_each`` with the same parameters on every row.
 """
 
 from __future__ import annotations
@@ -58,7 +59,14 @@ class ModelBackend(Protocol):
 
 @runtime_checkable
 class MixedBackend(ModelBackend, Protocol):
-    """A backend that serves rows with different parameters (temperatures) in one batch."""
+    """A backend that serves rows with different parameters (temperatures) in one batch.
+    Subclassing it explicitly (rather than only matching it) provides ``complete``."""
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
+    ) -> list[ChatResult]:
+        """``complete_each`` with ``params`` on every row: one batched path per backend."""
+        return self.complete_each(conversations, [params] * len(conversations))
 
     def complete_each(
         self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]

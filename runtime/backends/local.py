@@ -21,7 +21,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message, group_rows
+from runtime.backends.base import (
+    BackendError,
+    ChatResult,
+    GenerationParams,
+    Message,
+    MixedBackend,
+    group_rows,
+)
 from runtime.backends.batching import (
     RowTemperature,
     grouped_sdpa,
@@ -125,7 +132,7 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-class LocalBackend:
+class LocalBackend(MixedBackend):
     """Batched generation on CPU or GPU; thread-safe; ``load`` swaps weights. ``max_batch``
     bounds the conversations per batch (each gives ``n`` rows): judging 8 traces at 3
     temperatures on 2 CPU cores took 10-12 s at 24 rows per batch, 15 s at 12, 16 s at 8."""
@@ -168,12 +175,6 @@ class LocalBackend:
         model = model.to(self.device).eval()
         with self._lock:
             self.tokenizer, self.model, self.model_dir = tokenizer, model, path
-
-    def complete(
-        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
-    ) -> list[ChatResult]:
-        """One result per conversation, ``max_batch`` conversations per generate call."""
-        return self.complete_each(conversations, [params] * len(conversations))
 
     def complete_each(
         self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]

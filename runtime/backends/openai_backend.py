@@ -10,10 +10,16 @@ from typing import Any
 
 import openai
 
-from runtime.backends.base import BackendError, ChatResult, GenerationParams, Message
+from runtime.backends.base import (
+    BackendError,
+    ChatResult,
+    GenerationParams,
+    Message,
+    MixedBackend,
+)
 
 
-class OpenAIBackend:
+class OpenAIBackend(MixedBackend):
     """Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (the
     client's own policy, ``max_retries`` times, each try bounded by ``timeout`` seconds); fails
     at once, clearly, on auth errors and unknown models. The conversations of one ``complete``
@@ -41,11 +47,6 @@ class OpenAIBackend:
             timeout=timeout,
             max_retries=max_retries,
         )
-
-    def complete(
-        self, conversations: Sequence[Sequence[Message]], params: GenerationParams
-    ) -> list[ChatResult]:
-        return self.complete_each(conversations, [params] * len(conversations))
 
     def complete_each(
         self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]
