@@ -147,10 +147,11 @@ class Settings(BaseSettings):
         default=5000, ge=1, description="Most events the sink inserts in one call."
     )
     sink_linger_s: float = Field(
-        default=0.05,
+        default=0.02,
         gt=0,
         description="How long a sink batch waits to fill after its first event: the latency "
-        "it adds at low rates; raise it to make fewer, larger inserts.",
+        "it adds at low rates; raise it to make fewer, larger inserts. Under load batches "
+        "fill while the previous insert runs, so a short linger costs no throughput.",
     )
 
     def model_post_init(self, context: Any, /) -> None:

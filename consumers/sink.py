@@ -129,7 +129,7 @@ class ClickHouseSink:
         topics: Sequence[str] = DEFAULT_TOPICS,
         group_id: str = "atlas-sink",
         batch_size: int = 5000,
-        linger_s: float = 0.05,
+        linger_s: float = 0.02,
         max_backoff_s: float = 30.0,
         codec: AvroCodec | None = None,
     ):
@@ -146,6 +146,7 @@ class ClickHouseSink:
         self.codec = codec or AvroCodec()
         self.stats = SinkStats()
         self._client: Client | None = None
+        self._store_writer: StoreWriter | None = None  # kept with its client (insert contexts)
         self._consumer = Consumer(
             {
                 **kafka_config,
@@ -166,7 +167,9 @@ class ClickHouseSink:
         if self._client is None:
             self._client = self.connect_store()
             migrate(self._client)
-        return StoreWriter(self._client)
+            self._store_writer = StoreWriter(self._client)
+        assert self._store_writer is not None
+        return self._store_writer
 
     def run(self, stop: threading.Event | None = None) -> SinkStats:
         stop = stop or threading.Event()

@@ -43,24 +43,14 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from streams import positions
 from streams.tables import Batch, Table, ensure_topics, restore
+from streams.transactions import MAX_BACKOFF_S, TransactionStuck, Transactor
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S = 30.0
-# Long enough for a batch, short enough that a killed worker's open transaction, which holds
-# back every read_committed reader of its partitions, is aborted before the group moves on.
-TRANSACTION_TIMEOUT_MS = 10_000
-TRANSACTION_DEADLINE_S = 90.0  # a commit still running after this is given up (see _transact)
-
-
-class TransactionStuck(RuntimeError):
-    """librdkafka did not end a transaction in time; the producer is replaced."""
-
 
 Handler = Callable[[Sequence[Message], Batch], None]
 
@@ -108,8 +98,7 @@ class StreamEngine:
         self.max_poll_interval_s = max_poll_interval_s
         self._assignment_changed = False
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._stop = threading.Event()
+        self._transactor = Transactor(kafka_config, self.transactional_id)
         self._commits: dict[tuple[str, int], int] = {}  # what this worker committed last
         self._in_flight: InFlight | None = None  # the batch committing in the background
 
@@ -136,28 +125,13 @@ class StreamEngine:
                 "max.poll.interval.ms": int(self.max_poll_interval_s * 1000),
             }
         )
-        self._producer = self._new_producer()
+        self._transactor.connect()
         self._consumer.subscribe(
             list(self.handlers),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-
-    def _new_producer(self) -> Producer:
-        """A transactional producer; the same transactional id fences (and aborts the open
-        transaction of) the one it replaces."""
-        producer = Producer(
-            {
-                **self.kafka_config,
-                "transactional.id": self.transactional_id,
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "linger.ms": 5,
-                "compression.type": "lz4",
-            }
-        )
-        producer.init_transactions(60)
-        return producer
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self._assignment_changed = True
@@ -197,7 +171,7 @@ class StreamEngine:
 
     def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Process until ``stop`` is set; the open batch is finished first."""
-        self._stop = stop
+        self._transactor.stop = stop
         self._connect()
         assert self._consumer is not None
         if ready:
@@ -342,54 +316,10 @@ class StreamEngine:
         return failed is None
 
     def _transact(self, batch: Batch, offsets: list[TopicPartition]) -> None:
-        """Commit ``batch`` with ``offsets``. Any failure drops the producer: the
-        next one, with the same transactional id, fences it and ends what it left open.
-
-        The commit runs in a thread with a deadline, because librdkafka can hang in
-        send_offsets_to_transaction after its group coordinator went away (seen here after
-        a broker restart; librdkafka issue #5511) whatever timeout it is given. A commit that
-        failed or hung may still have landed; the group's committed offsets, read once the
-        new producer has fenced the old one, say which (they are part of the transaction)."""
+        """Commit ``batch`` with ``offsets`` (see ``streams/transactions.py``)."""
         assert self._consumer is not None
-        if self._producer is None:
-            self._producer = self._new_producer()
-        producer, outcome, done = self._producer, list[BaseException | None](), threading.Event()
-        group = self._consumer.consumer_group_metadata()
-        committing = threading.Event()
-
-        def commit() -> None:
-            try:
-                producer.begin_transaction()
-                for output in batch.outputs:
-                    output.send_with(producer)
-                if offsets:
-                    producer.send_offsets_to_transaction(offsets, group, 30)
-                committing.set()
-                producer.commit_transaction(30)
-                outcome.append(None)
-            except BaseException as exc:
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=commit, name="transaction", daemon=True).start()
-        if done.wait(TRANSACTION_DEADLINE_S) and outcome[0] is None:
-            self._committed(offsets)
-            return
-        self._producer = None  # a hung one is abandoned to its thread
-        failure = (
-            outcome[0]
-            if outcome
-            else TransactionStuck(
-                f"a transaction of {len(batch.outputs)} messages did not end within"
-                f" {TRANSACTION_DEADLINE_S:.0f}s; replacing the producer"
-            )
-        )
-        if committing.is_set() and offsets and self._landed(offsets):
-            log.warning("a batch landed although its commit said %s", failure)
-            self._committed(offsets)
-            return
-        raise failure
+        self._transactor.commit(batch, offsets, self._consumer)
+        self._committed(offsets)
 
     def _committed(self, offsets: list[TopicPartition]) -> None:
         self._commits.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
@@ -402,27 +332,7 @@ class StreamEngine:
         if moved and self._commit_or_retry(lambda batch: None, [], moved):
             self._settle()
 
-    def _landed(self, offsets: list[TopicPartition]) -> bool:
-        """Whether a transaction that ended in doubt committed ``offsets``: asked once a new
-        producer has fenced the old one (which completes or aborts its transaction)."""
-        assert self._consumer is not None
-        delay = 0.5
-        while True:  # in-memory tables must not go on from a state Kafka may not have
-            try:
-                self._producer = self._new_producer()
-                committed = self._consumer.committed(
-                    [TopicPartition(tp.topic, tp.partition) for tp in offsets], timeout=30
-                )
-                return [tp.offset for tp in committed] == [tp.offset for tp in offsets]
-            except KafkaException as exc:
-                if self._stop.is_set():  # the next owner restores from what Kafka has
-                    raise
-                log.warning("cannot tell yet whether a batch landed (%s)", exc)
-                self._stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-
     def _close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()  # leaves the group: its partitions move on at once
-        if self._producer is not None:
-            self._producer.flush(10)
+        self._transactor.close()

@@ -28,11 +28,11 @@ class RefusingStore:
     def __init__(self, client: Any, poison: str):
         self.client, self.poison, self.refusals = client, poison, 0
 
-    def insert(self, table: str, rows: list[list[Any]], **kwargs: Any) -> Any:
-        if any(self.poison in row for row in rows):
+    def insert(self, data: list[list[Any]], context: Any) -> Any:
+        if any(self.poison in row for row in data):
             self.refusals += 1
-            raise DatabaseError(f"Code: 53. Type mismatch in a row of {table}")
-        return self.client.insert(table, rows, **kwargs)
+            raise DatabaseError(f"Code: 53. Type mismatch in a row of {context.table.strip('`')}")
+        return self.client.insert(data=data, context=context)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
