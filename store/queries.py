@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
@@ -183,38 +183,48 @@ def select_fields(model: type[BaseModel], table: str) -> str:
     return f"SELECT {', '.join(model.model_fields)}\nFROM {table} FINAL"
 
 
-PROMPT_SELECT = select_fields(PromptVersion, "prompt_versions")
-PROMPT_HISTORY = (
-    PROMPT_SELECT
-    + """
+# A version table, by the event it stores: one column per field, so a row is its arguments.
+VERSION_TABLES: dict[type[BaseModel], str] = {
+    PromptVersion: "prompt_versions",
+    CheckpointEvent: "checkpoints",
+}
+PROMPT_SELECT = select_fields(PromptVersion, VERSION_TABLES[PromptVersion])
+CHECKPOINT_SELECT = select_fields(CheckpointEvent, VERSION_TABLES[CheckpointEvent])
+HISTORY_WHERE = """
 WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
 ORDER BY role, version
 """
-)
-PROMPT_VERSION = (
-    PROMPT_SELECT
-    + """
+VERSION_WHERE = """
 WHERE agent_id = {agent:String} AND role = {role:String} AND version = {version:Int32}
 LIMIT 1
 """
-)
 INT32 = range(-(2**31), 2**31)  # the type of the version columns: nothing outside is stored
+Version = TypeVar("Version", PromptVersion, CheckpointEvent)
+
+
+def version_history(client: Client, model: type[Version], agent: str, role: str) -> list[Version]:
+    """Every stored version of the agent's ``role`` (every role if empty), by role and number."""
+    sql = select_fields(model, VERSION_TABLES[model]) + HISTORY_WHERE
+    return [model(**row) for row in rows_as_dicts(client, sql, {"agent": agent, "role": role})]
+
+
+def stored_version(
+    client: Client, model: type[Version], agent: str, role: str, version: int
+) -> Version | None:
+    """Stored version ``version`` of the agent's ``role``; None if the store has none."""
+    if version not in INT32:
+        return None
+    sql = select_fields(model, VERSION_TABLES[model]) + VERSION_WHERE
+    rows = rows_as_dicts(client, sql, {"agent": agent, "role": role, "version": version})
+    return model(**rows[0]) if rows else None
 
 
 def prompt_history(client: Client, agent: str, role: str = "") -> list[PromptVersion]:
-    return [
-        PromptVersion(**row)
-        for row in rows_as_dicts(client, PROMPT_HISTORY, {"agent": agent, "role": role})
-    ]
+    return version_history(client, PromptVersion, agent, role)
 
 
 def prompt_version(client: Client, agent: str, role: str, version: int) -> PromptVersion | None:
-    """Stored version ``version`` of the agent's ``role`` prompt; None if the store has none."""
-    if version not in INT32:
-        return None
-    parameters = {"agent": agent, "role": role, "version": version}
-    rows = rows_as_dicts(client, PROMPT_VERSION, parameters)
-    return PromptVersion(**rows[0]) if rows else None
+    return stored_version(client, PromptVersion, agent, role, version)
 
 
 JOB_REPORTS = """
@@ -252,36 +262,11 @@ def stored_trigger(client: Client, trigger_id: str) -> RetrainTrigger | None:
     return RetrainTrigger(**rows[0]) if rows else None
 
 
-CHECKPOINT_SELECT = select_fields(CheckpointEvent, "checkpoints")
-CHECKPOINT_HISTORY = (
-    CHECKPOINT_SELECT
-    + """
-WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
-ORDER BY role, version
-"""
-)
-CHECKPOINT_VERSION = (
-    CHECKPOINT_SELECT
-    + """
-WHERE agent_id = {agent:String} AND role = {role:String} AND version = {version:Int32}
-LIMIT 1
-"""
-)
-
-
 def checkpoint_history(client: Client, agent: str, role: str = "") -> list[CheckpointEvent]:
-    return [
-        CheckpointEvent(**row)
-        for row in rows_as_dicts(client, CHECKPOINT_HISTORY, {"agent": agent, "role": role})
-    ]
+    return version_history(client, CheckpointEvent, agent, role)
 
 
 def checkpoint_version(
     client: Client, agent: str, role: str, version: int
 ) -> CheckpointEvent | None:
-    """Stored checkpoint ``version`` of the agent's ``role``; None if the store has none."""
-    if version not in INT32:
-        return None
-    parameters = {"agent": agent, "role": role, "version": version}
-    rows = rows_as_dicts(client, CHECKPOINT_VERSION, parameters)
-    return CheckpointEvent(**rows[0]) if rows else None
+    return stored_version(client, CheckpointEvent, agent, role, version)
