@@ -3,6 +3,7 @@ until SIGTERM or SIGINT, logging at INFO to stderr (every record scrubbed of sec
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import typer
@@ -10,6 +11,21 @@ import typer
 from atlas.commands.common import clear_errors, configure_logging, console, get_settings
 
 app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
+# The stream workers allocate a batch of short-lived, acyclic objects at a time (decoded
+# events, rows): refcounting frees them, yet with the default thresholds (700, 10, 10) the
+# cyclic collector kept walking every live batch: py-spy put gc_collect_main in 61% of the
+# sink's samples under load and 11% of the reward worker's (22% and 3% with these thresholds;
+# the sink's CPU per 1,000 events 0.14 -> 0.10 s). Fewer young collections and rarer old ones
+# make that cost small; cyclic garbage still goes, a little later.
+BATCH_GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def batch_friendly_gc() -> None:
+    """Freeze what start-up allocated (modules, schemas, configs: never garbage) and collect
+    young objects in larger steps."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*BATCH_GC_THRESHOLDS)
 
 
 @app.callback()
@@ -26,6 +42,7 @@ def worker_rewards(ctx: typer.Context) -> None:
     """
     from atlas.workers import run_rewards_worker
 
+    batch_friendly_gc()
     run_rewards_worker(get_settings(ctx))
 
 
@@ -35,6 +52,7 @@ def worker_sink(ctx: typer.Context) -> None:
     """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches."""
     from atlas.workers import run_sink_worker
 
+    batch_friendly_gc()
     stats = run_sink_worker(get_settings(ctx))
     console.print(
         f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
