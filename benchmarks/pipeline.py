@@ -6,7 +6,7 @@
    (interactions in, scored traces out on Kafka), the sink (scored traces in, rows stored);
    then the whole pipeline: events/s, the ratio to the raw copy, CPU seconds per 1,000 events;
 3. event -> stored latency p50/p95/p99 at each offered load, from the event's own timestamp
-   to its row's ``stored_at`` (the store's clock at insert), not by polling;
+   to its row's ``stored_at`` (the sink's clock as it sends the insert), not by polling;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
 
 With ``--secure``, the pipeline and 3 run again on an `atlas up --secure` stack (SASL_SSL with
@@ -93,7 +93,7 @@ def offered(
     producer_config: dict[str, str], client: object, rate: float, seconds: float
 ) -> Latency:
     """Offer ``rate`` events/s for ``seconds``; then each event's latency from its own
-    timestamp to its row's ``stored_at`` (the store's clock at insert), in ms."""
+    timestamp to its row's ``stored_at`` (the sink's clock as it sends the insert), in ms."""
     agent, rng = f"lat-{uuid.uuid4().hex[:6]}", random.Random(int(rate))
     n = int(rate * seconds)
     with EventProducer(producer_config) as producer:
