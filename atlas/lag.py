@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.sink import DEFAULT_TOPICS
-from schemas.topics import FEEDBACK, INTERACTIONS, POLICY_OBSERVATIONS, TRIGGERS
+from schemas.topics import (
+    FEEDBACK,
+    INTERACTIONS,
+    MEMORY_CANDIDATES,
+    POLICY_OBSERVATIONS,
+    TRIGGERS,
+)
 
 COORDINATOR_NOT_READY = {
     KafkaError.NOT_COORDINATOR,
@@ -19,7 +25,7 @@ COORDINATOR_NOT_READY = {
     KafkaError.COORDINATOR_NOT_AVAILABLE,
 }
 GROUP_TOPICS: dict[str, tuple[str, ...]] = {
-    "atlas-rewards": (INTERACTIONS, FEEDBACK, POLICY_OBSERVATIONS),
+    "atlas-rewards": (INTERACTIONS, FEEDBACK, POLICY_OBSERVATIONS, MEMORY_CANDIDATES),
     "atlas-sink": DEFAULT_TOPICS,
     "atlas-gepa": (TRIGGERS,),
     "atlas-grpo": (TRIGGERS,),

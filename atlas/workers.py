@@ -19,8 +19,10 @@ from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
 from schemas.configfile import load_config
 from schemas.models import JobKind
-from schemas.topics import INTERACTIONS, POLICY_OBSERVATIONS
+from schemas.topics import INTERACTIONS, MEMORY_CANDIDATES, POLICY_OBSERVATIONS
 from store.client import connect
+from streams.memory import MemoryProcessor
+from streams.memory_config import load_memory_config
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
 from trainer.gepa_config import load_gepa_config
@@ -49,7 +51,8 @@ REWARDS_GROUP = "atlas-rewards"
 
 
 def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the reward stream (and the retrain policy it feeds) until SIGTERM/SIGINT."""
+    """Run the reward stream (and the retrain policy and memory it feeds) until
+    SIGTERM/SIGINT."""
     from streams.app import create_stream
 
     stop = stop or threading.Event()
@@ -62,16 +65,20 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
         feedback_window_s=settings.feedback_window_s,
     )
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
+    memory_config = load_memory_config(settings.config_dir)
     engine = create_stream(
         kafka,
         processor,
         codec=settings.codec(),
         policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
+        memory=MemoryProcessor(memory_config) if memory_config.enabled else None,
         group_id=REWARDS_GROUP,
         batch_size=settings.rewards_batch_size,
         linger_s=settings.rewards_linger_s,
     )
-    engine.ensure_topics(topic_partitions(kafka, INTERACTIONS), [POLICY_OBSERVATIONS])
+    engine.ensure_topics(
+        topic_partitions(kafka, INTERACTIONS), [POLICY_OBSERVATIONS, MEMORY_CANDIDATES]
+    )
     log = logging.getLogger(__name__)
     try:
         engine.run(

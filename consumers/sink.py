@@ -13,6 +13,8 @@
 * When the store is up but refuses a batch, the batch is split until the event it refuses is
   found; that event is dead-lettered, the rest is stored: one poison event never blocks a
   partition.
+* A tombstone on the compacted memory topic (a null value: an entry removed) is stored as a
+  deleted row of ``memory_entries``, never dead-lettered.
 * A message that cannot be decoded is dead-lettered (original bytes + reason) if the sink owns
   its topic (``schemas/topics.py``), else only counted: its owner dead-letters it, once.
 """
@@ -27,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
@@ -34,22 +37,23 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
 from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.models import Event
+from schemas.models import MemoryEntry, split_memory_key, utcnow
 from schemas.topics import (
     CHECKPOINTS,
     DEADLETTER,
     FEEDBACK,
     JOBS,
+    MEMORY,
     PROMPTS,
     REWARDS,
     TOPICS,
     TRIGGERS,
 )
 from store.migrations import migrate
-from store.writer import StoreWriter
+from store.writer import MemoryRow, Stored, StoreWriter
 
 log = logging.getLogger(__name__)
-DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS)
+DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY)
 PROCESSOR_NAME = "sink"
 RETENTION_ALARM_SHARE = 0.5  # say so loudly once the oldest held event is this far to expiry
 
@@ -204,11 +208,14 @@ class ClickHouseSink:
                     log.warning("consumer error: %s", error)
         return batch
 
-    def _decode(self, batch: Sequence[Message]) -> list[tuple[Message, Event]]:
-        decoded: list[tuple[Message, Event]] = []
+    def _decode(self, batch: Sequence[Message]) -> list[tuple[Message, Stored]]:
+        decoded: list[tuple[Message, Stored]] = []
         for message in batch:
             contract = TOPICS[message.topic()]
             try:
+                if message.topic() == MEMORY:
+                    decoded.append((message, self._memory_row(message)))
+                    continue
                 event = self.codec.decode(message.value() or b"", contract.event_type)
                 decoded.append((message, event))
             except RegistryUnavailable:
@@ -216,6 +223,18 @@ class ClickHouseSink:
             except Exception as exc:  # any failure on one message is that message's alone
                 self._refuse(message, f"{exc}", type(exc).__name__)
         return decoded
+
+    def _memory_row(self, message: Message) -> MemoryRow:
+        """A message of the memory topic as its row. A tombstone (null value) names its entry
+        only by its key and is stored as a deleted row; the row's version is the message's
+        timestamp, so the store orders an entry's rows as the topic does."""
+        kind, stamp = message.timestamp()
+        version = datetime.fromtimestamp(stamp / 1000, UTC) if kind and stamp > 0 else utcnow()
+        value = message.value()
+        if value is not None:
+            return MemoryRow.of(self.codec.decode(value, MemoryEntry), version)
+        agent_id, role, entry_id = split_memory_key((message.key() or b"").decode())
+        return MemoryRow(agent_id, role, entry_id, None, version)
 
     def _refuse(self, message: Message, reason: str, error_type: str) -> None:
         if message.topic() == DEADLETTER:
@@ -239,7 +258,7 @@ class ClickHouseSink:
         same batch is tried again; stopping meanwhile commits nothing (the next run replays
         it; a dead letter sent before may be sent twice, the store keeps one per source
         offset)."""
-        decoded: list[tuple[Message, Event]] = []
+        decoded: list[tuple[Message, Stored]] = []
 
         def store_down(exc: Exception, backoff: float) -> None:
             self.stats.insert_failures += 1
@@ -297,7 +316,7 @@ class ClickHouseSink:
             self._consumer.resume(self._consumer.assignment())
         return True
 
-    def _insert(self, decoded: list[tuple[Message, Event]]) -> None:
+    def _insert(self, decoded: list[tuple[Message, Stored]]) -> None:
         """Insert the events; StoreDown if the store cannot be reached. A batch the store
         refuses while it is up is halved until the refused event is found and dead-lettered."""
         if not decoded:

@@ -20,6 +20,7 @@ FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
 PromptSource = Literal["seed", "gepa", "manual", "rollback"]
 CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo"]
+MemorySource = Literal["edit", "approval"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 
@@ -291,6 +292,44 @@ class DeadLetter(Event):
     failed_at: Instant = Field(default_factory=utcnow)
 
 
+class MemoryEntry(Event):
+    """A solved example on ``atlas.memory.v1`` (compacted, key ``agent_id/role/entry_id``):
+    the input and the output the agent should have given, from a user's edit or an approved,
+    well-rewarded answer. A null value under the same key (a tombstone) removes it; the
+    processor that makes them is ``streams/memory.py``."""
+
+    schema_name: ClassVar[str] = "io.atlas_stream.MemoryEntry"
+
+    agent_id: Id
+    role: Id
+    entry_id: Id
+    input: str
+    output: str
+    source: MemorySource
+    source_trace_id: Id
+    reward: float
+    terms: list[str] = Field(default_factory=list)
+    created_at: Instant = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return memory_key(self.agent_id, self.role, self.entry_id)
+
+
+def memory_key(agent_id: str, role: str, entry_id: str) -> str:
+    """The memory topic's key; entry ids and roles hold no '/', so :func:`split_memory_key`
+    recovers the three even when the agent id has one."""
+    return f"{agent_id}/{role}/{entry_id}"
+
+
+def split_memory_key(key: str) -> tuple[str, str, str]:
+    """(agent_id, role, entry_id) of a memory key; ValueError if it is not one."""
+    parts = key.rsplit("/", 2)
+    if len(parts) != 3 or not all(part.strip() for part in parts):
+        raise ValueError(f"{key[:120]!r} is not a memory key (agent_id/role/entry_id)")
+    return parts[0], parts[1], parts[2]
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     InteractionEvent,
     FeedbackEvent,
@@ -300,4 +339,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RetrainTrigger,
     JobStatus,
     DeadLetter,
+    MemoryEntry,
 )

@@ -16,6 +16,7 @@ from schemas.models import (
     FeedbackEvent,
     InteractionEvent,
     JobStatus,
+    MemoryEntry,
     PromptVersion,
     RetrainTrigger,
     ScoredTrace,
@@ -41,6 +42,11 @@ def _agent_role(event: Event) -> str:
     return f"{event.agent_id}/{event.role}"  # type: ignore[attr-defined]
 
 
+def _memory_key(event: Event) -> str:
+    assert isinstance(event, MemoryEntry)
+    return event.key
+
+
 INTERACTIONS = "atlas.interactions.v1"
 FEEDBACK = "atlas.feedback.v1"
 REWARDS = "atlas.rewards.v1"
@@ -49,9 +55,13 @@ CHECKPOINTS = "atlas.checkpoints.v1"
 TRIGGERS = "atlas.triggers.v1"
 JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
+MEMORY = "atlas.memory.v1"
 # Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
 # scored trace's agent, revision and reward, for the retrain policy (streams/policy_stream.py).
 POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
+# Internal too: each scored trace that carries a human verdict, keyed by agent, for the memory
+# processor (streams/memory_stream.py), whose per-agent table must follow a source keyed by agent.
+MEMORY_CANDIDATES = "atlas-rewards-memory-candidates"
 
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract
@@ -64,6 +74,11 @@ TOPICS: dict[str, TopicContract] = {
         TopicContract(TRIGGERS, RetrainTrigger, _attr("agent_id"), "agent_id"),
         TopicContract(JOBS, JobStatus, _attr("job_id"), "job_id"),
         TopicContract(DEADLETTER, DeadLetter, _attr("source_topic"), "source topic"),
+        # Compacted; a null value under an entry's key (a tombstone) removes it. Written only
+        # by the memory processor (streams/memory_stream.py), which never reads it back: so
+        # the sink, its one reader in the stream, dead-letters what cannot be read (as for
+        # prompts, which the learner writes).
+        TopicContract(MEMORY, MemoryEntry, _memory_key, "agent_id/role/entry_id"),
     )
 }
 TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}

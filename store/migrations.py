@@ -39,6 +39,8 @@ LINEAGE_COLUMNS = ",\n                ".join(f"{n} {t}" for n, t in lineage_colu
 LATEST_TRACES = (
     "SELECT * FROM scored_traces FINAL ORDER BY trace_id, revision DESC LIMIT 1 BY trace_id"
 )
+# The entries agents hold now: each key's latest row, unless it is a tombstone's.
+MEMORY_CURRENT = "SELECT * FROM memory_entries FINAL WHERE NOT deleted"
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,37 @@ MIGRATIONS += (
             "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS"
             " stored_at Nullable(DateTime64(3, 'UTC'))",
             f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)
+
+MIGRATIONS += (
+    Migration(
+        5,
+        "memory_entries: atlas.memory.v1 for monitoring, tombstones as deleted rows",
+        (
+            # One row per message of the compacted topic; the row with the highest version (the
+            # message's Kafka timestamp, which follows the topic's order) is the entry's state.
+            # Read it with FINAL and `WHERE NOT deleted`: a tombstone shows as deleted = 1.
+            f"""
+            CREATE TABLE IF NOT EXISTS memory_entries (
+                agent_id String,
+                role LowCardinality(String),
+                entry_id String,
+                input String,
+                output String,
+                source LowCardinality(String),
+                source_trace_id String,
+                reward Float64,
+                terms Array(String),
+                created_at DateTime64(3, 'UTC'),
+                deleted UInt8,
+                version DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (agent_id, role, entry_id)
+            {DEDUP}
+            """,
+            f"CREATE VIEW IF NOT EXISTS memory_current AS {MEMORY_CURRENT}",
         ),
     ),
 )

@@ -1,6 +1,8 @@
 """Batch inserts of events into the store, idempotent under replay.
 
-Each event type maps to one table (a ScoredTrace to two: the trace and its judge scores).
+Each event type maps to one table (a ScoredTrace to two: the trace and its judge scores). A
+message of the compacted memory topic is a :class:`MemoryRow`, so that its tombstones (which
+carry no event) are stored too, as deleted rows.
 Inserts are columnar batches; with a ``dedup_token`` (the sink passes one per Kafka offset
 range) a retried batch is dropped by ClickHouse instead of written twice.
 """
@@ -23,6 +25,7 @@ from schemas.models import (
     Event,
     FeedbackEvent,
     JobStatus,
+    MemoryEntry,
     PromptVersion,
     RetrainTrigger,
     ScoredTrace,
@@ -72,6 +75,37 @@ JUDGE_SCORE_COLUMNS = [
     "error",
     "rationale",
 ]
+
+
+MEMORY_COLUMNS = [*MemoryEntry.model_fields, "deleted", "version"]
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One message of atlas.memory.v1 as the store keeps it: an entry, or (``entry`` None) the
+    tombstone that deleted the entry under that key. ``version`` is the message's Kafka
+    timestamp: the producer stamps messages in the topic's order, so the row with the highest
+    version of a key is its current state (ReplacingMergeTree(version))."""
+
+    agent_id: str
+    role: str
+    entry_id: str
+    entry: MemoryEntry | None
+    version: datetime
+
+    @classmethod
+    def of(cls, entry: MemoryEntry, version: datetime | None = None) -> MemoryRow:
+        return cls(entry.agent_id, entry.role, entry.entry_id, entry, version or entry.created_at)
+
+    def row(self) -> list[Any]:
+        if self.entry is not None:
+            return [*self.entry.model_dump().values(), 0, self.version]
+        # a tombstone: the key, blank texts, created_at = when it was deleted, deleted = 1
+        keyed = [self.agent_id, self.role, self.entry_id]
+        return [*keyed, "", "", "", "", 0.0, [], self.version, 1, self.version]
+
+
+Stored = Event | MemoryRow
 
 
 @dataclass(frozen=True)
@@ -155,7 +189,7 @@ PLAIN_TABLES: dict[type[Event], str] = {
 }
 
 
-def batches_for(events: Sequence[Event], stored_at: datetime | None = None) -> list[TableBatch]:
+def batches_for(events: Sequence[Stored], stored_at: datetime | None = None) -> list[TableBatch]:
     """The events as rows per table; a scored trace's ``stored_at`` is the time of the
     insert (now, unless given)."""
     stored_at = stored_at or datetime.now(UTC)
@@ -166,11 +200,18 @@ def batches_for(events: Sequence[Event], stored_at: datetime | None = None) -> l
             by_table[table] = TableBatch(table, columns, [])
         return by_table[table]
 
-    grouped: dict[type[Event], list[Event]] = defaultdict(list)
+    grouped: dict[type[Stored], list[Stored]] = defaultdict(list)
     for event in events:
         grouped[type(event)].append(event)
     for event_type, group in grouped.items():
-        if event_type is ScoredTrace:
+        if event_type in (MemoryRow, MemoryEntry):
+            memory = batch("memory_entries", MEMORY_COLUMNS)
+            for item in group:
+                if isinstance(item, MemoryEntry):
+                    item = MemoryRow.of(item)
+                assert isinstance(item, MemoryRow)
+                memory.rows.append(item.row())
+        elif event_type is ScoredTrace:
             traces = batch("scored_traces", SCORED_TRACE_COLUMNS)
             judges = batch("judge_scores", JUDGE_SCORE_COLUMNS)
             for trace in group:
@@ -203,7 +244,7 @@ class StoreWriter:
         self.batch_size = batch_size
         self._contexts: dict[str, InsertContext] = {}
 
-    def write(self, events: Sequence[Event], dedup_token: str | None = None) -> int:
+    def write(self, events: Sequence[Stored], dedup_token: str | None = None) -> int:
         """Insert the events; with ``dedup_token`` a repeated call with the same events and
         token writes nothing the second time. Returns the number of rows sent."""
         sent = 0

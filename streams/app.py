@@ -3,8 +3,10 @@
 
 interactions ─┐                                    ┌─> atlas.rewards.v1 (ScoredTrace, key trace_id)
               ├─> table trace_id -> TraceState ────┼─> atlas.deadletter.v1 (original + reason)
-feedback ─────┘   (atlas-rewards-traces-changelog) └─> atlas-rewards-policy-observations
-                                                         └─> retrain policy -> atlas.triggers.v1
+feedback ─────┘   (atlas-rewards-traces-changelog) ├─> atlas-rewards-policy-observations
+                                                   │     └─> retrain policy -> atlas.triggers.v1
+                                                   └─> atlas-rewards-memory-candidates
+                                                         └─> memory -> atlas.memory.v1
 
 Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
 trace's state; several workers in the consumer group share the partitions.
@@ -35,8 +37,17 @@ from confluent_kafka import Message
 from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import FeedbackEvent, InteractionEvent
-from schemas.topics import DEADLETTER, FEEDBACK, INTERACTIONS, POLICY_OBSERVATIONS, REWARDS
+from schemas.topics import (
+    DEADLETTER,
+    FEEDBACK,
+    INTERACTIONS,
+    MEMORY_CANDIDATES,
+    POLICY_OBSERVATIONS,
+    REWARDS,
+)
 from streams.engine import Batch, StreamEngine, Table, Timer
+from streams.memory import MemoryProcessor, candidate_of
+from streams.memory_stream import memory_stream
 from streams.policy_stream import policy_stream
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
 from streams.retrain_policy import Observation, RetrainPolicy
@@ -64,6 +75,7 @@ def create_stream(
     processor: RewardProcessor,
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
+    memory: MemoryProcessor | None = None,
     group_id: str = "atlas-rewards",
     batch_size: int = 500,
     linger_s: float = 0.05,
@@ -116,6 +128,10 @@ def create_stream(
             if policy is not None:
                 seen = Observation(trace.agent_id, trace.revision, trace.reward)
                 sends.append((POLICY_OBSERVATIONS, trace.agent_id.encode(), seen.to_bytes()))
+            # Only traces with a human verdict can change the memory: the rest send nothing.
+            candidate = None if memory is None else candidate_of(trace, outcome.state.feedback)
+            if candidate is not None:
+                sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
         batch.put(traces, message.partition(), key, outcome.state.to_bytes())
         for topic, output_key, value in sends:
             batch.send(topic, output_key, value)
@@ -256,6 +272,10 @@ def create_stream(
         states, observe = policy_stream(policy, codec)
         handlers[POLICY_OBSERVATIONS] = observe
         tables.append(states)
+    if memory is not None:
+        memories, remember = memory_stream(memory, codec)
+        handlers[MEMORY_CANDIDATES] = remember
+        tables.append(memories)
     # Often enough that nothing outlives its window by more than a quarter of it.
     expiry_interval_s = min(
         60.0, max(1.0, min(processor.pending_ttl_s, processor.feedback_window_s) / 4)

@@ -14,14 +14,13 @@ policy fails on is dead-lettered here, and the stream goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from confluent_kafka import Message
 
-from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.deadletter import dead_letter_for
-from schemas.topics import DEADLETTER, POLICY_OBSERVATIONS, TRIGGERS
+from schemas.codec import AvroCodec
+from schemas.topics import POLICY_OBSERVATIONS, TRIGGERS
 from streams.engine import Batch, Handler, Table
+from streams.handlers import each_or_dead_letter
 from streams.retrain_policy import AgentRewardState, Observation, RetrainPolicy
 
 log = logging.getLogger(__name__)
@@ -52,18 +51,4 @@ def policy_stream(policy: RetrainPolicy, codec: AvroCodec) -> tuple[Table, Handl
             )
             batch.send(TRIGGERS, trigger.agent_id.encode(), published)
 
-    def observe(messages: Sequence[Message], batch: Batch) -> None:
-        for message in messages:
-            try:
-                observe_one(message, batch)
-            except RegistryUnavailable:
-                raise
-            except Exception as exc:
-                log.exception("retrain policy failed on %s@%d", message.topic(), message.offset())
-                reason = f"{type(exc).__name__}: {exc}"
-                letter = dead_letter_for(
-                    message, reason, "ProcessingError", PROCESSOR_NAME, codec.limits
-                )
-                batch.send(DEADLETTER, message.topic().encode(), codec.encode(letter))
-
-    return states, observe
+    return states, each_or_dead_letter(observe_one, codec, PROCESSOR_NAME)

@@ -4,7 +4,7 @@ implementation nobody on the team wrote: Apache Avro's Java library (``tests/jav
 Proven here:
 
 * Java's ``BinaryMessageDecoder`` (which refuses a header other than ``C3 01`` + the schema's
-  CRC-64-AVRO fingerprint) decodes every one of the 8 event types as ``AvroCodec`` encodes them,
+  CRC-64-AVRO fingerprint) decodes every one of the 9 event types as ``AvroCodec`` encodes them,
   to the values we wrote; a message with the pre-fix, byte-reversed fingerprint is refused.
   Java's ``BinaryMessageEncoder`` writes the same 10-byte header for every type, and our codec
   reads what it writes back to the original event.
@@ -35,6 +35,7 @@ from schemas.models import (
     FeedbackEvent,
     InteractionEvent,
     JobStatus,
+    MemoryEntry,
     PromptVersion,
     RetrainTrigger,
     ScoredTrace,
@@ -128,6 +129,11 @@ def expected_fields(event: Event) -> dict[str, Any]:
             **{k: getattr(event, k) for k in ("job_id", "state", "seq", "metrics")},
             "progress": some("double", event.progress),
             "updated_at": ms(event.updated_at),
+        }
+    if isinstance(event, MemoryEntry):
+        return {
+            **{k: getattr(event, k) for k in ("entry_id", "source", "reward", "terms")},
+            "created_at": ms(event.created_at),
         }
     assert isinstance(event, DeadLetter)
     return {  # Avro's JSON encoding writes bytes as ISO-8859-1 text
@@ -253,7 +259,7 @@ def test_java_decodes_the_bytes_that_went_through_the_broker(
         f"\n[avro-interop] broker: produced {len(events)}, consumed {len(received)},"
         f" Java decoded {len(decoded)} with fields as sent, event types {topics}"
     )
-    assert len(decoded) == 24 and topics == 8
+    assert len(decoded) == 27 and topics == 9
 
 
 def interaction_datum(agent: str, trace_id: str, n: int, at_ms: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from schemas.topics import (
     FEEDBACK,
     INTERACTIONS,
     JOBS,
+    MEMORY,
     PROMPTS,
     REWARDS,
     TOPICS,
@@ -91,16 +92,16 @@ def _read(config: dict[str, str], topic: str, group: str) -> str:
 
 
 ALLOWED = {  # role: (writes, reads, its consumer group prefix)
-    "agent": ([INTERACTIONS, FEEDBACK], [PROMPTS, CHECKPOINTS], "atlas-follow"),
+    "agent": ([INTERACTIONS, FEEDBACK], [PROMPTS, CHECKPOINTS, MEMORY], "atlas-follow"),
     "rewards": ([REWARDS, TRIGGERS, DEADLETTER], [INTERACTIONS, FEEDBACK], "atlas-rewards"),
     "sink": ([DEADLETTER], [REWARDS, FEEDBACK, DEADLETTER, JOBS], "atlas-sink"),
     "operator": ([TRIGGERS], [JOBS, PROMPTS], "atlas-follow"),
 }
 FORBIDDEN_WRITES = {
-    "agent": [PROMPTS, CHECKPOINTS, REWARDS, TRIGGERS],
+    "agent": [PROMPTS, CHECKPOINTS, REWARDS, TRIGGERS, MEMORY],
     "rewards": [PROMPTS, CHECKPOINTS, INTERACTIONS],
     "sink": [INTERACTIONS, PROMPTS, REWARDS],
-    "operator": [PROMPTS, CHECKPOINTS, INTERACTIONS],
+    "operator": [PROMPTS, CHECKPOINTS, INTERACTIONS, MEMORY],
     "learner": [INTERACTIONS, TRIGGERS],
 }
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from schemas.models import InteractionEvent, ScoredTrace
+from schemas.models import InteractionEvent, MemoryEntry, ScoredTrace
 from store.client import StoreUnavailable, connect
 from store.migrations import MIGRATIONS, applied_versions, migrate
 from store.queries import reward_by_agent
-from store.writer import StoreWriter
+from store.writer import MemoryRow, StoreWriter
 from tests.factories import interaction, one_of_each, scored
 
 pytestmark = pytest.mark.integration
@@ -120,6 +120,7 @@ def test_every_event_type_has_a_table(store: Client) -> None:
         "triggers",
         "jobs",
         "dead_letters",
+        "memory_entries",
     ):
         assert store.query(f"SELECT count() FROM {table}").result_rows[0][0] >= 1, table
     original = store.query(
@@ -158,3 +159,28 @@ def test_a_stored_trace_carries_the_time_it_was_inserted(store: Client) -> None:
     assert latency == (stored_at.replace(tzinfo=UTC) - trace.interaction.created_at) // timedelta(
         milliseconds=1
     )
+
+
+def test_a_tombstone_deletes_its_memory_entry_and_a_later_entry_revives_it(store: Client) -> None:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    kept, gone = (
+        MemoryEntry(
+            agent_id="agent-m", role="student", entry_id=entry_id, input=f"q {entry_id}",
+            output="a", source="edit", source_trace_id="t", reward=0.2, terms=["q"],
+            created_at=at,
+        )
+        for entry_id in ("kept", "gone")
+    )  # fmt: skip
+    writer = StoreWriter(store)
+    writer.write([MemoryRow.of(kept, at), MemoryRow.of(gone, at)])
+    writer.write([MemoryRow("agent-m", "student", "gone", None, at + timedelta(seconds=1))])
+
+    def current() -> list[str]:
+        rows = store.query("SELECT entry_id FROM memory_current ORDER BY entry_id").result_rows
+        return [r[0] for r in rows]
+
+    assert current() == ["kept"]
+    deleted = store.query("SELECT deleted FROM memory_entries FINAL WHERE entry_id = 'gone'")
+    assert deleted.result_rows == [(1,)]
+    writer.write([MemoryRow.of(gone, at + timedelta(seconds=2))])  # the same input taught again
+    assert current() == ["gone", "kept"]

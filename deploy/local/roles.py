@@ -18,6 +18,7 @@ from schemas.topics import (
     FEEDBACK,
     INTERACTIONS,
     JOBS,
+    MEMORY,
     PROMPTS,
     REWARDS,
     TRIGGERS,
@@ -37,26 +38,28 @@ class Role:
     describe_configs: tuple[str, ...] = ()
 
 
+SINK_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY)
+
 ROLES: dict[str, Role] = {
     "agent": Role(
         writes=(INTERACTIONS, FEEDBACK),
-        reads=(PROMPTS, CHECKPOINTS),
+        reads=(PROMPTS, CHECKPOINTS, MEMORY),
         group_prefixes=(FOLLOWER_GROUPS,),
     ),
     "rewards": Role(
-        writes=(REWARDS, TRIGGERS, DEADLETTER),
+        writes=(REWARDS, TRIGGERS, DEADLETTER, MEMORY),
         reads=(INTERACTIONS, FEEDBACK),
         group_prefixes=("atlas-rewards",),
         # each worker's transactional producer (streams/engine.py)
         transactional_prefixes=("atlas-rewards-",),
-        # its changelogs and the retrain policy's observations (streams/policy_stream.py)
+        # its changelogs, the retrain policy's observations and the memory's candidates
         owned_topic_prefixes=("atlas-rewards-",),
     ),
     "sink": Role(
         writes=(DEADLETTER,),  # an event the store refuses, isolated and dead-lettered
-        reads=(REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS),
+        reads=SINK_TOPICS,
         group_prefixes=("atlas-sink",),
-        describe_configs=(REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS),
+        describe_configs=SINK_TOPICS,
     ),
     "learner": Role(
         writes=(JOBS, PROMPTS, CHECKPOINTS),

@@ -1,0 +1,41 @@
+"""The memory processor's settings (``configs/memory.yaml``), with documented defaults.
+
+Read by the reward worker, which runs the memory processor (``streams/memory.py``) beside the
+reward processor; a missing or invalid file is a one-line ConfigError, never silent defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.configfile import load_config
+
+
+class MemoryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(True, description="Off: the reward worker keeps no memory.")
+    role: str = Field(
+        "student",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The role whose answers entries teach (no '/': it is part of the key).",
+    )
+    min_reward: float = Field(
+        0.8, ge=0, le=1, description="An approved answer is remembered with at least this reward."
+    )
+    max_entries: int = Field(
+        200, ge=1, description="Entries per agent/role; past it the least useful is evicted."
+    )
+    max_input_chars: int = Field(
+        2000, ge=1, description="Longer inputs make no entry (a retrieved entry costs tokens)."
+    )
+    max_output_chars: int = Field(2000, ge=1, description="Longer outputs make no entry.")
+    max_terms: int = Field(64, ge=1, description="Retrieval terms kept per entry.")
+
+
+def load_memory_config(config_dir: Path) -> MemoryConfig:
+    """``memory.yaml`` in ``config_dir``, validated; ConfigError (one line) when it is missing
+    or invalid."""
+    return load_config(config_dir / "memory.yaml", MemoryConfig)

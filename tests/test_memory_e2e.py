@@ -1,0 +1,96 @@
+"""The memory topic end to end on the real broker and store, with the real worker processes
+(`atlas worker rewards` and `atlas worker sink`): a user's edit becomes an entry on
+atlas.memory.v1 and a row of memory_entries; a later reject of the same input tombstones it on
+the topic and marks the row deleted."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atlas.settings import Settings
+from runtime.producer import EventProducer
+from schemas.codec import AvroCodec
+from schemas.models import MemoryEntry
+from schemas.topics import MEMORY
+from store.client import connect
+from tests.factories import interaction
+from tests.workers import WorkerProcess, eventually, reader_at_end
+
+pytestmark = pytest.mark.integration
+
+
+def next_memory_message(consumer: Any, agent: str, timeout: float) -> tuple[bytes, bytes | None]:
+    """(key, value) of the next message on the memory topic for ``agent`` (value None: a
+    tombstone); AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        if (message.key() or b"").startswith(f"{agent}/".encode()):
+            return message.key(), message.value()
+    raise AssertionError(f"no memory message for {agent} within {timeout}s")
+
+
+def test_an_edit_becomes_a_memory_entry_and_a_later_reject_tombstones_it(
+    stack_settings: Settings, kafka_config: dict[str, str], tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:10]
+    agent = f"memory-{run}"
+    codec = AvroCodec()
+    store = connect(stack_settings.store())
+    first = interaction(random.Random(11), agent)
+    again = interaction(random.Random(11), agent)  # the same task asked again: a new trace
+    assert first.task_input == again.task_input and first.trace_id != again.trace_id
+
+    def rows() -> list[tuple[Any, ...]]:
+        return store.query(
+            "SELECT entry_id, output, source, source_trace_id, deleted FROM memory_entries FINAL"
+            " WHERE agent_id = {a:String}",
+            parameters={"a": agent},
+        ).result_rows
+
+    reader = reader_at_end(kafka_config, [MEMORY])
+    rewards = WorkerProcess(stack_settings, "rewards", tmp_path)
+    sink = WorkerProcess(stack_settings, "sink", tmp_path)
+    try:
+        started = time.monotonic()
+        with EventProducer(kafka_config) as producer:
+            producer.record_interaction(first)
+            producer.record_feedback(
+                first.trace_id, "edit", edited_text="The answer is 42.", agent_id=agent
+            )
+        key, value = next_memory_message(reader, agent, timeout=180)
+        assert value is not None
+        entry = codec.decode(value, MemoryEntry)
+        assert key == entry.key.encode() == f"{agent}/student/{entry.entry_id}".encode()
+        assert (entry.input, entry.output, entry.source) == (
+            first.task_input,
+            "The answer is 42.",
+            "edit",
+        )
+        assert entry.source_trace_id == first.trace_id and "apples" in entry.terms
+        on_topic_s = time.monotonic() - started
+        stored = [(entry.entry_id, "The answer is 42.", "edit", first.trace_id, 0)]
+        eventually(lambda: rows() == stored, 60, "the entry in memory_entries", interval=0.5)
+
+        with EventProducer(kafka_config) as producer:
+            producer.record_interaction(again)
+            producer.record_feedback(again.trace_id, "reject", agent_id=agent)
+        tombstone_key, tombstone = next_memory_message(reader, agent, timeout=120)
+        assert (tombstone_key, tombstone) == (key, None)
+        deleted = eventually(
+            lambda: [r for r in rows() if r[4] == 1], 60, "the deleted row", interval=0.5
+        )
+        assert [r[0] for r in deleted] == [entry.entry_id] and len(rows()) == 1
+        print(f"\n[memory-e2e] edit -> entry on {MEMORY} in {on_topic_s:.1f}s (workers starting)")
+    finally:
+        reader.close()
+        rewards.stop()
+        sink.stop()
