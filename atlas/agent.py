@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from atlas.settings import Settings
 from runtime.backends.base import ModelBackend
 from runtime.core import GenerationLimits
+from runtime.memory import MemoryPolicy
 from runtime.policy import ModePolicyConfig
 from schemas.configfile import load_config
 
@@ -18,6 +19,7 @@ class AgentConfig(BaseModel):
     policy: ModePolicyConfig = Field(default_factory=ModePolicyConfig)
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
     recent_reward_hours: int = Field(24, ge=1)
+    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
 
 
 def load_agent_config(config_dir: Path) -> AgentConfig:

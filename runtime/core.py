@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBackend
+from runtime.memory import LookupStats, MemoryPolicy, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
 from runtime.tasks import Task
@@ -85,13 +86,19 @@ class _Episode:
     plan: str = ""
     guidance: str = ""
     leaked: bool = False
+    recall: Recall = field(default_factory=Recall)
 
     def system(self, role: str) -> Message:
         return {"role": "system", "content": self.prompts[role].text}
 
 
 class Runtime:
-    """``Runtime(agent_id, student, teacher, prompts).run(task) -> InteractionEvent``."""
+    """``Runtime(agent_id, student, teacher, prompts).run(task) -> InteractionEvent``.
+
+    With a ``memory`` (and ``memory_policy.enabled``), each task is first looked up in it and
+    the entries chosen by :func:`runtime.memory.recall` are shown to the student as solved
+    turns after the prompt version's demonstrations; the event names them in
+    ``memory_entries``, so every answer says which entries it saw."""
 
     def __init__(
         self,
@@ -101,6 +108,8 @@ class Runtime:
         prompts: PromptProvider,
         policy: ModePolicy | None = None,
         limits: GenerationLimits | None = None,
+        memory: MemorySearch | None = None,
+        memory_policy: MemoryPolicy | None = None,
     ):
         self.agent_id = agent_id
         self.student = student
@@ -108,6 +117,13 @@ class Runtime:
         self.prompts = prompts
         self.policy = policy or ModePolicy()
         self.limits = limits or GenerationLimits()
+        self.memory = memory
+        self.memory_policy = memory_policy or MemoryPolicy()
+
+    @property
+    def memory_stats(self) -> LookupStats | None:
+        """The memory's lookup times (None without a memory), to set beside generation."""
+        return None if self.memory is None else self.memory.stats
 
     def run(self, task: Task, mode: Mode | None = None) -> InteractionEvent:
         return self.run_many([task], mode)[0]
@@ -122,6 +138,12 @@ class Runtime:
                 hook()
         prompts = self.prompts.snapshot(self.agent_id)  # one snapshot: no task sees a mixture
         episodes = [_Episode(task, prompts) for task in tasks]
+        if self.memory is not None and self.memory_policy.enabled:
+            for episode in episodes:
+                task = episode.task
+                episode.recall = recall(
+                    self.memory, self.memory_policy, task.input, task.source_trace_id
+                )
         self._first_answers(episodes)
         for episode in episodes:
             if mode is not None:
@@ -163,12 +185,18 @@ class Runtime:
 
     def _student_turn(self, episode: _Episode, content: str) -> list[Message]:
         """The student's conversation: system prompt, the prompt version's demonstrations as
-        solved user/assistant turns, then the request."""
+        solved user/assistant turns, then the entries recalled from memory for this task (the
+        most similar last, nearest the request), then the request."""
         shots: list[Message] = []
         for demo in episode.prompts["student"].demonstrations:
             shots += [
                 {"role": "user", "content": demo.input},
                 {"role": "assistant", "content": demo.output},
+            ]
+        for entry in reversed(episode.recall.entries):
+            shots += [
+                {"role": "user", "content": entry.input},
+                {"role": "assistant", "content": entry.output},
             ]
         return [episode.system("student"), *shots, {"role": "user", "content": content}]
 
@@ -304,4 +332,5 @@ class Runtime:
             ),
             latency_ms=sum(s.latency_ms for s in episode.steps),
             metadata=metadata,
+            memory_entries=episode.recall.ids,
         )

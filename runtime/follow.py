@@ -30,10 +30,11 @@ def reached(consumer: Consumer, topic: str, ends: dict[int, int]) -> bool:
     return all(end == 0 or done.get(p, -1) >= end for p, end in ends.items())
 
 
-class RoleVersionFollower(Generic[E]):
-    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe. With a
-    ``verifier``, a message without the learner's valid signature is refused: logged, counted
-    in ``refused``, and the current version kept."""
+class TopicFollower(Generic[E]):
+    """Replays ``topic`` from the beginning at :meth:`start`, then applies each new message
+    live on a background thread through :meth:`_apply`, which subclasses define (under
+    ``self._changed``, the lock readers take too). With a ``verifier``, a message without the
+    learner's valid signature is refused: logged, counted in ``refused``, never applied."""
 
     def __init__(
         self,
@@ -56,6 +57,9 @@ class RoleVersionFollower(Generic[E]):
         self.skipped = 0
         self.verifier = verifier
         self.refused = 0
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        raise NotImplementedError
 
     def start(self, timeout: float = 30.0) -> Any:
         """Start following; returns (self) once the topic's existing events are applied."""
@@ -119,6 +123,23 @@ class RoleVersionFollower(Generic[E]):
             return False
         return True
 
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class RoleVersionFollower(TopicFollower[E]):
+    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe. With a
+    ``verifier``, a message without the learner's valid signature is refused: logged, counted
+    in ``refused``, and the current version kept."""
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:  # tombstone: the agent/role was deleted
             if key:
@@ -153,14 +174,3 @@ class RoleVersionFollower(Generic[E]):
                 if remaining <= 0:
                     return False
                 self._changed.wait(remaining)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()

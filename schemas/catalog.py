@@ -109,6 +109,28 @@ def _parse(path: Path, raw: dict[str, Any], named: dict[str, Any]) -> dict[str, 
         raise SchemaError(f"{path.name}: refers to unknown type {exc.name}") from exc
 
 
+def _contracts(directory: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every event's raw contract by full name, and every named type they define."""
+    raws = {t.schema_name: _read(directory / f"{t.schema_name}.avsc") for t in EVENT_TYPES}
+    # named types shared by several contracts have files of their own (JobKind)
+    shared = [
+        _read(p, ("record", "enum", "fixed"))
+        for p in sorted(directory.glob("*.avsc"))
+        if p.stem not in raws
+    ]
+    named: dict[str, Any] = {}
+    _collect_named([*raws.values(), *shared], None, named)
+    return raws, named
+
+
+def standalone(schema_name: str, directory: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """The event's contract as JSON with every type it names from another contract inlined
+    (a ScoredTrace with its InteractionEvent): what a history file of it must hold, and what
+    :func:`evolution_problems` compares one against."""
+    raws, named = _contracts(directory)
+    return _inline(raws[schema_name], named, set(), None)
+
+
 @dataclass
 class SchemaCatalog:
     """The contracts, parsed: the current schema per event and every known writer version."""
@@ -120,15 +142,7 @@ class SchemaCatalog:
 
     @classmethod
     def load(cls, directory: Path = SCHEMA_DIR) -> SchemaCatalog:
-        raws = {t.schema_name: _read(directory / f"{t.schema_name}.avsc") for t in EVENT_TYPES}
-        # named types shared by several contracts have files of their own (JobKind)
-        shared = [
-            _read(p, ("record", "enum", "fixed"))
-            for p in sorted(directory.glob("*.avsc"))
-            if p.stem not in raws
-        ]
-        named: dict[str, Any] = {}
-        _collect_named([*raws.values(), *shared], None, named)
+        raws, named = _contracts(directory)
         catalog = cls()
         for name, raw in raws.items():
             parsed = _parse(directory / f"{name}.avsc", raw, named)
@@ -156,9 +170,25 @@ def evolution_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for position, field_def in enumerate(old_fields):
         if position >= len(new_fields) or new_fields[position]["name"] != field_def["name"]:
             problems.append(f"field {field_def['name']!r} moved or removed")
-        elif new_fields[position]["type"] != field_def["type"]:
+            continue
+        old_type, new_type = field_def["type"], new_fields[position]["type"]
+        if _same_record(old_type, new_type):
+            # a record nested inline (a ScoredTrace's interaction) evolves by the same rule
+            inner = evolution_problems(old_type, new_type)
+            problems += [f"in field {field_def['name']!r}: {p}" for p in inner]
+        elif new_type != old_type:
             problems.append(f"field {field_def['name']!r} changed type")
     for field_def in new_fields[len(old_fields) :]:
         if "default" not in field_def:
             problems.append(f"added field {field_def['name']!r} has no default")
     return problems
+
+
+def _same_record(old: Any, new: Any) -> bool:
+    """Both are inline definitions of the record of the same name (possibly different)."""
+    return (
+        isinstance(old, dict)
+        and isinstance(new, dict)
+        and old.get("type") == new.get("type") == "record"
+        and old.get("name") == new.get("name")
+    )

@@ -139,6 +139,8 @@ class InteractionEvent(Event):
     usage: Usage = Field(default_factory=Usage)
     latency_ms: float = 0.0
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Appended (contract v2): the memory entries the runtime put before the task, in order.
+    memory_entries: list[str] = Field(default_factory=list)
 
 
 class FeedbackEvent(Event):

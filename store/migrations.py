@@ -274,6 +274,18 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        6,
+        "scored_traces.memory_entries: the memory entries the agent was shown for the task,"
+        " so each entry's effect on reward is a query (empty for rows stored before)",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS memory_entries Array(String)",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

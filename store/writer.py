@@ -61,6 +61,7 @@ SCORED_TRACE_COLUMNS = [
     "metadata",
     "event_id",
     "stored_at",
+    "memory_entries",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -147,6 +148,7 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
         event.metadata,
         event.event_id,
         stored_at,
+        event.memory_entries,
     ]
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,17 +41,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.models import FeedbackEvent, Id, MemoryEntry, MemorySource, ScoredTrace, utcnow
+from schemas.terms import normalised, terms_of
 from streams.memory_config import MemoryConfig
 
 Verdict = Literal["approve", "reject", "edit"]
 VERDICTS: frozenset[str] = frozenset({"approve", "reject", "edit"})
-WORD = re.compile(r"\w+")
-MAX_TERM_CHARS = 40
-
-
-def normalised(text: str) -> str:
-    """The input as it identifies a task: case-folded, whitespace collapsed."""
-    return " ".join(text.casefold().split())
 
 
 def entry_id_of(agent_id: str, role: str, text: str) -> str:
@@ -60,16 +53,6 @@ def entry_id_of(agent_id: str, role: str, text: str) -> str:
     same agent and role always names the same entry, so a later one replaces it."""
     digest = hashlib.sha256(f"{agent_id}\x00{role}\x00{normalised(text)}".encode())
     return digest.hexdigest()[:32]
-
-
-def terms_of(text: str, limit: int) -> list[str]:
-    """Distinct lower-cased word tokens of ``text`` in order of first appearance."""
-    seen: dict[str, None] = {}
-    for token in WORD.findall(text.casefold()):
-        if len(seen) >= limit:
-            break
-        seen.setdefault(token[:MAX_TERM_CHARS], None)
-    return list(seen)
 
 
 def output_digest(text: str) -> str:

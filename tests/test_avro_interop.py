@@ -286,6 +286,7 @@ def interaction_datum(agent: str, trace_id: str, n: int, at_ms: int) -> dict[str
         "usage": {"prompt_tokens": 30, "completion_tokens": 4},
         "latency_ms": 95.5,
         "metadata": {"writer": "org.apache.avro BinaryMessageEncoder"},
+        "memory_entries": [f"entry-{n}"] if n % 2 else [],
     }
 
 
@@ -327,6 +328,9 @@ def test_java_encoded_events_are_scored_and_stored(
     )
     codec = AvroCodec()  # our reader agrees before the workers see them
     assert [codec.decode(d, InteractionEvent).trace_id for d in interactions] == traces
+    assert [codec.decode(d, InteractionEvent).memory_entries for d in interactions] == [
+        [f"entry-{i}"] if i % 2 else [] for i in range(20)
+    ]
     assert [codec.decode(d, FeedbackEvent).kind for d in feedback] == kinds
     assert codec.legacy_reads == 0
 
@@ -334,8 +338,8 @@ def test_java_encoded_events_are_scored_and_stored(
 
     def latest() -> dict[str, tuple[Any, ...]]:
         rows = store.query(
-            "SELECT trace_id, revision, feedback_count, human_score, task_id, final_answer"
-            " FROM latest_traces WHERE agent_id = {a:String}",
+            "SELECT trace_id, revision, feedback_count, human_score, task_id, final_answer,"
+            " memory_entries FROM latest_traces WHERE agent_id = {a:String}",
             parameters={"a": agent},
         ).result_rows
         return {r[0]: r[1:] for r in rows}
@@ -361,8 +365,9 @@ def test_java_encoded_events_are_scored_and_stored(
 
     rows = latest()
     for i, trace in enumerate(traces):
-        _, feedback_count, human, task_id, answer = rows[trace]
+        _, feedback_count, human, task_id, answer, entries = rows[trace]
         assert (task_id, answer) == (f"java-arith-{i}", str(3 * i + 4))
+        assert entries == ([f"entry-{i}"] if i % 2 else [])
         if i < 10:
             assert (feedback_count, human) == (1, 1.0 if kinds[i] == "approve" else 0.0)
         else:

@@ -94,3 +94,80 @@ def test_an_edit_becomes_a_memory_entry_and_a_later_reject_tombstones_it(
         reader.close()
         rewards.stop()
         sink.stop()
+
+
+def test_an_edit_is_retrieved_by_a_following_agent_and_named_in_its_stored_trace(
+    stack_settings: Settings, kafka_config: dict[str, str], tmp_path: Path
+) -> None:
+    """Item 2 end to end: a runtime following the topic (live) gets the entry an edit made
+    within seconds, shows it for the same task asked again (a scripted student that copies
+    a shown answer, so no model is needed), and its InteractionEvent, scored and stored, names
+    the entry in scored_traces.memory_entries."""
+    from runtime.core import Runtime
+    from runtime.memory import MemoryPolicy, MemorySubscriber
+    from runtime.prompts import StaticPrompts
+    from runtime.tasks import Task
+    from tests.fakes import ScriptedBackend
+
+    run = uuid.uuid4().hex[:10]
+    agent = f"recall-{run}"
+    store = connect(stack_settings.store())
+    first = interaction(random.Random(13), agent)
+    corrected = f"The answer is {first.reference}."
+
+    def copy_a_shown_answer(conversation: Any) -> str:
+        shown = [m["content"] for m in conversation[1:-1] if m["role"] == "assistant"]
+        return shown[-1] if shown else "I do not know."
+
+    memory = MemorySubscriber(kafka_config, agent).start()
+    rewards = WorkerProcess(stack_settings, "rewards", tmp_path)
+    sink = WorkerProcess(stack_settings, "sink", tmp_path)
+    try:
+        with EventProducer(kafka_config) as producer:
+            producer.record_interaction(first)
+            producer.record_feedback(first.trace_id, "edit", edited_text=corrected, agent_id=agent)
+        edited = time.monotonic()
+        eventually(
+            lambda: len(memory.index) == 1, 180, "the entry at the following agent", interval=0.2
+        )
+        followed_s = time.monotonic() - edited
+        [entry] = memory.index.entries()
+        assert (entry.input, entry.output, entry.source_trace_id) == (
+            first.task_input,
+            corrected,
+            first.trace_id,
+        )
+        with MemorySubscriber(kafka_config, agent).start() as replayed:  # replay at start
+            assert [e.entry_id for e in replayed.index.entries()] == [entry.entry_id]
+
+        student = ScriptedBackend("scripted-student", copy_a_shown_answer)
+        teacher = ScriptedBackend("scripted-teacher", lambda _c: "PASS")
+        prompts = StaticPrompts({"student": "Solve it.", "teacher": "Review."})
+        runtime = Runtime(
+            agent, student, teacher, prompts, memory=memory, memory_policy=MemoryPolicy()
+        )
+        again = runtime.run(Task(first.task_input, "again", "arithmetic", first.reference), "auto")
+        assert again.memory_entries == [entry.entry_id] and again.final_answer == corrected
+        assert again.trace_id != first.trace_id
+        with EventProducer(kafka_config) as producer:
+            producer.record_interaction(again)
+        stored = eventually(
+            lambda: (
+                store.query(
+                    "SELECT memory_entries FROM scored_traces FINAL WHERE trace_id = {t:String}",
+                    parameters={"t": again.trace_id},
+                ).result_rows
+            ),
+            120,
+            "the scored trace in the store",
+            interval=0.5,
+        )
+        assert stored == [([entry.entry_id],)]
+        print(
+            f"\n[memory-e2e] edit -> entry at the following agent in {followed_s:.1f}s;"
+            f" lookup {memory.stats.summary()}"
+        )
+    finally:
+        memory.close()
+        rewards.stop()
+        sink.stop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from schemas.catalog import standalone
 from schemas.codec import SCHEMA_DIR, AvroCodec, DecodeError, SchemaCatalog, evolution_problems
-from schemas.models import FeedbackEvent
+from schemas.models import FeedbackEvent, InteractionEvent, ScoredTrace
 
 FEEDBACK_FILE = "io.atlas_stream.FeedbackEvent.avsc"
 
@@ -75,5 +77,58 @@ def test_the_evolution_rule_catches_unsafe_changes() -> None:
 )
 def test_every_shipped_history_schema_evolves_safely(old_path: Path) -> None:
     old = json.loads(old_path.read_text())
-    current = json.loads((SCHEMA_DIR / f"{old['namespace']}.{old['name']}.avsc").read_text())
+    current = standalone(f"{old['namespace']}.{old['name']}")
     assert evolution_problems(old, current) == []
+
+
+def _v1_codec(schema_dir: Path) -> AvroCodec:
+    """A writer as agents and the reward stream were before InteractionEvent v2."""
+    history = schema_dir / "history" / "io.atlas_stream.InteractionEvent.v1.avsc"
+    (schema_dir / "io.atlas_stream.InteractionEvent.avsc").write_text(history.read_text())
+    return AvroCodec(catalog=SchemaCatalog.load(schema_dir))
+
+
+class _InteractionV1(InteractionEvent):
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        return super().model_dump(**{**kwargs, "exclude": {"memory_entries"}})
+
+
+class _ScoredTraceV1(ScoredTrace):
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        return super().model_dump(**{**kwargs, "exclude": {"interaction": {"memory_entries"}}})
+
+
+def test_old_interactions_and_scored_traces_decode_with_no_memory_entries(
+    schema_dir_copy: Path,
+) -> None:
+    old_writer, reader = _v1_codec(schema_dir_copy), AvroCodec()
+    interaction = _InteractionV1(
+        agent_id="a", task_id="t", task_input="2+2?", mode="auto", final_answer="4"
+    )
+    decoded = reader.decode(old_writer.encode(interaction), InteractionEvent)
+    assert decoded.memory_entries == []
+    assert (
+        decoded.model_dump()
+        == InteractionEvent.model_validate(
+            interaction.model_dump(exclude={"memory_entries"})
+        ).model_dump()
+    )
+    trace = _ScoredTraceV1(
+        trace_id=interaction.trace_id, agent_id="a", revision=1, interaction=interaction, reward=0.5
+    )
+    data = old_writer.encode(trace)
+    assert data[2:10] != reader.catalog.fingerprint("io.atlas_stream.ScoredTrace")
+    assert reader.decode(data, ScoredTrace).interaction.memory_entries == []
+
+
+def test_new_interactions_carry_their_memory_entries() -> None:
+    codec = AvroCodec()
+    sent = InteractionEvent(
+        agent_id="a",
+        task_id="t",
+        task_input="x",
+        mode="auto",
+        final_answer="y",
+        memory_entries=["e1", "e2"],
+    )
+    assert codec.decode(codec.encode(sent), InteractionEvent).memory_entries == ["e1", "e2"]

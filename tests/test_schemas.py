@@ -92,9 +92,9 @@ def test_decoding_the_wrong_type_names_the_event_and_the_topic() -> None:
     ("event_type", "spec_bytes"),
     [
         # SchemaNormalization.parsingFingerprint64 of Apache Avro's Java library, little-endian.
-        (InteractionEvent, "0f42a604154517c5"),
+        (InteractionEvent, "df1d63c8b58aaa6f"),
         (FeedbackEvent, "5b6a616fdb5656fc"),
-        (ScoredTrace, "59c7732cab8f998a"),
+        (ScoredTrace, "b855f7af9f7a1423"),
     ],
     ids=lambda v: getattr(v, "__name__", v),
 )
@@ -105,6 +105,14 @@ def test_messages_carry_the_avro_spec_fingerprint(event_type: type, spec_bytes: 
         [InteractionEvent, FeedbackEvent, ScoredTrace].index(event_type)
     ]
     assert AvroCodec().encode(event)[2:10].hex() == spec_bytes
+
+
+def test_the_v1_interaction_and_scored_trace_schemas_are_still_readable() -> None:
+    # Java's fingerprints of the contracts before InteractionEvent gained memory_entries: the
+    # history files must reproduce them exactly, or old messages would be refused.
+    writers = SchemaCatalog.load().writers
+    assert bytes.fromhex("0f42a604154517c5") in writers
+    assert bytes.fromhex("59c7732cab8f998a") in writers
 
 
 def test_an_unknown_fingerprint_is_refused_never_guessed() -> None:

@@ -75,7 +75,14 @@ def trace_example(trace: TrainingTrace) -> Example | None:
     if reference is None:
         return None
     answer_format = FAMILIES[trace.task_family][1] if trace.task_family in FAMILIES else "text"
-    task = Task(trace.task_input, trace.task_id, trace.task_family, reference, answer_format)
+    task = Task(
+        trace.task_input,
+        trace.task_id,
+        trace.task_family,
+        reference,
+        answer_format,
+        source_trace_id=trace.trace_id,
+    )
     return Example(
         task,
         "trace",

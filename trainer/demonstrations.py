@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from schemas.models import Demonstration
+from schemas.terms import rough_tokens as rough_pair_tokens
 from trainer.datasets import Example
 
 DEMONSTRATIONS = "student_demonstrations"
@@ -43,7 +44,7 @@ def decode(text: str) -> list[Demonstration]:
 
 
 def rough_tokens(demonstration: Demonstration) -> int:
-    return (len(demonstration.input) + len(demonstration.output)) // 4 + 8
+    return rough_pair_tokens(demonstration.input, demonstration.output)
 
 
 def candidates_from(

@@ -11,6 +11,7 @@ from rich.table import Table
 from atlas.commands.common import clear_errors, console, err, get_settings
 
 if TYPE_CHECKING:
+    from runtime.memory import MemorySubscriber
     from runtime.tasks import Task
     from schemas.models import InteractionEvent
 
@@ -59,6 +60,7 @@ def agent_run(
     from atlas.simulation import SimulatedUser
     from deploy.local.processes import StackError
     from runtime.core import Runtime
+    from runtime.memory import MemorySubscriber
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
     from runtime.prompts import PromptSubscriber, StaticPrompts
@@ -94,8 +96,27 @@ def agent_run(
         prompts = PromptSubscriber(
             kafka, StaticPrompts(config.prompts), settings.codec(), verifier=settings.verifier()
         ).start()
+        memory = None
+        if config.memory.enabled:
+            try:
+                memory = MemorySubscriber(
+                    kafka, agent_id, config.memory.role, settings.codec()
+                ).start()
+            except (RuntimeError, TimeoutError) as exc:
+                # the memory only adds context: an agent without it still answers, and says so
+                err.print(f"[yellow]running without memory:[/] {exc}")
+            except BaseException:
+                prompts.close()
+                raise
     runtime = Runtime(
-        agent_id, student, teacher, prompts, ModePolicy(config.policy, rewards), config.limits
+        agent_id,
+        student,
+        teacher,
+        prompts,
+        ModePolicy(config.policy, rewards),
+        config.limits,
+        memory,
+        config.memory,
     )
     forced = None if mode == "policy" else mode
     users = SimulatedUser(user_noise, seed) if simulate_users else None
@@ -117,27 +138,53 @@ def agent_run(
                 progress.advance(bar, min(batch, len(tasks) - start))
     finally:
         prompts.close()
-    _print_summary(tasks, events, producer.delivered)
+        if memory is not None:
+            memory.close()
+    _print_summary(tasks, events, producer.delivered, memory)
 
 
 def _print_summary(
-    tasks: Sequence[Task], events: Sequence[InteractionEvent], delivered: int
+    tasks: Sequence[Task],
+    events: Sequence[InteractionEvent],
+    delivered: int,
+    memory: MemorySubscriber | None = None,
 ) -> None:
-    """One row: tasks run, accuracy with and without the teacher, modes, tokens, delivered."""
+    """One row: tasks run, accuracy with and without the teacher, modes, tokens, generation
+    time per task beside the memory lookup time per task (the lookup must stay a small share
+    of it), delivered."""
     from runtime.tasks import is_correct
 
     by_id = {t.task_id: t for t in tasks}
-    table = Table("tasks", "accuracy", "baseline acc.", "modes", "tokens/task", "delivered")
+    table = Table(
+        "tasks",
+        "accuracy",
+        "baseline acc.",
+        "modes",
+        "tokens/task",
+        "generation/task",
+        "memory lookup/task",
+        "delivered",
+    )
     correct = sum(is_correct(by_id[e.task_id], e.final_answer) for e in events)
     baseline = sum(is_correct(by_id[e.task_id], e.baseline_answer or "") for e in events)
     modes = {m: sum(e.mode == m for e in events) for m in MODES}
     tokens = sum(e.usage.total_tokens for e in events) / len(events)
+    generation_ms = sum(e.latency_ms for e in events) / len(events)
+    lookups = "off"
+    if memory is not None:
+        stats, used = memory.stats, sum(bool(e.memory_entries) for e in events)
+        lookups = (
+            f"{stats.mean_s * 1e6:.0f} µs (max {stats.max_s * 1e6:.0f});"
+            f" {len(memory.index)} entries, used in {used}"
+        )
     table.add_row(
         str(len(events)),
         f"{correct / len(events):.3f}",
         f"{baseline / len(events):.3f}",
         ", ".join(f"{m} {c}" for m, c in modes.items() if c),
         f"{tokens:.0f}",
+        f"{generation_ms:.0f} ms",
+        lookups,
         str(delivered),
     )
     console.print(table)
