@@ -11,6 +11,7 @@ import typer
 from atlas.commands import agent as agent_commands
 from atlas.commands import checkpoints as checkpoint_commands
 from atlas.commands import demo as demo_commands
+from atlas.commands import memory as memory_commands
 from atlas.commands import observe as observe_commands
 from atlas.commands import prompts as prompt_commands
 from atlas.commands import retrain as retrain_commands
@@ -41,6 +42,7 @@ app.add_typer(retrain_commands.app, name="retrain")
 app.add_typer(observe_commands.jobs_app, name="jobs")
 app.add_typer(prompt_commands.app, name="prompts")
 app.add_typer(checkpoint_commands.app, name="checkpoints")
+app.add_typer(memory_commands.app, name="memory")
 app.add_typer(signing_commands.app, name="signing")
 app.add_typer(worker_commands.app, name="worker")
 

@@ -270,3 +270,63 @@ def checkpoint_version(
     client: Client, agent: str, role: str, version: int
 ) -> CheckpointEvent | None:
     return stored_version(client, CheckpointEvent, agent, role, version)
+
+
+@dataclass(frozen=True)
+class StoredMemoryEntry:
+    """A row of ``memory_entries`` in its current state (FINAL): a live entry, or (``deleted``)
+    the tombstone that removed it, whose texts are blank and whose ``created_at`` is when it
+    was removed."""
+
+    agent_id: str
+    role: str
+    entry_id: str
+    input: str
+    output: str
+    source: str
+    source_trace_id: str
+    reward: float
+    terms: list[str]
+    created_at: Any
+    deleted: bool
+
+
+MEMORY_ENTRIES = """
+SELECT agent_id, role, entry_id, input, output, source, source_trace_id, reward, terms,
+       created_at, deleted
+FROM memory_entries FINAL
+WHERE agent_id = {agent:String}
+  AND ({role:String} = '' OR role = {role:String})
+  AND startsWith(entry_id, {prefix:String})
+  AND ({deleted:UInt8} = 1 OR NOT deleted)
+ORDER BY created_at DESC, entry_id
+LIMIT {limit:UInt32}
+"""
+
+
+def memory_entries(
+    client: Client,
+    agent: str,
+    role: str = "",
+    *,
+    prefix: str = "",
+    include_deleted: bool = False,
+    limit: int = 10_000,
+) -> list[StoredMemoryEntry]:
+    """The agent's memory entries as the store has them now, newest first: live ones (every
+    role if ``role`` is empty), with ``include_deleted`` also the tombstoned; with ``prefix``
+    only those whose entry id starts with it (callers validate it: it is a parameter, never
+    spliced into the SQL)."""
+    parameters = {
+        "agent": agent,
+        "role": role,
+        "prefix": prefix,
+        "deleted": int(include_deleted),
+        "limit": limit,
+    }
+    return [
+        StoredMemoryEntry(
+            **{**row, "reward": float(row["reward"]), "deleted": bool(row["deleted"])}
+        )
+        for row in rows_as_dicts(client, MEMORY_ENTRIES, parameters)
+    ]

@@ -97,6 +97,7 @@ def test_the_cli_lists_its_commands_in_their_old_order() -> None:
         "jobs",
         "prompts",
         "checkpoints",
+        "memory",
         "signing",
         "worker",
     ]

@@ -101,7 +101,7 @@ FORBIDDEN_WRITES = {
     "agent": [PROMPTS, CHECKPOINTS, REWARDS, TRIGGERS, MEMORY],
     "rewards": [PROMPTS, CHECKPOINTS, INTERACTIONS],
     "sink": [INTERACTIONS, PROMPTS, REWARDS],
-    "operator": [PROMPTS, CHECKPOINTS, INTERACTIONS, MEMORY],
+    "operator": [PROMPTS, CHECKPOINTS, INTERACTIONS, REWARDS],
     "learner": [INTERACTIONS, TRIGGERS],
 }
 
@@ -121,6 +121,15 @@ def test_no_role_writes_what_it_does_not_own(secure: Settings, role: str) -> Non
     config = secure.kafka_config(role)
     results = {t: _write(config, t, timeout=10) for t in FORBIDDEN_WRITES[role]}
     assert results == dict.fromkeys(FORBIDDEN_WRITES[role], "TOPIC_AUTHORIZATION_FAILED")
+
+
+def test_the_operator_may_tombstone_a_memory_entry(secure: Settings) -> None:
+    """`atlas memory forget`: the operator writes a null value under a memory key (a compacted
+    topic refuses messages without a key, so the probes above cannot)."""
+    from atlas.commands.memory import publish_tombstone
+
+    key = f"sec-{uuid.uuid4().hex[:6]}/student/{uuid.uuid4().hex}"
+    publish_tombstone(secure.kafka_config("operator"), MEMORY, key)  # raises if refused
 
 
 def test_the_learner_publishes_in_transactions_and_an_agent_cannot(secure: Settings) -> None:

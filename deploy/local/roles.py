@@ -68,7 +68,9 @@ ROLES: dict[str, Role] = {
         transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-"),
     ),
     "operator": Role(
-        writes=(TRIGGERS,),
+        # MEMORY for `atlas memory forget`'s tombstones (wrong or private content); that one
+        # topic only. An ACL cannot tell a tombstone from an entry: the CLI sends only those.
+        writes=(TRIGGERS, MEMORY),
         reads=(JOBS, PROMPTS, CHECKPOINTS),
         group_prefixes=(FOLLOWER_GROUPS,),
     ),

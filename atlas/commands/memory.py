@@ -1,0 +1,219 @@
+"""`atlas memory`: the agents' demonstration memory (``atlas.memory.v1``): list, show, forget.
+
+``list`` and ``show`` read the store's copy (``memory_entries``, filled by `atlas worker sink`),
+so an entry appears there once the sink has stored it. ``forget`` writes to the topic itself:
+a tombstone (null value) under the entry's key, which following agents apply at once and the
+sink stores as a deleted row.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from atlas.commands.common import (
+    AgentOption,
+    check_role,
+    clear_errors,
+    console,
+    get_settings,
+)
+from atlas.settings import Settings
+
+if TYPE_CHECKING:
+    from store.queries import StoredMemoryEntry
+
+app = typer.Typer(
+    help="The agents' demonstration memory (atlas.memory.v1): list, show, forget entries.",
+    no_args_is_help=True,
+)
+
+ENTRY_ID = re.compile(r"[0-9a-f]{8,32}")  # streams/memory.py: 32 hex digits; 8 suffice to ask
+SHORT_ID = 12  # how much of an id `list` shows
+OPERATOR_ROLE = "operator"  # the Kafka credentials `forget` writes with (deploy/local/roles.py)
+EntryIdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="ENTRY_ID",
+        help="The entry's id, or a unique prefix of it (at least 8 hex digits).",
+    ),
+]
+MemoryRoleOption = Annotated[
+    str, typer.Option(help="Only entries of this role (student or teacher); default: any.")
+]
+
+
+def entry_id_prefix(text: str) -> str:
+    """``text`` as an entry-id prefix (lower-cased): a usage error unless it is 8 to 32 hex
+    digits, so nothing else reaches a query or a key."""
+    prefix = text.strip().lower()
+    if not ENTRY_ID.fullmatch(prefix):
+        raise typer.BadParameter(
+            f"{text[:40]!r} is not an entry id: give 8 to 32 hex digits"
+            " (`atlas memory list` shows them)",
+            param_hint="ENTRY_ID",
+        )
+    return prefix
+
+
+def _entries(
+    settings: Settings, agent: str, role: str, prefix: str = "", include_deleted: bool = False
+) -> list[StoredMemoryEntry]:
+    from store.client import connect
+    from store.queries import memory_entries
+
+    if role:
+        check_role(role)
+    client = connect(settings.store())
+    return memory_entries(client, agent, role, prefix=prefix, include_deleted=include_deleted)
+
+
+def resolve_entry(
+    settings: Settings, agent: str, entry_id: str, role: str = ""
+) -> StoredMemoryEntry:
+    """The one live entry of ``agent`` whose id starts with ``entry_id``; a usage error (one
+    line saying what to do) when none or several do."""
+    prefix = entry_id_prefix(entry_id)
+    found = _entries(settings, agent, role, prefix)
+    where = f"{agent}{'/' + role if role else ''}"
+    if not found:
+        raise typer.BadParameter(
+            f"no live memory entry of {where} has an id starting {prefix}: see"
+            f" `atlas memory list --agent {agent} --all` (a new entry appears once the sink"
+            " has stored it)",
+            param_hint="ENTRY_ID",
+        )
+    if len(found) > 1:
+        ids = ", ".join(f"{e.role}/{e.entry_id}" for e in found[:5])
+        raise typer.BadParameter(
+            f"{prefix} is the start of {len(found)} entries of {where} ({ids}"
+            f"{', ...' if len(found) > 5 else ''}): give more of the id, or --role",
+            param_hint="ENTRY_ID",
+        )
+    return found[0]
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@app.command("list")
+@clear_errors
+def memory_list(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: MemoryRoleOption = "",
+    all_: Annotated[
+        bool,
+        typer.Option("--all", help="Also entries removed (forgotten, superseded, evicted)."),
+    ] = False,
+) -> None:
+    """The agent's memory entries as the store has them, newest first: id (its first digits;
+    `show` and `forget` take them), role, source (edit or approval), reward, the trace that
+    made it, when, and the input. Removed entries (with --all) are marked and have no texts:
+    the store keeps only their key and when they went."""
+    settings = get_settings(ctx)
+    table = Table("id", "role", "source", "reward", "trace", "created", "input")
+    entries = _entries(settings, agent, role, include_deleted=all_)
+    for e in entries:
+        table.add_row(
+            e.entry_id[:SHORT_ID],
+            e.role,
+            "[red]removed[/]" if e.deleted else e.source,
+            "" if e.deleted else f"{e.reward:.3f}",
+            e.source_trace_id[:SHORT_ID],
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+            Text(_one_line(e.input, 60)),
+        )
+    console.print(table)
+    live = sum(not e.deleted for e in entries)
+    console.print(f"{live} live entr{'y' if live == 1 else 'ies'} of {agent}", highlight=False)
+
+
+@app.command("show")
+@clear_errors
+def memory_show(
+    ctx: typer.Context,
+    agent: AgentOption,
+    entry_id: EntryIdArgument,
+    role: MemoryRoleOption = "",
+) -> None:
+    """One live entry in full: its input, the output agents are shown for it, its retrieval
+    terms, the trace it came from and that trace's reward."""
+    e = resolve_entry(get_settings(ctx), agent, entry_id, role)
+    for name in ("entry_id", "role", "source", "source_trace_id", "created_at"):
+        console.print(f"{name}: {getattr(e, name)}", highlight=False, markup=False)
+    console.print(f"reward: {e.reward:.3f}", highlight=False)
+    console.print(f"terms: {' '.join(e.terms)}", highlight=False, markup=False)
+    console.print("input:", e.input, sep="\n", highlight=False, markup=False)
+    console.print("output:", e.output, sep="\n", highlight=False, markup=False)
+
+
+def publish_tombstone(kafka_config: dict[str, str], topic: str, key: str) -> None:
+    """One null value under ``key`` on ``topic``, returned once the broker has acknowledged it
+    (acks=all, idempotent); ProducerError if it was not. librdkafka's default partitioner, as
+    the stream that wrote the entry uses (streams/transactions.py), so the tombstone lands in
+    the entry's partition, which compaction and the followers' ordering need."""
+    from confluent_kafka import KafkaError, Message, Producer
+
+    from runtime.producer import ProducerError
+
+    outcome: list[KafkaError | None] = []
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        outcome.append(error)
+
+    producer = Producer(
+        {
+            **kafka_config,
+            "acks": "all",
+            "enable.idempotence": True,
+            "partitioner": "consistent_random",
+            "message.timeout.ms": 30_000,
+        }
+    )
+    producer.produce(topic, key=key.encode(), value=None, on_delivery=delivered)
+    producer.flush(40)
+    if not outcome or outcome[0] is not None:
+        why = "no answer from the broker" if not outcome else outcome[0].str()  # type: ignore[union-attr]
+        raise ProducerError(f"the tombstone for {key} was not delivered to {topic}: {why}")
+
+
+@app.command("forget")
+@clear_errors
+def memory_forget(
+    ctx: typer.Context,
+    agent: AgentOption,
+    entry_id: EntryIdArgument,
+    role: MemoryRoleOption = "",
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove an entry that is wrong or holds private content: publishes a tombstone under its
+    key on atlas.memory.v1 (with the operator's Kafka credentials) and waits for the broker.
+    Following agents drop the entry at once; the store marks it removed once the sink has
+    stored the tombstone. Permanent: once the compacted topic is compacted the entry's text is
+    gone from Kafka (the store keeps only its key). A later edit of the same input with
+    another output makes the entry again. An entry the store does not have yet (the sink
+    behind) cannot be forgotten here: wait until atlas memory list shows it."""
+    # The memory processor (streams/memory_stream.py) does not read the topic, so its record
+    # of the entry stays: an approval with another output and no lower reward can also make a
+    # forgotten approval again (the same output cannot); the entry still counts towards the
+    # agent's bound (a later eviction sends a second, harmless tombstone) and its output still
+    # keeps approvals of other inputs from teaching it. A user's reject of the input clears it.
+    from schemas.models import memory_key
+    from schemas.topics import MEMORY
+
+    settings = get_settings(ctx)
+    e = resolve_entry(settings, agent, entry_id, role)
+    key = memory_key(e.agent_id, e.role, e.entry_id)
+    console.print(f"{key} ({e.source}, reward {e.reward:.3f}): {_one_line(e.input, 80)}")
+    if not yes and not typer.confirm("Forget this entry for good?"):
+        console.print("nothing forgotten")
+        raise typer.Exit(1)
+    publish_tombstone(settings.kafka_config(OPERATOR_ROLE), MEMORY, key)
+    console.print(f"forgot {key}: tombstone acknowledged on {MEMORY}", highlight=False)
