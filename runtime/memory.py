@@ -7,8 +7,9 @@ in-process BM25 index of this agent's entries, and find the entries most similar
   half of one.
 * :class:`MemorySubscriber` follows the compacted topic like the prompts subscriber: replays it
   from the beginning at start (so it holds the current entries), then applies entries and
-  tombstones live on a background thread. Only entries of its agent and role are kept; an
-  unreadable message is skipped and counted, never fatal.
+  tombstones live on a background thread. Only entries of its agent and role are kept; a
+  retired entry (``retired_reason`` set) is removed as a tombstone is; an unreadable message
+  is skipped and counted, never fatal.
 * :class:`MemoryPolicy` is the runtime's knob set (``configs/agent.yaml``, ``memory:``);
   :class:`LookupStats` is the running cost of searches, reported beside generation time.
 
@@ -293,7 +294,12 @@ class MemorySubscriber(TopicFollower[MemoryEntry]):
             self.skipped += 1
             log.warning("skipping a memory entry whose key does not name it: %s", key)
             return
-        self.index.put(entry)
+        if entry.retired:
+            # retired by the memory (its use correlates with lower reward): removed, like a
+            # tombstone, though the topic and the store keep it with its figures
+            self.index.remove(entry_id)
+        else:
+            self.index.put(entry)
         self._notify()
 
     def _notify(self) -> None:

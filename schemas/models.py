@@ -312,10 +312,20 @@ class MemoryEntry(Event):
     reward: float
     terms: list[str] = Field(default_factory=list)
     created_at: Instant = Field(default_factory=utcnow)
+    # Appended (contract v2): set when the memory retired the entry because its use correlates
+    # with lower reward; agents drop a retired entry, the store keeps it with these figures.
+    retired_reason: str | None = None
+    uses: int = Field(0, ge=0)
+    reward_when_used: float | None = None
+    reward_when_not_used: float | None = None
 
     @property
     def key(self) -> str:
         return memory_key(self.agent_id, self.role, self.entry_id)
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_reason is not None
 
 
 def memory_key(agent_id: str, role: str, entry_id: str) -> str:

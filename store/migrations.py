@@ -286,6 +286,27 @@ MIGRATIONS += (
     ),
 )
 
+# Migration 7's memory_current: retired entries are no longer current either.
+MEMORY_CURRENT_V7 = (
+    "SELECT * FROM memory_entries FINAL WHERE NOT deleted AND retired_reason IS NULL"
+)
+
+MIGRATIONS += (
+    Migration(
+        7,
+        "memory_entries: retirement and its figures (MemoryEntry v2); memory_current without"
+        " retired entries (rows stored before are not retired)",
+        (
+            "ALTER TABLE memory_entries"
+            " ADD COLUMN IF NOT EXISTS retired_reason Nullable(String),"
+            " ADD COLUMN IF NOT EXISTS uses Int64 DEFAULT 0,"
+            " ADD COLUMN IF NOT EXISTS reward_when_used Nullable(Float64),"
+            " ADD COLUMN IF NOT EXISTS reward_when_not_used Nullable(Float64)",
+            f"CREATE OR REPLACE VIEW memory_current AS {MEMORY_CURRENT_V7}",
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

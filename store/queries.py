@@ -289,16 +289,26 @@ class StoredMemoryEntry:
     terms: list[str]
     created_at: Any
     deleted: bool
+    # Set when the memory retired the entry (MemoryEntry v2), with the figures that did.
+    retired_reason: str | None = None
+    uses: int = 0
+    reward_when_used: float | None = None
+    reward_when_not_used: float | None = None
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_reason is not None
 
 
 MEMORY_ENTRIES = """
 SELECT agent_id, role, entry_id, input, output, source, source_trace_id, reward, terms,
-       created_at, deleted
+       created_at, deleted, retired_reason, uses, reward_when_used, reward_when_not_used
 FROM memory_entries FINAL
 WHERE agent_id = {agent:String}
   AND ({role:String} = '' OR role = {role:String})
   AND startsWith(entry_id, {prefix:String})
   AND ({deleted:UInt8} = 1 OR NOT deleted)
+  AND ({retired:UInt8} = 1 OR retired_reason IS NULL)
 ORDER BY created_at DESC, entry_id
 LIMIT {limit:UInt32}
 """
@@ -311,10 +321,12 @@ def memory_entries(
     *,
     prefix: str = "",
     include_deleted: bool = False,
+    include_retired: bool | None = None,
     limit: int = 10_000,
 ) -> list[StoredMemoryEntry]:
     """The agent's memory entries as the store has them now, newest first: live ones (every
-    role if ``role`` is empty), with ``include_deleted`` also the tombstoned; with ``prefix``
+    role if ``role`` is empty), with ``include_deleted`` also the tombstoned, with
+    ``include_retired`` (by default as ``include_deleted``) the retired; with ``prefix``
     only those whose entry id starts with it (callers validate it: it is a parameter, never
     spliced into the SQL)."""
     parameters = {
@@ -322,11 +334,17 @@ def memory_entries(
         "role": role,
         "prefix": prefix,
         "deleted": int(include_deleted),
+        "retired": int(include_deleted if include_retired is None else include_retired),
         "limit": limit,
     }
     return [
         StoredMemoryEntry(
-            **{**row, "reward": float(row["reward"]), "deleted": bool(row["deleted"])}
+            **{
+                **row,
+                "reward": float(row["reward"]),
+                "deleted": bool(row["deleted"]),
+                "uses": int(row["uses"]),
+            }
         )
         for row in rows_as_dicts(client, MEMORY_ENTRIES, parameters)
     ]

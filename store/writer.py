@@ -101,9 +101,11 @@ class MemoryRow:
     def row(self) -> list[Any]:
         if self.entry is not None:
             return [*self.entry.model_dump().values(), 0, self.version]
-        # a tombstone: the key, blank texts, created_at = when it was deleted, deleted = 1
+        # a tombstone: the key, blank texts, created_at = when it was deleted, no retirement,
+        # deleted = 1
         keyed = [self.agent_id, self.role, self.entry_id]
-        return [*keyed, "", "", "", "", 0.0, [], self.version, 1, self.version]
+        retirement = [None, 0, None, None]
+        return [*keyed, "", "", "", "", 0.0, [], self.version, *retirement, 1, self.version]
 
 
 Stored = Event | MemoryRow

@@ -6,6 +6,7 @@ interactions ─┐                                    ┌─> atlas.rewards.v1 
 feedback ─────┘   (atlas-rewards-traces-changelog) ├─> atlas-rewards-policy-observations
                                                    │     └─> retrain policy -> atlas.triggers.v1
                                                    └─> atlas-rewards-memory-candidates
+                                                         (candidates and every trace's use)
                                                          └─> memory -> atlas.memory.v1
 
 Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
@@ -47,6 +48,7 @@ from schemas.topics import (
 )
 from streams.engine import Batch, StreamEngine, Table, Timer
 from streams.memory import MemoryProcessor, candidate_of
+from streams.memory_retirement import use_of
 from streams.memory_stream import memory_stream
 from streams.policy_stream import policy_stream
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
@@ -128,10 +130,14 @@ def create_stream(
             if policy is not None:
                 seen = Observation(trace.agent_id, trace.revision, trace.reward)
                 sends.append((POLICY_OBSERVATIONS, trace.agent_id.encode(), seen.to_bytes()))
-            # Only traces with a human verdict can change the memory: the rest send nothing.
-            candidate = None if memory is None else candidate_of(trace, outcome.state.feedback)
-            if candidate is not None:
-                sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
+            if memory is not None:
+                # Every revision's use (ids and rewards, for the per-entry statistics), then,
+                # if the trace has a human verdict, the candidate it makes.
+                use = use_of(trace, outcome.previous_reward)
+                sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), use.to_bytes()))
+                candidate = candidate_of(trace, outcome.state.feedback)
+                if candidate is not None:
+                    sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
         batch.put(traces, message.partition(), key, outcome.state.to_bytes())
         for topic, output_key, value in sends:
             batch.send(topic, output_key, value)

@@ -114,14 +114,23 @@ class EntryFacts(BaseModel):
     output: str  # output_digest of the entry's output
     trace_id: str
     created_at: float
+    # Its use (streams/memory_retirement.py): scored traces that used it, their reward sum.
+    uses: int = Field(0, ge=0)
+    reward_sum: float = Field(0.0, ge=0)
 
 
 class MemoryState(BaseModel):
-    """One agent's memory for the configured role, as its changelog-backed table keeps it."""
+    """One agent's memory for the configured role, as its changelog-backed table keeps it:
+    its entries, the traces that used no entry (the retirement rule's baseline) and the
+    outputs of retired entries (entry id -> output digest, at most ``max_entries``, oldest
+    dropped first), which are not taught again for the same input."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     entries: dict[str, EntryFacts] = Field(default_factory=dict)
+    unused_count: int = Field(0, ge=0)
+    unused_reward_sum: float = Field(0.0, ge=0)
+    retired: dict[str, str] = Field(default_factory=dict)
 
 
 def usefulness(facts: EntryFacts) -> tuple[bool, float, float]:
@@ -193,12 +202,18 @@ class MemoryProcessor:
         digest = output_digest(output)
         if existing is not None and (existing.source, existing.output) == (source, digest):
             return MemoryDecision(state, reason="the same entry is already remembered")
+        if state.retired.get(entry_id) == digest:
+            return MemoryDecision(state, reason="the same output was retired for the input")
+        same_output = existing is not None and existing.output == digest
         facts = EntryFacts(
             source=source,
             reward=candidate.reward,
             output=digest,
             trace_id=candidate.trace_id,
             created_at=now,
+            # the use of the same output carries over; a new output starts afresh
+            uses=existing.uses if existing is not None and same_output else 0,
+            reward_sum=existing.reward_sum if existing is not None and same_output else 0.0,
         )
         entries = {**state.entries, entry_id: facts}
         tombstones = []
@@ -221,7 +236,8 @@ class MemoryProcessor:
             created_at=utcnow(),
         )
         reason = f"{source} {'replaces' if existing else 'makes'} the entry"
-        return MemoryDecision(MemoryState(entries=entries), entry, tombstones, reason)
+        new_state = state.model_copy(update={"entries": entries})
+        return MemoryDecision(new_state, entry, tombstones, reason)
 
     def _approval_refusal(
         self, state: MemoryState, candidate: MemoryCandidate, entry_id: str, output: str
@@ -240,4 +256,5 @@ class MemoryProcessor:
 
     def _without(self, state: MemoryState, entry_id: str, reason: str) -> MemoryDecision:
         entries = {k: v for k, v in state.entries.items() if k != entry_id}
-        return MemoryDecision(MemoryState(entries=entries), tombstones=[entry_id], reason=reason)
+        new_state = state.model_copy(update={"entries": entries})
+        return MemoryDecision(new_state, tombstones=[entry_id], reason=reason)

@@ -33,6 +33,19 @@ class MemoryConfig(BaseModel):
     )
     max_output_chars: int = Field(2000, ge=1, description="Longer outputs make no entry.")
     max_terms: int = Field(64, ge=1, description="Retrieval terms kept per entry.")
+    retire_min_uses: int = Field(
+        20,
+        ge=1,
+        description="An entry is judged only once it was used this often and at least this"
+        " many of the agent's traces used no entry (the baseline).",
+    )
+    retire_margin: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Retired when its mean reward when used is below the mean of traces that"
+        " used no entry by more than this.",
+    )
 
 
 def load_memory_config(config_dir: Path) -> MemoryConfig:

@@ -9,6 +9,13 @@ order. The candidate carries the verdict and the user's edit, which a ScoredTrac
 (they live in the reward processor's per-trace state), so reading atlas.rewards.v1 back would
 not do.
 
+The same topic carries a :class:`~streams.memory_retirement.MemoryUse` for every scored
+trace (its used entry ids and reward, no texts): it updates the per-entry statistics in the
+agent's state, and an entry the rule retires is published again with ``retired_reason`` and
+the figures, logged at WARNING. To publish it with its texts, the table also keeps each
+published entry under ``entry\x00<memory key>`` (same partition as its agent; removed with
+the entry); an entry published before that was kept is retired with blank texts.
+
 Guarantees: a candidate's entry, its tombstones and the agent's new state are committed with
 the candidate's offset in one transaction (the engine's), so an entry is published once and a
 replay after a crash publishes nothing twice. A candidate that cannot be read or that the
@@ -17,16 +24,19 @@ processor fails on is dead-lettered here and the stream goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 
 from confluent_kafka import Message
 
 from schemas.codec import AvroCodec
-from schemas.models import memory_key
+from schemas.models import MemoryEntry, memory_key, utcnow
 from schemas.topics import MEMORY, MEMORY_CANDIDATES
 from streams.engine import Batch, Handler, Table
 from streams.handlers import each_or_dead_letter
-from streams.memory import MemoryCandidate, MemoryProcessor, MemoryState
+from streams.memory import MemoryProcessor, MemoryState
+from streams.memory_retirement import MemoryUse, Retirement, memory_message, record_use
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "memory"
@@ -34,36 +44,115 @@ MEMORY_CHANGELOG = "atlas-rewards-agent_memory-changelog"
 
 
 def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, Handler]:
-    """The memory's table (agent -> MemoryState) and the handler of its candidates."""
+    """The memory's table (agent -> MemoryState; ``entry\x00<memory key>`` -> the published
+    entry, for its retirement) and the handler of its candidates and uses."""
     states = Table(MEMORY_CHANGELOG, (MEMORY_CANDIDATES,))
     role = processor.config.role
 
-    def remember_one(message: Message, batch: Batch) -> None:
-        """One candidate decided against its agent's state. Everything that can fail (reading,
-        deciding, encoding) happens before the state is written or anything sent."""
+    def text_key(agent_id: str, entry_id: str) -> bytes:
+        return b"entry\x00" + memory_key(agent_id, role, entry_id).encode()
+
+    def retired_entry(partition: int, agent_id: str, retirement: Retirement) -> MemoryEntry:
+        stored = states.get(partition, text_key(agent_id, retirement.entry_id))
+        if stored:
+            entry = MemoryEntry.model_validate_json(stored)
+        else:  # published before the table kept texts: the key and the figures only
+            entry = MemoryEntry(
+                agent_id=agent_id,
+                role=role,
+                entry_id=retirement.entry_id,
+                input="",
+                output="",
+                source="approval",
+                source_trace_id=retirement.entry_id,
+                reward=0.0,
+            )
+        return entry.model_copy(
+            update={
+                "created_at": utcnow(),
+                "retired_reason": retirement.reason,
+                "uses": retirement.uses,
+                "reward_when_used": retirement.reward_when_used,
+                "reward_when_not_used": retirement.reward_when_not_used,
+            }
+        )
+
+    def count_use(
+        partition: int, state: MemoryState, use: MemoryUse
+    ) -> tuple[MemoryState, list[MemoryEntry], str]:
+        new, retirements, reason = record_use(state, use, processor.config)
+        retired = [retired_entry(partition, use.agent_id, r) for r in retirements]
+        return new, retired, reason
+
+    def remember_one(
+        pending: dict[tuple[int, bytes], MemoryState],
+        changed: set[tuple[int, bytes]],
+        message: Message,
+        batch: Batch,
+    ) -> None:
+        """One candidate decided (or one use counted) against its agent's state, as this batch
+        left it (``pending``). Everything that can fail (reading, deciding, encoding) happens
+        before anything is written or sent."""
         key, partition = message.key() or b"", message.partition()
-        candidate = MemoryCandidate.from_bytes(message.value() or b"")
+        candidate = memory_message(message.value() or b"")
         if key != candidate.agent_id.encode():
             raise ValueError(f"key {key[:80]!r} differs from the agent {candidate.agent_id!r}")
-        stored = states.get(partition, key)
-        state = MemoryState.model_validate_json(stored) if stored else MemoryState()
-        decision = processor.decide(state, candidate)
+        state = pending.get((partition, key))
+        if state is None:
+            stored = states.get(partition, key)
+            state = MemoryState.model_validate_json(stored) if stored else MemoryState()
+        entries: list[MemoryEntry] = []
+        removed: list[str] = []
+        if isinstance(candidate, MemoryUse):
+            new_state, entries, reason = count_use(partition, state, candidate)
+            removed = [e.entry_id for e in entries]
+        else:
+            decision = processor.decide(state, candidate)
+            new_state, reason, removed = decision.state, decision.reason, decision.tombstones
+            entries = [] if decision.entry is None else [decision.entry]
         sends: list[tuple[bytes, bytes | None]] = []
-        if decision.entry is not None:
-            sends.append((decision.entry.key.encode(), codec.encode(decision.entry)))
-        for entry_id in decision.tombstones:
+        for entry in entries:
+            sends.append((entry.key.encode(), codec.encode(entry)))
+        for entry_id in [] if isinstance(candidate, MemoryUse) else removed:
             sends.append((memory_key(candidate.agent_id, role, entry_id).encode(), None))
-        if decision.state is not state:
-            batch.put(states, partition, key, decision.state.model_dump_json().encode())
-        for output_key, value in sends:
-            batch.send(MEMORY, output_key, value)
+        texts = [(text_key(candidate.agent_id, e), None) for e in removed]
+        if not isinstance(candidate, MemoryUse):
+            texts += [
+                (text_key(e.agent_id, e.entry_id), e.model_dump_json().encode()) for e in entries
+            ]
+        pending[(partition, key)] = new_state
+        if new_state is not state:
+            changed.add((partition, key))
+        for text, value in texts:
+            batch.put(states, partition, text, value)
+        for output_key, output in sends:
+            batch.send(MEMORY, output_key, output)
+        for entry in entries if isinstance(candidate, MemoryUse) else []:
+            log.warning(
+                "memory of %s/%s: entry %s retired: %s",
+                entry.agent_id,
+                role,
+                entry.entry_id,
+                entry.retired_reason,
+            )
         log.debug(
             "memory of %s, trace %s rev %d: %s (%d entries)",
             candidate.agent_id,
             candidate.trace_id,
             candidate.revision,
-            decision.reason,
-            len(decision.state.entries),
+            reason,
+            len(new_state.entries),
         )
 
-    return states, each_or_dead_letter(remember_one, codec, PROCESSOR_NAME)
+    def remember(messages: Sequence[Message], batch: Batch) -> None:
+        """Each message against its agent's state; each state written once per batch: every
+        scored trace sends a use, and a state of 200 entries is tens of KB of JSON to parse
+        and write."""
+        pending: dict[tuple[int, bytes], MemoryState] = {}
+        changed: set[tuple[int, bytes]] = set()
+        one = functools.partial(remember_one, pending, changed)
+        each_or_dead_letter(one, codec, PROCESSOR_NAME)(messages, batch)
+        for partition, key in changed:
+            batch.put(states, partition, key, pending[(partition, key)].model_dump_json().encode())
+
+    return states, remember

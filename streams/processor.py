@@ -44,6 +44,9 @@ class TraceState(BaseModel):
     # Where each waiting feedback event came from (event_id -> partition, offset), so an
     # orphan is dead-lettered under its own source coordinates.
     sources: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    # The reward of the last ScoredTrace sent for the trace (None before the first, and in
+    # states stored before it was kept), so a re-score replaces it in per-entry statistics.
+    last_reward: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -87,6 +90,9 @@ class Outcome:
     state: TraceState
     scored: ScoredTrace | None = None
     rejected: str | None = None  # why the input is dead-lettered instead
+    # The reward the trace's previous ScoredTrace had (None: ``scored`` is its first, or the
+    # state predates ``last_reward``); the memory replaces it instead of counting it twice.
+    previous_reward: float | None = None
 
 
 def rescore_floor(event: InteractionEvent) -> int | None:
@@ -138,13 +144,20 @@ class RewardProcessor:
             errors=reward.errors,
         )
 
+    def _outcome(self, trace_id: str, state: TraceState, reward: Reward) -> Outcome:
+        """The outcome scoring the state with ``reward``; records the reward in the state and
+        the one it replaces in the outcome."""
+        scored = self._scored(state, reward)
+        previous, state.last_reward = state.last_reward, scored.reward
+        return Outcome(trace_id, state, scored, previous_reward=previous)
+
     def _replayed(self, trace_id: str, state: TraceState) -> Outcome:
         """An event the state already holds (sent twice by its producer): the trace's current
         revision is sent again, which the store keeps as one row per (trace, revision)."""
         if state.interaction is None or state.revision < 1:
             return Outcome(trace_id, state)  # still waiting for its interaction: nothing to send
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return Outcome(trace_id, state, self._scored(state, reward))
+        return self._outcome(trace_id, state, reward)
 
     def wants_judging(self, event: InteractionEvent, state: TraceState | None) -> bool:
         """False for an interaction its trace already has (a replay or a conflict)."""
@@ -195,7 +208,7 @@ class RewardProcessor:
         state.sources = {}
         state.updated_at = time.time()
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return Outcome(event.trace_id, state, self._scored(state, reward))
+        return self._outcome(event.trace_id, state, reward)
 
     def on_feedback(
         self,
@@ -226,7 +239,7 @@ class RewardProcessor:
         state.revision += 1
         state.updated_at = time.time()
         reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return Outcome(event.trace_id, state, self._scored(state, reward))
+        return self._outcome(event.trace_id, state, reward)
 
     def expired(self, pending: bool, clock: float, now: float | None = None) -> bool:
         """Feedback that waited longer than the TTL for an interaction that never came, or a

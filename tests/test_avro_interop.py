@@ -132,8 +132,11 @@ def expected_fields(event: Event) -> dict[str, Any]:
         }
     if isinstance(event, MemoryEntry):
         return {
-            **{k: getattr(event, k) for k in ("entry_id", "source", "reward", "terms")},
+            **{k: getattr(event, k) for k in ("entry_id", "source", "reward", "terms", "uses")},
             "created_at": ms(event.created_at),
+            "retired_reason": some("string", event.retired_reason),
+            "reward_when_used": some("double", event.reward_when_used),
+            "reward_when_not_used": some("double", event.reward_when_not_used),
         }
     assert isinstance(event, DeadLetter)
     return {  # Avro's JSON encoding writes bytes as ISO-8859-1 text

@@ -141,8 +141,29 @@ def test_the_memory_query_asks_for_what_was_given() -> None:
         "role": "",
         "prefix": "abcdef01",
         "deleted": 1,
+        "retired": 1,
         "limit": 10_000,
     }
+
+
+def test_list_all_marks_a_retired_entry_with_its_figures(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, _, _ = cli
+    retired = StoredMemoryEntry(
+        **{
+            **stored(ID_A).__dict__,
+            "retired_reason": "mean reward when used 0.400 ...",
+            "uses": 21,
+            "reward_when_used": 0.4,
+            "reward_when_not_used": 0.75,
+        }
+    )
+    monkeypatch.setattr(memory_cli, "_entries", lambda *a, **k: [retired, stored(ID_B)])
+    listed = runner.invoke(app, ["memory", "list", "--agent", "agent-a", "--all"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "retired 21 uses: 0.400 used vs 0.750 not" in " ".join(listed.output.split())
+    assert "1 live entry of agent-a" in listed.output
 
 
 @pytest.mark.integration

@@ -1,7 +1,8 @@
 """The memory topic end to end on the real broker and store, with the real worker processes
 (`atlas worker rewards` and `atlas worker sink`): a user's edit becomes an entry on
 atlas.memory.v1 and a row of memory_entries; a later reject of the same input tombstones it on
-the topic and marks the row deleted."""
+the topic and marks the row deleted; an entry whose use lowers reward is retired with its
+figures."""
 
 from __future__ import annotations
 
@@ -169,5 +170,68 @@ def test_an_edit_is_retrieved_by_a_following_agent_and_named_in_its_stored_trace
         )
     finally:
         memory.close()
+        rewards.stop()
+        sink.stop()
+
+
+def test_an_entry_whose_use_lowers_reward_is_retired_with_its_figures(
+    stack_settings: Settings, kafka_config: dict[str, str], tmp_path: Path
+) -> None:
+    """Item 3's retirement end to end (configs/memory.yaml: 20 uses, margin 0.1): an edit makes
+    an entry; 20 traces that used no entry are answered right and rated 5, 20 that used the
+    entry wrong and rated 1 (each rating re-scores its trace: revision 2 replaces revision 1);
+    the entry is published again retired, with its figures, and the store keeps them while
+    memory_current drops it."""
+    from streams.memory import entry_id_of
+
+    run = uuid.uuid4().hex[:10]
+    agent = f"retire-{run}"
+    codec = AvroCodec()
+    store = connect(stack_settings.store())
+    first = interaction(random.Random(17), agent)
+    entry_id = entry_id_of(agent, "student", first.task_input)
+    others = [interaction(random.Random(1000 + i), agent) for i in range(60)]
+    others = [e for e in others if e.task_input != first.task_input][:40]
+    unused = others[:20]
+    used = [
+        e.model_copy(update={"final_answer": "I do not know.", "memory_entries": [entry_id]})
+        for e in others[20:]
+    ]
+    reader = reader_at_end(kafka_config, [MEMORY])
+    rewards = WorkerProcess(stack_settings, "rewards", tmp_path)
+    sink = WorkerProcess(stack_settings, "sink", tmp_path)
+    try:
+        with EventProducer(kafka_config) as producer:
+            producer.record_interaction(first)
+            producer.record_feedback(first.trace_id, "edit", edited_text="Ask me.", agent_id=agent)
+        key, value = next_memory_message(reader, agent, timeout=180)
+        assert value is not None and codec.decode(value, MemoryEntry).entry_id == entry_id
+        with EventProducer(kafka_config) as producer:
+            for event, rating in [*((e, 5.0) for e in unused), *((e, 1.0) for e in used)]:
+                producer.record_interaction(event)
+                producer.record_feedback(event.trace_id, "rating", rating=rating, agent_id=agent)
+        key_again, retired_value = next_memory_message(reader, agent, timeout=180)
+        assert key_again == key and retired_value is not None
+        retired = codec.decode(retired_value, MemoryEntry)
+        assert retired.retired_reason and retired.uses == 20 and retired.output == "Ask me."
+        assert retired.reward_when_used is not None and retired.reward_when_not_used is not None
+        assert retired.reward_when_not_used - retired.reward_when_used > 0.1
+
+        def stored() -> list[tuple[Any, ...]]:
+            return store.query(
+                "SELECT retired_reason, uses FROM memory_entries FINAL"
+                " WHERE agent_id = {a:String} AND retired_reason IS NOT NULL",
+                parameters={"a": agent},
+            ).result_rows
+
+        eventually(lambda: stored() == [(retired.retired_reason, 20)], 60, "the retired row")
+        current = store.query(
+            "SELECT count() FROM memory_current WHERE agent_id = {a:String}",
+            parameters={"a": agent},
+        ).result_rows
+        assert current == [(0,)]
+        print(f"\n[memory-e2e] retired: {retired.retired_reason}")
+    finally:
+        reader.close()
         rewards.stop()
         sink.stop()

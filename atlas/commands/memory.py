@@ -69,14 +69,22 @@ def _entries(
     if role:
         check_role(role)
     client = connect(settings.store())
-    return memory_entries(client, agent, role, prefix=prefix, include_deleted=include_deleted)
+    return memory_entries(
+        client,
+        agent,
+        role,
+        prefix=prefix,
+        include_deleted=include_deleted,
+        include_retired=include_deleted or bool(prefix),
+    )
 
 
 def resolve_entry(
     settings: Settings, agent: str, entry_id: str, role: str = ""
 ) -> StoredMemoryEntry:
-    """The one live entry of ``agent`` whose id starts with ``entry_id``; a usage error (one
-    line saying what to do) when none or several do."""
+    """The one live or retired entry of ``agent`` whose id starts with ``entry_id`` (a retired
+    one can still be shown, and forgotten for its texts); a usage error (one line saying what
+    to do) when none or several do."""
     prefix = entry_id_prefix(entry_id)
     found = _entries(settings, agent, role, prefix)
     where = f"{agent}{'/' + role if role else ''}"
@@ -102,6 +110,16 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _retired(e: StoredMemoryEntry) -> str:
+    """The retired mark with its figures; empty for an entry that is not retired."""
+    if not e.retired or e.reward_when_used is None or e.reward_when_not_used is None:
+        return "[yellow]retired[/]" if e.retired else ""
+    return (
+        f"[yellow]retired[/] {e.uses} uses: {e.reward_when_used:.3f} used"
+        f" vs {e.reward_when_not_used:.3f} not"
+    )
+
+
 @app.command("list")
 @clear_errors
 def memory_list(
@@ -110,13 +128,18 @@ def memory_list(
     role: MemoryRoleOption = "",
     all_: Annotated[
         bool,
-        typer.Option("--all", help="Also entries removed (forgotten, superseded, evicted)."),
+        typer.Option(
+            "--all",
+            help="Also entries removed (forgotten, superseded, evicted) or retired (with the"
+            " figures that retired them).",
+        ),
     ] = False,
 ) -> None:
     """The agent's memory entries as the store has them, newest first: id (its first digits;
     `show` and `forget` take them), role, source (edit or approval), reward, the trace that
     made it, when, and the input. Removed entries (with --all) are marked and have no texts:
-    the store keeps only their key and when they went."""
+    the store keeps only their key and when they went. Retired entries (with --all) are
+    marked with their figures: uses, mean reward when used vs when no entry was used."""
     settings = get_settings(ctx)
     table = Table("id", "role", "source", "reward", "trace", "created", "input")
     entries = _entries(settings, agent, role, include_deleted=all_)
@@ -124,14 +147,14 @@ def memory_list(
         table.add_row(
             e.entry_id[:SHORT_ID],
             e.role,
-            "[red]removed[/]" if e.deleted else e.source,
+            "[red]removed[/]" if e.deleted else _retired(e) or e.source,
             "" if e.deleted else f"{e.reward:.3f}",
             e.source_trace_id[:SHORT_ID],
             f"{e.created_at:%Y-%m-%d %H:%M:%S}",
             Text(_one_line(e.input, 60)),
         )
     console.print(table)
-    live = sum(not e.deleted for e in entries)
+    live = sum(not e.deleted and not e.retired for e in entries)
     console.print(f"{live} live entr{'y' if live == 1 else 'ies'} of {agent}", highlight=False)
 
 
@@ -149,6 +172,8 @@ def memory_show(
     for name in ("entry_id", "role", "source", "source_trace_id", "created_at"):
         console.print(f"{name}: {getattr(e, name)}", highlight=False, markup=False)
     console.print(f"reward: {e.reward:.3f}", highlight=False)
+    if e.retired:
+        console.print(f"retired: {e.retired_reason}", highlight=False, markup=False)
     console.print(f"terms: {' '.join(e.terms)}", highlight=False, markup=False)
     console.print("input:", e.input, sep="\n", highlight=False, markup=False)
     console.print("output:", e.output, sep="\n", highlight=False, markup=False)
