@@ -9,9 +9,11 @@ from pydantic import BaseModel, Field
 from atlas.settings import Settings
 from runtime.backends.base import ModelBackend
 from runtime.core import GenerationLimits
-from runtime.memory import MemoryPolicy
 from runtime.policy import ModePolicyConfig
+from runtime.prompts import StaticPrompts
 from schemas.configfile import load_config
+from schemas.models import MemoryPolicy
+from streams.memory_config import load_memory_config
 
 
 class AgentConfig(BaseModel):
@@ -19,11 +21,25 @@ class AgentConfig(BaseModel):
     policy: ModePolicyConfig = Field(default_factory=ModePolicyConfig)
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
     recent_reward_hours: int = Field(24, ge=1)
-    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
+    memory: MemoryPolicy = Field(
+        default_factory=MemoryPolicy,
+        description="The seed's memory policy; a published student version carries its own.",
+    )
+
+    def seeds(self) -> StaticPrompts:
+        """Version 0 of every role: the seed texts, the student with the seed memory policy."""
+        return StaticPrompts(self.prompts, memory=self.memory)
 
 
 def load_agent_config(config_dir: Path) -> AgentConfig:
     return load_config(config_dir / "agent.yaml", AgentConfig)
+
+
+def memory_role(settings: Settings) -> str | None:
+    """The role whose memory entries agents are shown (``configs/memory.yaml``); None when
+    the stream keeps no memory."""
+    config = load_memory_config(settings.config_dir)
+    return config.role if config.enabled else None
 
 
 class Backends:

@@ -144,7 +144,7 @@ def run_demo(
     from runtime.core import Runtime
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
-    from runtime.prompts import PromptSubscriber, StaticPrompts
+    from runtime.prompts import PromptSubscriber
     from runtime.tasks import generate
     from store.client import connect
     from store.queries import StoreRecentRewards
@@ -186,7 +186,7 @@ def run_demo(
         with console.status("loading the offline model"):
             student, teacher = Backends(settings).student_and_teacher()
             prompts = PromptSubscriber(
-                kafka, StaticPrompts(config.prompts), codec, verifier=settings.verifier()
+                kafka, config.seeds(), codec, verifier=settings.verifier()
             ).start()
         store = connect(settings.store())
         runtime = Runtime(

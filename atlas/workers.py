@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from atlas import registry
-from atlas.agent import Backends, load_agent_config
+from atlas.agent import Backends, load_agent_config, memory_role
 from atlas.settings import Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
 from consumers.grpo_worker import GrpoJobContext, run_grpo_job
@@ -142,7 +142,8 @@ def gepa_job_context(settings: Settings) -> GepaJobContext:
         else backends.get(settings.reflection_backend, settings.reflection_model),
         rim=build_settings_rim(settings),
         config=load_gepa_config(settings.config_dir),
-        seed_prompts=config.prompts,
+        seed_prompts=config.seeds(),
+        memory_role=memory_role(settings),
         run_root=settings.home / "jobs",
         codec=settings.codec(),
     )
@@ -196,7 +197,7 @@ def grpo_job_context(settings: Settings) -> GrpoJobContext:
         rim=build_settings_rim(settings),
         config=load_grpo_config(settings.config_dir),
         config_dir=settings.config_dir,
-        seed_prompts=load_agent_config(settings.config_dir).prompts,
+        seed_prompts=load_agent_config(settings.config_dir).seeds(),
         base_model_dir=base,
         base_model_name=base.name if settings.teacher_model else SMOLLM2_NAME,
         checkpoint_root=settings.checkpoint_dir or settings.home / "checkpoints",

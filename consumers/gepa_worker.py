@@ -15,12 +15,19 @@ from consumers.jobs import JobReporter, fresh_run_dir
 from consumers.learning_job import Material, Publication, Trained, gather, run_learning_job
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
-from runtime.prompts import current_prompts, next_versions
+from runtime.memory import current_memory
+from runtime.prompts import StaticPrompts, current_prompts, next_versions
 from schemas.codec import AvroCodec
 from schemas.models import Lineage, PromptVersion, RetrainTrigger
 from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
-from trainer.evaluation import GateDecision, PromptEvaluator, compare_on_heldout, measure
+from trainer.evaluation import (
+    MEMORY_POLICY,
+    GateDecision,
+    PromptEvaluator,
+    compare_on_heldout,
+    measure,
+)
 from trainer.gepa_config import GepaConfig
 from trainer.gepa_engine import GepaOutcome, evolve_prompts, reflection_lm
 
@@ -28,10 +35,12 @@ Production = dict[str, PromptVersion]
 
 
 def as_candidate(current: Production) -> dict[str, str]:
-    """Production prompts as a GEPA candidate: texts per role plus the student's shots."""
+    """Production prompts as a candidate: texts per role plus the student's shots and memory
+    policy (which GEPA measures with but never changes)."""
     return {
         **{role: version.text for role, version in current.items()},
         DEMONSTRATIONS: encode(current["student"].demonstrations),
+        MEMORY_POLICY: current["student"].memory.model_dump_json(),
     }
 
 
@@ -44,16 +53,21 @@ class GepaJobContext:
     reflection: ModelBackend | None
     rim: Rim
     config: GepaConfig
-    seed_prompts: dict[str, str]
+    seed_prompts: StaticPrompts
     run_root: Path | None = None
     codec: AvroCodec | None = None  # the deployment's (its schema registry); None = plain
+    memory_role: str | None = None  # whose memory entries the student is shown; None: no memory
 
     def production(self, agent_id: str) -> Production:
         """The prompt versions the agent's runtime uses now."""
         return current_prompts(self.kafka_config, agent_id, self.seed_prompts, self.codec)
 
     def evaluator(self, agent_id: str, config: GepaConfig) -> PromptEvaluator:
-        """The agent's loop (its student and teacher) scored by RIM, as ``config`` measures."""
+        """The agent's loop (its student and teacher, the memory entries it holds now) scored
+        by RIM, as ``config`` measures."""
+        memory = None
+        if self.memory_role is not None:
+            memory = current_memory(self.kafka_config, agent_id, self.memory_role, self.codec)
         return PromptEvaluator(
             agent_id,
             self.student,
@@ -62,6 +76,7 @@ class GepaJobContext:
             config.eval_mode,
             config.limits,
             config.eval_batch_size,
+            memory,
         )
 
 

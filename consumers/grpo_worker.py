@@ -34,7 +34,7 @@ from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
 from runtime.checkpoints import CARD, current_checkpoints, sha256_of, verify
 from runtime.core import GenerationLimits
-from runtime.prompts import current_prompts
+from runtime.prompts import StaticPrompts, current_prompts
 from schemas.codec import AvroCodec
 from schemas.models import CheckpointEvent, Lineage, RetrainTrigger, under
 from trainer.datasets import DatasetConfig, Example
@@ -52,7 +52,7 @@ class GrpoJobContext:
     rim: Rim
     config: GrpoConfig
     config_dir: Path
-    seed_prompts: dict[str, str]
+    seed_prompts: StaticPrompts
     base_model_dir: Path
     base_model_name: str
     checkpoint_root: Path

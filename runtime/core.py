@@ -23,11 +23,19 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBackend
-from runtime.memory import LookupStats, MemoryPolicy, MemorySearch, Recall, recall
+from runtime.memory import LookupStats, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
 from runtime.tasks import Task
-from schemas.models import InteractionEvent, Mode, PromptRef, PromptVersion, Step, Usage
+from schemas.models import (
+    InteractionEvent,
+    MemoryPolicy,
+    Mode,
+    PromptRef,
+    PromptVersion,
+    Step,
+    Usage,
+)
 
 REVIEW = (
     "Task: {task}\n\nStudent's answer: {answer}\n\n"
@@ -95,10 +103,11 @@ class _Episode:
 class Runtime:
     """``Runtime(agent_id, student, teacher, prompts).run(task) -> InteractionEvent``.
 
-    With a ``memory`` (and ``memory_policy.enabled``), each task is first looked up in it and
-    the entries chosen by :func:`runtime.memory.recall` are shown to the student as solved
-    turns after the prompt version's demonstrations; the event names them in
-    ``memory_entries``, so every answer says which entries it saw."""
+    With a ``memory``, each task is first looked up in it under the memory policy of the
+    student's prompt version (``memory_policy`` overrides it, for experiments), and the
+    entries chosen by :func:`runtime.memory.recall` are shown to the student as solved turns
+    after the version's demonstrations; the event names them in ``memory_entries``, so every
+    answer says which entries it saw."""
 
     def __init__(
         self,
@@ -118,7 +127,7 @@ class Runtime:
         self.policy = policy or ModePolicy()
         self.limits = limits or GenerationLimits()
         self.memory = memory
-        self.memory_policy = memory_policy or MemoryPolicy()
+        self.memory_policy = memory_policy
 
     @property
     def memory_stats(self) -> LookupStats | None:
@@ -138,12 +147,10 @@ class Runtime:
                 hook()
         prompts = self.prompts.snapshot(self.agent_id)  # one snapshot: no task sees a mixture
         episodes = [_Episode(task, prompts) for task in tasks]
-        if self.memory is not None and self.memory_policy.enabled:
+        if self.memory is not None:
+            policy = self.memory_policy or prompts["student"].memory
             for episode in episodes:
-                task = episode.task
-                episode.recall = recall(
-                    self.memory, self.memory_policy, task.input, task.source_trace_id
-                )
+                episode.recall = recall(self.memory, policy, episode.task.input)
         self._first_answers(episodes)
         for episode in episodes:
             if mode is not None:

@@ -10,8 +10,12 @@ in-process BM25 index of this agent's entries, and find the entries most similar
   tombstones live on a background thread. Only entries of its agent and role are kept; a
   retired entry (``retired_reason`` set) is removed as a tombstone is; an unreadable message
   is skipped and counted, never fatal.
-* :class:`MemoryPolicy` is the runtime's knob set (``configs/agent.yaml``, ``memory:``);
-  :class:`LookupStats` is the running cost of searches, reported beside generation time.
+* :class:`~schemas.models.MemoryPolicy` is the runtime's knob set: a component of the student's
+  prompt version (the seed's is ``memory:`` in ``configs/agent.yaml``), so it is gated and
+  rolled out like a prompt; :class:`LookupStats` is the running cost of searches, reported
+  beside generation time.
+* :class:`OtherInputs` is a memory as a held-out evaluation must see it: never an entry for
+  the very input being graded.
 
 Why BM25 over terms and not embeddings: it needs no model on the agent's path, costs
 microseconds at the memory's bound (200 entries per agent by default), and the entries'
@@ -28,11 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from runtime.follow import TopicFollower
 from schemas.codec import AvroCodec, DecodeError
-from schemas.models import MemoryEntry, split_memory_key
+from schemas.models import MemoryEntry, MemoryPolicy, split_memory_key
 from schemas.terms import normalised, query_terms, rough_tokens, terms_of
 from schemas.topics import MEMORY
 
@@ -41,22 +43,6 @@ log = logging.getLogger(__name__)
 # a huge task, is cut here rather than slowing every later search.
 MAX_ENTRY_TERMS = 256
 MAX_QUERY_TERMS = 256
-
-
-class MemoryPolicy(BaseModel):
-    """How the runtime uses the memory (``memory:`` in ``configs/agent.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    enabled: bool = Field(True, description="Off: no lookup, no entries shown, no subscriber.")
-    role: str = Field("student", description="The role whose entries are shown to the student.")
-    k: int = Field(3, ge=0, description="Most entries put before a task.")
-    token_budget: int = Field(
-        512, ge=0, description="Rough tokens the entries of one task may take, in all."
-    )
-    min_score: float = Field(
-        0.0, ge=0, description="An entry is shown only with a BM25 score above this."
-    )
 
 
 class LookupStats:
@@ -220,33 +206,37 @@ class Recall:
         return [entry.entry_id for entry in self.entries]
 
 
-def recall(
-    memory: MemorySearch,
-    policy: MemoryPolicy,
-    task_input: str,
-    source_trace_id: str | None = None,
-) -> Recall:
+def recall(memory: MemorySearch, policy: MemoryPolicy, task_input: str) -> Recall:
     """The entries to show before ``task_input``: the ``policy.k`` best, best first, each
     taken only while the running rough token count stays within ``policy.token_budget`` (one
-    too large is passed over for a smaller one after it). An entry made from the very trace
-    being re-run (``source_trace_id``, same input) is skipped: showing it would hand the task
-    its own graded answer; the same input asked again in a new trace does get its entry,
-    which is the point of the memory."""
+    too large is passed over for a smaller one after it)."""
     if not policy.enabled or policy.k <= 0:
         return Recall()
-    task = normalised(task_input)
     chosen: list[MemoryEntry] = []
     spent = 0
     for entry in memory.search(task_input, policy.k, policy.min_score):
-        rerun = source_trace_id is not None and entry.source_trace_id == source_trace_id
-        if rerun and normalised(entry.input) == task:
-            continue
         cost = rough_tokens(entry.input, entry.output)
         if spent + cost > policy.token_budget:
             continue
         chosen.append(entry)
         spent += cost
     return Recall(tuple(chosen), spent)
+
+
+class OtherInputs:
+    """``memory`` without the entry for the searched input itself (entries are one per
+    normalised input): what a held-out evaluation may show. A graded task's own entry is its
+    reference answer, whichever trace made it, so showing it would measure recall of the
+    answer, not the policy; a new task asked again in production does get its entry."""
+
+    def __init__(self, memory: MemorySearch):
+        self.memory = memory
+        self.stats = memory.stats
+
+    def search(self, text: str, k: int, min_score: float = 0.0) -> list[MemoryEntry]:
+        query = normalised(text)
+        found = self.memory.search(text, k + 1, min_score)
+        return [entry for entry in found if normalised(entry.input) != query][:k]
 
 
 class MemorySubscriber(TopicFollower[MemoryEntry]):
@@ -316,3 +306,12 @@ class MemorySubscriber(TopicFollower[MemoryEntry]):
                     return False
                 self._changed.wait(remaining)
             return True
+
+
+def current_memory(
+    kafka_config: dict[str, str], agent_id: str, role: str, codec: AvroCodec | None = None
+) -> MemoryIndex:
+    """The entries the agent's runtime holds right now (the compacted topic, replayed), as an
+    index of its own: what a held-out evaluation measures a memory policy with."""
+    with MemorySubscriber(kafka_config, agent_id, role, codec).start() as subscriber:
+        return subscriber.index

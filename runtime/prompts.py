@@ -7,7 +7,7 @@ from typing import Protocol
 
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
-from schemas.models import Demonstration, Lineage, PromptSource, PromptVersion
+from schemas.models import Demonstration, Lineage, MemoryPolicy, PromptSource, PromptVersion
 from schemas.signing import Verifier
 from schemas.topics import PROMPTS
 
@@ -22,18 +22,21 @@ class PromptProvider(Protocol):
 
 class StaticPrompts:
     """Fixed prompts (version 0, source ``seed``): the fallback before anything is published,
-    and the way candidates are measured (texts and demonstrations per role)."""
+    and the way candidates are measured (texts and demonstrations per role, the student's
+    memory policy; the default policy where none is given)."""
 
     def __init__(
         self,
         texts: dict[str, str],
         demonstrations: dict[str, list[Demonstration]] | None = None,
+        memory: MemoryPolicy | None = None,
     ):
         missing = [role for role in ROLES if role not in texts]
         if missing:
             raise ValueError(f"seed prompts missing for roles: {', '.join(missing)}")
         self.texts = texts
         self.demonstrations = demonstrations or {}
+        self.memory = memory or MemoryPolicy()
 
     def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:
         return {
@@ -44,6 +47,7 @@ class StaticPrompts:
                 text=text,
                 source="seed",
                 demonstrations=self.demonstrations.get(role, []),
+                memory=self.memory,
             )
             for role, text in self.texts.items()
         }
@@ -106,11 +110,11 @@ def restored_prompt(
 def current_prompts(
     kafka_config: dict[str, str],
     agent_id: str,
-    seed_prompts: dict[str, str],
+    seeds: StaticPrompts,
     codec: AvroCodec | None = None,
 ) -> dict[str, PromptVersion]:
     """What the agent's runtime would use right now (the compacted topic, else the seeds)."""
-    following = PromptSubscriber(kafka_config, StaticPrompts(seed_prompts), codec=codec)
+    following = PromptSubscriber(kafka_config, seeds, codec=codec)
     with following.start() as subscriber:
         return subscriber.snapshot(agent_id)
 
@@ -121,11 +125,14 @@ def next_versions(
     source: PromptSource,
     demonstrations: dict[str, list[Demonstration]] | None = None,
     lineage: Lineage | None = None,
+    memory: MemoryPolicy | None = None,
 ) -> list[PromptVersion]:
-    """New versions for the roles given a text or demonstrations, each a child of the role's
-    current version carrying ``lineage``; what is not given is carried over from it."""
+    """New versions for the roles given a text or demonstrations (and the student's, given a
+    ``memory`` policy), each a child of the role's current version carrying ``lineage``; what
+    is not given is carried over from it."""
     demonstrations = demonstrations or {}
     provenance = (lineage or Lineage()).model_dump()
+    roles = {*texts, *demonstrations} | ({"student"} if memory is not None else set())
     return [
         PromptVersion(
             agent_id=current[role].agent_id,
@@ -135,7 +142,8 @@ def next_versions(
             text=texts.get(role, current[role].text),
             demonstrations=demonstrations.get(role, current[role].demonstrations),
             source=source,
+            memory=memory if memory is not None and role == "student" else current[role].memory,
             **provenance,
         )
-        for role in sorted({*texts, *demonstrations})
+        for role in sorted(roles)
     ]

@@ -76,9 +76,6 @@ class Task:
     family: str | None = None
     reference: str | None = None
     answer_format: str = "text"  # "integer", "word" or "text": what a bare answer looks like
-    # The stored trace this task re-runs (evaluation on traces), if any: the memory entry made
-    # from that very trace is not shown for it (it would be the graded answer itself).
-    source_trace_id: str | None = None
 
 
 def _arithmetic(rng: random.Random, split: str) -> tuple[str, str]:

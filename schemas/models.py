@@ -195,6 +195,22 @@ class Demonstration(Record):
     output: str
 
 
+class MemoryPolicy(Record):
+    """How the runtime uses the demonstration memory for a task: a component of the student's
+    prompt version, so a change of it faces the held-out gate and rolls out like a prompt.
+    The seed's (version 0) is ``memory:`` in ``configs/agent.yaml``; a version published
+    before this component existed reads as these defaults."""
+
+    enabled: bool = Field(True, description="Off: no lookup, no entries shown.")
+    k: int = Field(3, ge=0, le=32, description="Most entries put before a task.")
+    token_budget: int = Field(
+        512, ge=0, le=32_768, description="Rough tokens the entries of one task may take, in all."
+    )
+    min_score: float = Field(
+        0.0, ge=0, description="An entry is shown only with a BM25 score above this."
+    )
+
+
 class Lineage(Record):
     """Where a published prompt or checkpoint came from: the job, the trigger and the data
     window that made it, and its held-out figures against the version it replaced. One model
@@ -230,6 +246,7 @@ class PromptVersion(Lineage, _PromptHead):
     schema_name: ClassVar[str] = "io.atlas_stream.PromptVersion"
 
     demonstrations: list[Demonstration] = Field(default_factory=list)
+    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)  # read from the student's
 
 
 class _CheckpointHead(Event):

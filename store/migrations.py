@@ -307,6 +307,19 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        8,
+        "prompt_versions.memory: the student's memory policy, a component of its prompt"
+        " version (rows stored before read as the default policy, as their events do)",
+        (
+            "ALTER TABLE prompt_versions ADD COLUMN IF NOT EXISTS memory"
+            " Tuple(enabled Bool, k Int32, token_budget Int32, min_score Float64)"
+            " DEFAULT tuple(true, 3, 512, 0.)",
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

@@ -87,7 +87,7 @@ def _start_worker(
         reflection=world.reflection,
         rim=build_rim(load_rim_config(PROJECT_CONFIGS)),
         config=config,
-        seed_prompts=SEEDS,
+        seed_prompts=StaticPrompts(SEEDS),
     )
     return start_trigger_worker(
         kafka, "gepa", lambda trigger, reporter: run_gepa_job(trigger, reporter, context)

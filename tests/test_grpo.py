@@ -27,6 +27,7 @@ from runtime.checkpoints import (
     verify,
 )
 from runtime.producer import EventProducer
+from runtime.prompts import StaticPrompts
 from runtime.tasks import generate
 from schemas.codec import AvroCodec
 from schemas.models import JobStatus, RetrainTrigger
@@ -110,7 +111,7 @@ def grpo_worker(
             rim=build_rim(load_rim_config(PROJECT_CONFIGS)),
             config=config,
             config_dir=PROJECT_CONFIGS,
-            seed_prompts=SEEDS,
+            seed_prompts=StaticPrompts(SEEDS),
             base_model_dir=model_dir,
             base_model_name=SMOLLM2_NAME,
             checkpoint_root=tmp_path / "checkpoints",

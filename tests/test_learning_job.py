@@ -299,7 +299,7 @@ class OfflineGepaContext(GepaJobContext):
     """The GEPA context with production from the seeds instead of the prompts topic."""
 
     def production(self, agent_id: str) -> dict[str, PromptVersion]:
-        return StaticPrompts(self.seed_prompts).snapshot(agent_id)
+        return self.seed_prompts.snapshot(agent_id)
 
 
 def _context(world: ScriptedTaskWorld, store: FakeStore) -> OfflineGepaContext:
@@ -311,7 +311,7 @@ def _context(world: ScriptedTaskWorld, store: FakeStore) -> OfflineGepaContext:
         reflection=world.reflection,
         rim=build_rim(load_rim_config(PROJECT_CONFIGS)),
         config=GepaConfig(budget=30, eval_mode="auto"),
-        seed_prompts=SEEDS,
+        seed_prompts=StaticPrompts(SEEDS),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.backends.base import Message
 from runtime.core import Runtime
-from runtime.memory import MemoryIndex, MemoryPolicy, MemorySubscriber, recall
+from runtime.memory import MemoryIndex, MemoryPolicy, MemorySubscriber, OtherInputs, recall
 from runtime.prompts import StaticPrompts
 from runtime.tasks import Task
 from schemas.codec import AvroCodec
@@ -115,7 +115,7 @@ def test_hostile_entries_do_not_break_search() -> None:
     assert "huge" not in shown.ids and shown.tokens <= 512  # over budget: passed over
 
 
-def test_recall_keeps_to_the_token_budget_and_skips_only_the_same_traces_entry() -> None:
+def test_recall_keeps_to_the_token_budget_and_evaluation_never_sees_the_tasks_own_entry() -> None:
     long = entry("long", APPLES + " apples" * 400, output="17")
     short = entry("short", APPLES, output="17", trace="trace-1")
     index = index_of(long, short)
@@ -124,9 +124,10 @@ def test_recall_keeps_to_the_token_budget_and_skips_only_the_same_traces_entry()
     assert recall(index, MemoryPolicy(token_budget=budget - 1), APPLES).ids == []
     # the same input asked again (a new trace) retrieves its corrected entry
     assert "short" in recall(index, MemoryPolicy(token_budget=10_000), APPLES).ids
-    # re-running the very trace the entry came from must not show its own answer
-    rerun = recall(index, MemoryPolicy(token_budget=10_000), APPLES, "trace-1")
-    assert "short" not in rerun.ids and "long" in rerun.ids
+    # a held-out evaluation must not show a graded task its own answer, whichever trace made it
+    heldout = recall(OtherInputs(index), MemoryPolicy(token_budget=10_000), "  " + APPLES.upper())
+    assert heldout.ids == ["long"]
+    assert OtherInputs(index).search(APPLES, 1) == [long]  # still k entries when one is dropped
     assert recall(index, MemoryPolicy(enabled=False), APPLES).ids == []
     assert recall(index, MemoryPolicy(k=0), APPLES).ids == []
 
@@ -185,6 +186,21 @@ def test_each_task_of_a_batch_gets_its_own_entries_and_paired_retries_keep_them(
     assert ("assistant", "17") in _turns(retries[0]) and ("assistant", "Lisbon") in _turns(
         retries[1]
     )
+
+
+def test_the_student_versions_policy_decides_unless_the_runtime_overrides_it() -> None:
+    index = index_of(entry("a", APPLES, output="17"), entry("m", MARBLES, output="26"))
+    student = ScriptedBackend("student", lambda _c: "17")
+    texts = {"student": "Solve it.", "teacher": "Review."}
+    for policy, shown in ((MemoryPolicy(k=1), ["a"]), (MemoryPolicy(enabled=False), [])):
+        prompts = StaticPrompts(texts, memory=policy)
+        runtime = Runtime(AGENT, student, student, prompts, memory=index)
+        assert runtime.run(Task(APPLES), "auto").memory_entries == shown
+    override = Runtime(
+        AGENT, student, student, StaticPrompts(texts, memory=MemoryPolicy(enabled=False)),
+        memory=index, memory_policy=MemoryPolicy(k=2),
+    )  # fmt: skip
+    assert override.run(Task(APPLES), "auto").memory_entries == ["a", "m"]
 
 
 def test_without_memory_or_with_it_off_nothing_is_shown() -> None:

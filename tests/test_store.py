@@ -184,3 +184,22 @@ def test_a_tombstone_deletes_its_memory_entry_and_a_later_entry_revives_it(store
     assert deleted.result_rows == [(1,)]
     writer.write([MemoryRow.of(gone, at + timedelta(seconds=2))])  # the same input taught again
     assert current() == ["gone", "kept"]
+
+
+def test_a_prompt_versions_memory_policy_is_stored_and_read_back(store: Client) -> None:
+    """Migration 8's column holds the student's memory policy; a row stored without it (as
+    before the migration) reads as the default policy, as its event does."""
+    from schemas.models import MemoryPolicy, PromptVersion
+    from store.queries import prompt_history
+
+    policy = MemoryPolicy(enabled=False, k=5, token_budget=300, min_score=1.5)
+    version = PromptVersion(
+        agent_id="a", role="student", version=1, text="t", source="manual", memory=policy
+    )
+    StoreWriter(store).write([version])
+    store.command(
+        "INSERT INTO prompt_versions (agent_id, role, version, text, source, created_at)"
+        " VALUES ('a', 'student', 2, 'old', 'gepa', now64(3))"
+    )
+    stored = prompt_history(store, "a", "student")
+    assert [v.memory for v in stored] == [policy, MemoryPolicy()]

@@ -81,7 +81,6 @@ def trace_example(trace: TrainingTrace) -> Example | None:
         trace.task_family,
         reference,
         answer_format,
-        source_trace_id=trace.trace_id,
     )
     return Example(
         task,

@@ -1,7 +1,12 @@
 """Measuring prompts: run the agent's closed loop with given prompts, score with RIM; and the
 held-out comparison every publish goes through (GEPA's prompts, GRPO's checkpoints, an
 operator's own prompt): production and the candidate measured on the same held-out examples,
-then the gate. This module is the only place that comparison and the gate live."""
+then the gate. This module is the only place that comparison and the gate live.
+
+A candidate is a system prompt per role, optionally the student's demonstrations (JSON, under
+``DEMONSTRATIONS``) and its memory policy (JSON, under ``MEMORY_POLICY``): what a prompt
+version holds. With the agent's memory, every side is measured with the entries agents hold
+now, under its own policy, never showing a held-out task the entry for its own input."""
 
 from __future__ import annotations
 
@@ -13,10 +18,13 @@ from pydantic import BaseModel, Field
 from rim.reward import Reward, Rim
 from runtime.backends.base import ModelBackend
 from runtime.core import GenerationLimits, Runtime
+from runtime.memory import MemorySearch, OtherInputs
 from runtime.prompts import StaticPrompts
-from schemas.models import InteractionEvent, Lineage, Mode
+from schemas.models import InteractionEvent, Lineage, MemoryPolicy, Mode
 from trainer.datasets import Example
 from trainer.demonstrations import DEMONSTRATIONS, decode
+
+MEMORY_POLICY = "memory_policy"  # a candidate's key for the student's memory policy (JSON)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class PromptEvaluator:
         mode: Mode = "paired",
         limits: GenerationLimits | None = None,
         batch_size: int = 8,
+        memory: MemorySearch | None = None,
     ):
         self.agent_id = agent_id
         self.student = student
@@ -47,6 +56,7 @@ class PromptEvaluator:
         self.mode = mode
         self.limits = limits or GenerationLimits()
         self.batch_size = batch_size
+        self.memory = None if memory is None else OtherInputs(memory)
         self.calls = 0
 
     def evaluate(
@@ -55,16 +65,18 @@ class PromptEvaluator:
         examples: Sequence[Example],
         on_batch: Callable[[int], None] | None = None,
     ) -> list[Scored]:
-        """``candidate``: a system prompt per role, and optionally the student's
-        demonstrations (JSON) under ``DEMONSTRATIONS``."""
-        texts = {k: v for k, v in candidate.items() if k != DEMONSTRATIONS}
+        """``candidate`` as the module's docstring describes it."""
+        texts = {k: v for k, v in candidate.items() if k not in (DEMONSTRATIONS, MEMORY_POLICY)}
         shots = {"student": decode(candidate.get(DEMONSTRATIONS, "[]"))}
+        policy = candidate.get(MEMORY_POLICY)
+        memory = None if policy is None else MemoryPolicy.model_validate_json(policy)
         runtime = Runtime(
             self.agent_id,
             self.student,
             self.teacher,
-            StaticPrompts(texts, shots),
+            StaticPrompts(texts, shots, memory),
             limits=self.limits,
+            memory=self.memory,
         )
         out: list[Scored] = []
         for start in range(0, len(examples), self.batch_size):

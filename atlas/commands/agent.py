@@ -56,14 +56,14 @@ def agent_run(
     produce every interaction to Kafka, and print accuracy, modes and tokens."""
     from rich.progress import Progress
 
-    from atlas.agent import Backends, load_agent_config
+    from atlas.agent import Backends, load_agent_config, memory_role
     from atlas.simulation import SimulatedUser
     from deploy.local.processes import StackError
     from runtime.core import Runtime
     from runtime.memory import MemorySubscriber
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
-    from runtime.prompts import PromptSubscriber, StaticPrompts
+    from runtime.prompts import PromptSubscriber
     from runtime.tasks import generate
     from schemas.models import path_component
     from store.client import StoreUnavailable, connect
@@ -94,14 +94,12 @@ def agent_run(
         else:
             student, teacher = backends.student_and_teacher()
         prompts = PromptSubscriber(
-            kafka, StaticPrompts(config.prompts), settings.codec(), verifier=settings.verifier()
+            kafka, config.seeds(), settings.codec(), verifier=settings.verifier()
         ).start()
-        memory = None
-        if config.memory.enabled:
+        memory, role = None, memory_role(settings)
+        if role is not None:  # followed even with the seed policy off: a version may turn it on
             try:
-                memory = MemorySubscriber(
-                    kafka, agent_id, config.memory.role, settings.codec()
-                ).start()
+                memory = MemorySubscriber(kafka, agent_id, role, settings.codec()).start()
             except (RuntimeError, TimeoutError) as exc:
                 # the memory only adds context: an agent without it still answers, and says so
                 err.print(f"[yellow]running without memory:[/] {exc}")
@@ -116,7 +114,6 @@ def agent_run(
         ModePolicy(config.policy, rewards),
         config.limits,
         memory,
-        config.memory,
     )
     forced = None if mode == "policy" else mode
     users = SimulatedUser(user_noise, seed) if simulate_users else None

@@ -24,7 +24,7 @@ from runtime.producer import ProducerError
 from schemas.codec import DecodeError, RegistryUnavailable, SchemaError
 from schemas.configfile import ConfigError, validation_summary
 from schemas.limits import LimitError
-from schemas.models import CheckpointEvent, Event, PromptVersion
+from schemas.models import CheckpointEvent, Event, MemoryPolicy, PromptVersion
 from store.client import StoreUnavailable
 
 console = Console()
@@ -163,6 +163,15 @@ def version_cells(version: PromptVersion | CheckpointEvent, in_use: bool) -> lis
         f"{version.created_at:%Y-%m-%d %H:%M}",
         *(_figure(f) for f in (version.heldout_reward, version.baseline_reward)),
     ]
+
+
+def policy_line(policy: MemoryPolicy) -> str:
+    """A memory policy in one line, for people."""
+    if not policy.enabled:
+        return "off"
+    return (
+        f"on, k={policy.k}, token budget {policy.token_budget}, min BM25 score {policy.min_score:g}"
+    )
 
 
 def _figure(value: float | None) -> str:

@@ -1,9 +1,11 @@
-"""`atlas memory`: the agents' demonstration memory (``atlas.memory.v1``): list, show, forget.
+"""`atlas memory`: the agents' demonstration memory (``atlas.memory.v1``): list, show, forget
+entries; show or change the policy by which agents use them.
 
 ``list`` and ``show`` read the store's copy (``memory_entries``, filled by `atlas worker sink`),
 so an entry appears there once the sink has stored it. ``forget`` writes to the topic itself:
 a tombstone (null value) under the entry's key, which following agents apply at once and the
-sink stores as a deleted row.
+sink stores as a deleted row. ``policy`` changes the memory policy, a component of the
+student's prompt version: a new version, through the held-out gate like any prompt.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from atlas.commands.common import (
+    DAY,
     AgentOption,
+    SinceOption,
     check_role,
     clear_errors,
     console,
     get_settings,
+    policy_line,
 )
 from atlas.settings import Settings
 
@@ -28,7 +33,8 @@ if TYPE_CHECKING:
     from store.queries import StoredMemoryEntry
 
 app = typer.Typer(
-    help="The agents' demonstration memory (atlas.memory.v1): list, show, forget entries.",
+    help="The agents' demonstration memory (atlas.memory.v1): list, show, forget entries;"
+    " show or change the policy agents use it by.",
     no_args_is_help=True,
 )
 
@@ -242,3 +248,59 @@ def memory_forget(
         raise typer.Exit(1)
     publish_tombstone(settings.kafka_config(OPERATOR_ROLE), MEMORY, key)
     console.print(f"forgot {key}: tombstone acknowledged on {MEMORY}", highlight=False)
+
+
+@app.command("policy")
+@clear_errors
+def memory_policy(
+    ctx: typer.Context,
+    agent: AgentOption,
+    enabled: Annotated[
+        bool | None, typer.Option("--enabled/--disabled", help="Use the memory at all.")
+    ] = None,
+    k: Annotated[int | None, typer.Option(min=0, help="Most entries put before a task.")] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(min=0, help="Rough tokens all of a task's entries may take.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(min=0, help="Show an entry only with a BM25 score above.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Publish without the held-out gate.")] = False,
+    since: SinceOption = DAY,
+    task: Annotated[list[str], typer.Option(help="Also gate on this built-in task family.")] = [],  # noqa: B006
+) -> None:
+    """Show the memory policy the agent's student uses now, or, given any option, propose a
+    policy with those changes: it is published as a new student prompt version (text and
+    demonstrations carried over) only if it passes the held-out gate, production's policy vs
+    the proposed one, each measured with the entries agents hold now (never a held-out task's
+    own), unless --force. Agents switch at their next task."""
+    from atlas.agent import memory_role
+    from atlas.commands.prompts import current_versions, gated, publish_versions
+    from runtime.prompts import next_versions
+    from schemas.models import MemoryPolicy
+    from trainer.evaluation import MEMORY_POLICY
+
+    settings = get_settings(ctx)
+    current = current_versions(settings, agent)
+    student = current["student"]
+    asked = {"enabled": enabled, "k": k, "token_budget": token_budget, "min_score": min_score}
+    changes = {name: value for name, value in asked.items() if value is not None}
+    if not changes:
+        console.print(f"{agent}/student v{student.version}: {policy_line(student.memory)}")
+        return
+    proposed = MemoryPolicy.model_validate(student.memory.model_dump() | changes)
+    if proposed == student.memory:
+        console.print(f"unchanged ({policy_line(proposed)}): nothing published")
+        return
+    lineage = None
+    if not force:
+        if memory_role(settings) is None:
+            raise typer.BadParameter(
+                "the stream keeps no memory (configs/memory.yaml: enabled: false), so there"
+                " are no entries to measure a policy with: use --force"
+            )
+        proposal = {MEMORY_POLICY: proposed.model_dump_json()}
+        current, lineage = gated(settings, agent, proposal, since, task)
+    console.print(f"memory policy: {policy_line(proposed)}")
+    versions = next_versions(current, {}, "manual", lineage=lineage, memory=proposed)
+    publish_versions(settings, versions)

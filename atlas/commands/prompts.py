@@ -17,17 +17,20 @@ from atlas.commands.common import (
     AgentOption,
     RoleOption,
     SinceOption,
+    Window,
     check_role,
     clear_errors,
     console,
     err,
     get_settings,
+    policy_line,
     publish_as_learner,
     version_cells,
 )
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
+    from runtime.prompts import StaticPrompts
     from schemas.models import Lineage, PromptVersion
 
 app = typer.Typer(
@@ -35,14 +38,14 @@ app = typer.Typer(
 )
 
 
-def _seeds(settings: Settings) -> dict[str, str]:
+def _seeds(settings: Settings) -> StaticPrompts:
     from atlas.agent import load_agent_config
 
-    return load_agent_config(settings.config_dir).prompts
+    return load_agent_config(settings.config_dir).seeds()
 
 
-def _current(
-    settings: Settings, agent: str, seeds: dict[str, str] | None = None
+def current_versions(
+    settings: Settings, agent: str, seeds: StaticPrompts | None = None
 ) -> dict[str, PromptVersion]:
     """What the agent's runtime uses now, per role: the prompts topic, else the seeds."""
     from runtime.prompts import current_prompts
@@ -51,7 +54,7 @@ def _current(
     return current_prompts(settings.kafka_config(), agent, seeds, settings.codec())
 
 
-def _publish(settings: Settings, versions: list[PromptVersion]) -> None:
+def publish_versions(settings: Settings, versions: list[PromptVersion]) -> None:
     publish_as_learner(settings, versions)
     for v in versions:
         console.print(f"published {v.agent_id}/{v.role} v{v.version} ({v.source})")
@@ -70,7 +73,7 @@ def prompts_list(
     from store.queries import prompt_history
 
     settings = get_settings(ctx)
-    current = _current(settings, agent)
+    current = current_versions(settings, agent)
     table = Table(
         "role",
         "version",
@@ -107,7 +110,7 @@ def prompts_show(
 
     check_role(role)
     settings = get_settings(ctx)
-    chosen = _current(settings, agent)[role]
+    chosen = current_versions(settings, agent)[role]
     if version is not None and version != chosen.version:
         stored = prompt_version(connect(settings.store()), agent, role, version)
         if stored is None:
@@ -120,6 +123,8 @@ def prompts_show(
     console.print(chosen.text, highlight=False, markup=False)
     for i, shot in enumerate(chosen.demonstrations, 1):
         console.print(f"demonstration {i}: {shot.input!r} -> {shot.output!r}", highlight=False)
+    if role == "student":
+        console.print(f"memory policy: {policy_line(chosen.memory)}", highlight=False)
 
 
 @app.command("set")
@@ -138,7 +143,6 @@ def prompts_set(
 ) -> None:
     """Publish a hand-written prompt. It faces the same held-out gate as GEPA's candidates
     (evaluated with the agent's models) unless --force."""
-    from consumers.gepa_worker import gate_manual_prompts
     from runtime.prompts import next_versions
 
     check_role(role)
@@ -148,25 +152,34 @@ def prompts_set(
     if not new_text.strip():
         raise typer.BadParameter("the prompt text is empty")
     settings = get_settings(ctx)
-    lineage: Lineage | None = None  # --force: published without held-out figures
     if force:
-        current = _current(settings, agent)
+        current, lineage = current_versions(settings, agent), None
     else:
-        from atlas.workers import gepa_job_context
+        current, lineage = gated(settings, agent, {role: new_text}, since, task)
+    publish_versions(settings, next_versions(current, {role: new_text}, "manual", lineage=lineage))
 
-        with console.status("evaluating production and proposed prompts on held-out examples"):
-            try:
-                current, decision = gate_manual_prompts(
-                    gepa_job_context(settings), agent, {role: new_text}, since.start(), task
-                )
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        console.print(f"gate: {decision.reason}")
-        if not decision.passed:
-            err.print("[bold red]rejected:[/] nothing published (use --force to override)")
-            raise typer.Exit(2)
-        lineage = decision.lineage()
-    _publish(settings, next_versions(current, {role: new_text}, "manual", lineage=lineage))
+
+def gated(
+    settings: Settings, agent: str, proposed: dict[str, str], since: Window, families: list[str]
+) -> tuple[dict[str, PromptVersion], Lineage]:
+    """Production and ``proposed`` (a candidate's changed parts) on the held-out examples of
+    the agent's traces since ``since`` and of ``families``: production and the passed gate's
+    lineage, else exit 2 with the gate's reason (nothing published)."""
+    from atlas.workers import gepa_job_context
+    from consumers.gepa_worker import gate_manual_prompts
+
+    with console.status("evaluating production and the proposal on held-out examples"):
+        try:
+            current, decision = gate_manual_prompts(
+                gepa_job_context(settings), agent, proposed, since.start(), families
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    console.print(f"gate: {decision.reason}")
+    if not decision.passed:
+        err.print("[bold red]rejected:[/] nothing published (use --force to override)")
+        raise typer.Exit(2)
+    return current, decision.lineage()
 
 
 @app.command("rollback")
@@ -183,7 +196,6 @@ def prompts_rollback(
     """Restore an earlier prompt's text as a new version (agents pick it up live)."""
     from runtime.prompts import (
         NoParentVersion,
-        StaticPrompts,
         VersionNotStored,
         next_versions,
         restored_prompt,
@@ -194,12 +206,12 @@ def prompts_rollback(
     check_role(role)
     settings = get_settings(ctx)
     seeds = _seeds(settings)
-    current = _current(settings, agent, seeds)
+    current = current_versions(settings, agent, seeds)
     try:
         restored = restored_prompt(
             current[role],
             to,
-            StaticPrompts(seeds).snapshot(agent)[role],
+            seeds.snapshot(agent)[role],
             lambda version: prompt_version(connect(settings.store()), agent, role, version),
         )
     except NoParentVersion as exc:
@@ -207,5 +219,7 @@ def prompts_rollback(
     except VersionNotStored as exc:
         raise typer.BadParameter(str(exc), param_hint="--to") from None
     texts, shots = {role: restored.text}, {role: restored.demonstrations}
-    _publish(settings, next_versions(current, texts, "rollback", shots))
-    console.print(f"{agent}/{role}: text of v{restored.version} restored")
+    memory = restored.memory if role == "student" else None
+    publish_versions(settings, next_versions(current, texts, "rollback", shots, memory=memory))
+    restored_what = "text, demonstrations and memory policy" if memory else "text"
+    console.print(f"{agent}/{role}: {restored_what} of v{restored.version} restored")

@@ -63,7 +63,8 @@ ROLES: dict[str, Role] = {
     ),
     "learner": Role(
         writes=(JOBS, PROMPTS, CHECKPOINTS),
-        reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS),
+        # MEMORY: a prompt version is measured with the memory entries agents hold
+        reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS, MEMORY),
         group_prefixes=("atlas-gepa", "atlas-grpo", FOLLOWER_GROUPS),
         transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-"),
     ),
