@@ -5,6 +5,8 @@
 2. each stage alone (``benchmarks/stages.py``): the reward worker with 1 and 2 workers
    (interactions in, scored traces out on Kafka), the sink (scored traces in, rows stored);
    then the whole pipeline: events/s, the ratio to the raw copy, CPU seconds per 1,000 events;
+   beside them each stage's own code in-process with no Kafka (``benchmarks/stage_floors.py``):
+   what one worker could do on one core whatever its plumbing;
 3. event -> stored latency p50/p95/p99 at each offered load, from the event's own timestamp
    to its row's ``stored_at`` (the sink's clock as it sends the insert), not by polling;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
@@ -40,6 +42,7 @@ from store.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.judging import judge_local
+from benchmarks.stage_floors import floor_lines
 from benchmarks.stages import (
     Deadline,
     StageRun,
@@ -185,6 +188,8 @@ def main() -> None:
             f"{name + ':':48} {run.per_s:9.0f} events/s   ratio {run.per_s / raw['copy']:.4f},"
             f" {run.cpu_per_1000:.2f} CPU s per 1000{extra}"
         )
+    # what the stages' own code allows on one core, whatever the plumbing (stage_floors.py)
+    print("\n".join(floor_lines(args.events * 4)))
     ours, latencies = plain.pipeline.per_s, plain.latencies
     for rate, q in latencies.items():
         print(
