@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +53,21 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = No
     return out
 
 
-def print_monitor(console: Console, results: dict[str, list[dict[str, Any]]]) -> None:
+# The columns of the judges-vs-humans table; CONFUSION is made of tp, fp, fn and tn.
+CONFUSION = "tp/fp/fn/tn"
+HUMAN_AGREEMENT_COLUMNS = ["agent_id", "day", "judge", "n", "spearman", "kappa", "mae", CONFUSION]
+
+
+def human_agreement_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of `human_agreement` with the four cells of the confusion in one column."""
+    return [{**r, CONFUSION: f"{r['tp']}/{r['fp']}/{r['fn']}/{r['tn']}"} for r in rows]
+
+
+def print_monitor(
+    console: Console, results: dict[str, list[dict[str, Any]]], threshold: float
+) -> None:
+    """Every result of `store.monitoring.monitor` as a table; ``threshold`` is the one the
+    judges-vs-humans confusion and kappa were counted at."""
     console.print(
         table(
             "Agents",
@@ -72,7 +87,16 @@ def print_monitor(console: Console, results: dict[str, list[dict[str, Any]]]) ->
     )
     console.print(table("Reward by hour and prompt version", results["reward_by_hour"]))
     console.print(table("Tokens and reward by mode", results["tokens_by_mode"]))
-    console.print(table("Judge agreement (scores within 0.5)", results["judge_agreement"]))
+    console.print(
+        table("Inter-judge agreement (scores within 0.5 of each other)", results["judge_agreement"])
+    )
+    console.print(
+        table(
+            f"Judges vs humans (pass: score >= {threshold:g}; final: reward before feedback)",
+            human_agreement_rows(results["human_agreement"]),
+            HUMAN_AGREEMENT_COLUMNS,
+        )
+    )
     console.print(table("Dead letters", results["dead_letters"]))
 
 
@@ -82,7 +106,7 @@ def plot_monitor(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (reward_ax, tokens_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (reward_ax, tokens_ax, kappa_ax) = plt.subplots(1, 3, figsize=(18, 4.5))
     by_agent: dict[str, list[dict[str, Any]]] = {}
     for row in results["reward_by_hour"]:
         by_agent.setdefault(row["agent_id"], []).append(row)
@@ -101,6 +125,21 @@ def plot_monitor(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     tokens_ax.bar(labels, [r["tokens_per_task"] for r in modes], color="tab:orange")
     tokens_ax.set_title("tokens per task by mode")
     tokens_ax.tick_params(axis="x", labelsize=7)
+    by_judge: dict[str, list[dict[str, Any]]] = {}
+    for row in results["human_agreement"]:
+        by_judge.setdefault(f"{row['agent_id']}/{row['judge']}", []).append(row)
+    for label, rows in by_judge.items():
+        # an undefined kappa (every score on one side) is a gap in the line, not a zero
+        kappas = [math.nan if r["kappa"] is None else r["kappa"] for r in rows]
+        kappa_ax.plot([r["day"] for r in rows], kappas, marker="o", label=label)
+    kappa_ax.set_title("judges vs humans: Cohen's kappa by day")
+    kappa_ax.set_ylim(-1.02, 1.02)
+    if by_judge:
+        # every day shown, those whose kappa is undefined too (autoscaling skips them)
+        days = [r["day"] for r in results["human_agreement"]]
+        kappa_ax.set_xlim(min(days) - timedelta(days=1), max(days) + timedelta(days=1))
+        kappa_ax.legend(fontsize=8)
+    kappa_ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

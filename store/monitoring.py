@@ -2,8 +2,9 @@
 
 The queries are plain SQL files in ``store/sql/`` (one per result, named after it), over
 ``latest_traces`` (one row per trace, newest revision) and the judge and dead-letter tables,
-with ClickHouse query parameters ``{since:DateTime64(3)}`` and ``{agent:String}`` ('' = all
-agents): a person or a Grafana panel can run a file as it is.
+with ClickHouse query parameters ``{since:DateTime64(3)}``, ``{agent:String}`` ('' = all
+agents) and, for the judges-vs-humans figures, ``{threshold:Float64}``: a person or a Grafana
+panel can run a file as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from clickhouse_connect.driver.client import Client
 from store.queries import rows_as_dicts
 
 # What `monitor` returns, in this order; each name is a file ``store/sql/<name>.sql``.
-MONITOR_QUERIES = ("summary", "reward_by_hour", "tokens_by_mode", "judge_agreement", "dead_letters")
+MONITOR_QUERIES = (
+    "summary",
+    "reward_by_hour",
+    "tokens_by_mode",
+    "judge_agreement",
+    "human_agreement",
+    "dead_letters",
+)
+# The score from which a judge's (or a person's) verdict counts as positive in the confusion
+# and kappa of `human_agreement`, unless the caller says otherwise.
+DEFAULT_THRESHOLD = 0.5
 
 _PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
 
@@ -35,8 +46,16 @@ def sql_parameters(sql: str) -> set[str]:
     return set(_PARAMETER.findall(sql))
 
 
-def monitor(client: Client, since: datetime, agent: str = "") -> dict[str, list[dict[str, Any]]]:
-    values = {"since": since, "agent": agent}
+def monitor(
+    client: Client, since: datetime, agent: str = "", threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, list[dict[str, Any]]]:
+    """Every query of ``MONITOR_QUERIES`` over traces created since ``since`` (of ``agent``
+    only, unless ''), as rows of column -> value, keyed by query name in that order. Each
+    query gets only the parameters its file uses. ValueError if ``threshold`` is not in
+    [0, 1] (scores are)."""
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    values = {"since": since, "agent": agent, "threshold": threshold}
     results = {}
     for name in MONITOR_QUERIES:
         sql = load_sql(name)

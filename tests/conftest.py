@@ -3,14 +3,17 @@ same code as `atlas up` and stopped by PID at the end."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from atlas import stack
 from atlas.settings import Settings
-from store.client import StoreTarget
+from store.client import StoreTarget, connect
+from store.migrations import migrate
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +100,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             REAL_SERVICES[f] for f in getattr(item, "fixturenames", ()) if f in REAL_SERVICES
         }:
             item.add_marker(marker)
+
+
+@pytest.fixture(params=["chdb", pytest.param("http", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
+    """An empty, migrated store in both modes, same code: embedded chdb in this process, and
+    ClickHouse HTTP served by the local store process (in a database of its own)."""
+    if request.param == "chdb":
+        client = connect(f"chdb://{tmp_path / 'chdb'}")
+    else:
+        base = request.getfixturevalue("store_target")
+        database = f"test_{uuid.uuid4().hex[:8]}"
+        connect(base).command(f"CREATE DATABASE {database}")
+        client = connect(base.with_database(database))
+    migrate(client)
+    yield client
+    client.close()

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -24,20 +21,6 @@ pytestmark = pytest.mark.integration
 
 N_TRACES = 100_000
 BATCH = 20_000
-
-
-@pytest.fixture(params=["chdb", "http"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
-    if request.param == "chdb":
-        client = connect(f"chdb://{tmp_path / 'chdb'}")
-    else:
-        base = request.getfixturevalue("store_target")
-        database = f"test_{uuid.uuid4().hex[:8]}"
-        connect(base).command(f"CREATE DATABASE {database}")
-        client = connect(base.with_database(database))
-    migrate(client)
-    yield client
-    client.close()
 
 
 def _traces(n: int, seed: int) -> list[ScoredTrace]:

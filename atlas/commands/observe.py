@@ -17,6 +17,7 @@ from atlas.commands.common import (
     get_settings,
     since_option,
 )
+from store.monitoring import DEFAULT_THRESHOLD
 
 app = typer.Typer()
 jobs_app = typer.Typer(
@@ -32,15 +33,24 @@ def monitor(
     since: Annotated[Window, since_option("Window: 30m, 24h, 7d ...")] = DAY,
     agent: AgentFilter = "",
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG chart to this path.")] = None,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Judges vs humans: a score from this up counts as a pass (confusion, kappa).",
+        ),
+    ] = DEFAULT_THRESHOLD,
 ) -> None:
     """Is each agent improving, degrading, costing fewer tokens? Reward by hour and prompt
-    version, non-degradation, tokens by mode, escalations, judge agreement, dead letters."""
+    version, non-degradation, tokens by mode, escalations, inter-judge agreement, judges vs
+    humans (traces with feedback), dead letters."""
     from atlas.report import plot_monitor, print_monitor
     from store.client import connect
     from store.monitoring import monitor as run_queries
 
-    results = run_queries(connect(get_settings(ctx).store()), since.start(), agent)
-    print_monitor(console, results)
+    results = run_queries(connect(get_settings(ctx).store()), since.start(), agent, threshold)
+    print_monitor(console, results, threshold)
     if plot is not None:
         console.print(f"chart written to {plot_monitor(results, plot)}")
 
