@@ -315,7 +315,7 @@ MIGRATIONS += (
         (
             "ALTER TABLE prompt_versions ADD COLUMN IF NOT EXISTS memory"
             " Tuple(enabled Bool, k Int32, token_budget Int32, min_score Float64)"
-            " DEFAULT tuple(true, 3, 512, 0.)",
+            " DEFAULT tuple(false, 3, 512, 0.)",
         ),
     ),
 )

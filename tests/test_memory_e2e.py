@@ -143,10 +143,9 @@ def test_an_edit_is_retrieved_by_a_following_agent_and_named_in_its_stored_trace
 
         student = ScriptedBackend("scripted-student", copy_a_shown_answer)
         teacher = ScriptedBackend("scripted-teacher", lambda _c: "PASS")
-        prompts = StaticPrompts({"student": "Solve it.", "teacher": "Review."})
-        runtime = Runtime(
-            agent, student, teacher, prompts, memory=memory, memory_policy=MemoryPolicy()
-        )
+        texts = {"student": "Solve it.", "teacher": "Review."}
+        prompts = StaticPrompts(texts, memory=MemoryPolicy(enabled=True))
+        runtime = Runtime(agent, student, teacher, prompts, memory=memory)
         again = runtime.run(Task(first.task_input, "again", "arithmetic", first.reference), "auto")
         assert again.memory_entries == [entry.entry_id] and again.final_answer == corrected
         assert again.trace_id != first.trace_id

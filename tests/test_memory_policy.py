@@ -90,7 +90,7 @@ def _candidate(policy: MemoryPolicy) -> dict[str, str]:
 def test_each_side_is_measured_under_its_own_policy_never_seeing_its_own_entry() -> None:
     student = _student_who_learns_the_format()
     evaluator = _evaluator(student, _memory())
-    evaluator.evaluate(_candidate(MemoryPolicy(k=2)), HELDOUT)
+    evaluator.evaluate(_candidate(MemoryPolicy(enabled=True, k=2)), HELDOUT)
     conversations = [c for batch in student.batches for c in batch]
     assert len(conversations) == len(HELDOUT)
     for conversation in conversations:
@@ -103,7 +103,7 @@ def test_each_side_is_measured_under_its_own_policy_never_seeing_its_own_entry()
 
 def test_a_policy_that_helps_passes_the_gate_and_one_that_hurts_does_not() -> None:
     evaluator = _evaluator(_student_who_learns_the_format(), _memory())
-    off, on = _candidate(MemoryPolicy(enabled=False)), _candidate(MemoryPolicy(k=1))
+    off, on = _candidate(MemoryPolicy(enabled=False)), _candidate(MemoryPolicy(enabled=True, k=1))
     config = GateConfig()
     turning_on = compare_on_heldout(
         HELDOUT, measure(evaluator, off), measure(evaluator, on), config
@@ -127,12 +127,14 @@ def _production(policy: MemoryPolicy) -> dict[str, PromptVersion]:
 
 
 def test_versions_carry_the_policy_over_and_a_new_policy_is_a_student_version_only() -> None:
-    production = _production(MemoryPolicy(k=5))
-    assert as_candidate(production)[MEMORY_POLICY] == MemoryPolicy(k=5).model_dump_json()
+    production = _production(MemoryPolicy(enabled=True, k=5))
+    assert (
+        as_candidate(production)[MEMORY_POLICY] == MemoryPolicy(enabled=True, k=5).model_dump_json()
+    )
     [teacher] = next_versions(production, {"teacher": "Review harder."}, "manual")
     assert teacher.role == "teacher" and teacher.memory == production["teacher"].memory
     [student] = next_versions(production, {"student": "Be brief."}, "gepa")
-    assert student.memory == MemoryPolicy(k=5)  # a text change keeps the policy
+    assert student.memory == MemoryPolicy(enabled=True, k=5)  # a text change keeps the policy
     [changed] = next_versions(production, {}, "manual", memory=MemoryPolicy(enabled=False))
     assert (changed.role, changed.version, changed.parent_version) == ("student", 1, 0)
     assert changed.memory == MemoryPolicy(enabled=False)
@@ -153,7 +155,9 @@ def test_a_policy_round_trips_and_versions_written_before_it_read_as_the_default
     schema_dir_copy: Path,
 ) -> None:
     codec = AvroCodec()
-    version = _production(MemoryPolicy(k=7, token_budget=100, min_score=0.5))["student"]
+    version = _production(MemoryPolicy(enabled=True, k=7, token_budget=100, min_score=0.5))[
+        "student"
+    ]
     assert codec.decode(codec.encode(version), PromptVersion).memory == version.memory
     history = schema_dir_copy / "history" / "io.atlas_stream.PromptVersion.v2.avsc"
     (schema_dir_copy / "io.atlas_stream.PromptVersion.avsc").write_text(history.read_text())
@@ -186,7 +190,7 @@ def test_operators_change_the_policy_agents_switch_live_and_a_rollback_restores_
         assert result.exit_code == code, result.output
         return " ".join(result.output.split())
 
-    assert f"{agent}/student v0: on, k=3" in cli("memory", "policy", "--agent", agent)
+    assert f"{agent}/student v0: off" in cli("memory", "policy", "--agent", agent)
     index = MemoryIndex()
     for task in SEEN[:3]:
         index.put(_entry(task.input, task.reference or "").model_copy(update={"agent_id": agent}))
@@ -205,10 +209,10 @@ def _change_follow_and_roll_back(  # type: ignore[no-untyped-def]
     student = ScriptedBackend("student", lambda _c: "Lisbon")
     with PromptSubscriber(settings.kafka_config(), seeds).start() as prompts:
         runtime = Runtime(agent, student, student, prompts, memory=index)
-        assert len(runtime.run(SEEN[0], "auto").memory_entries) == 3
-        cli("memory", "policy", "--agent", agent, "--k", "1", "--force")
+        assert runtime.run(SEEN[0], "auto").memory_entries == []  # the seed's policy: off
+        cli("memory", "policy", "--agent", agent, "--enabled", "--k", "1", "--force")
         assert prompts.wait_for(agent, "student", 1)
-        assert prompts.snapshot(agent)["student"].memory == MemoryPolicy(k=1)
+        assert prompts.snapshot(agent)["student"].memory == MemoryPolicy(enabled=True, k=1)
         assert prompts.snapshot(agent)["teacher"].version == 0
         assert len(runtime.run(SEEN[0], "auto").memory_entries) == 1
         cli("memory", "policy", "--agent", agent, "--disabled", "--force")
@@ -219,9 +223,9 @@ def _change_follow_and_roll_back(  # type: ignore[no-untyped-def]
         stored = lambda: [v.memory for v in prompt_history(store, agent, "student")]  # noqa: E731
         eventually(lambda: len(stored()) == 2, 60, "both versions stored", interval=0.5)
         # each change is made to the policy in use: --disabled keeps k=1
-        assert stored() == [MemoryPolicy(k=1), MemoryPolicy(enabled=False, k=1)]
+        assert stored() == [MemoryPolicy(enabled=True, k=1), MemoryPolicy(enabled=False, k=1)]
         restored = cli("prompts", "rollback", "--agent", agent, "--role", "student")
         assert "memory policy of v1 restored" in restored
         assert prompts.wait_for(agent, "student", 3)
-        assert prompts.snapshot(agent)["student"].memory == MemoryPolicy(k=1)
+        assert prompts.snapshot(agent)["student"].memory == MemoryPolicy(enabled=True, k=1)
         assert "k=1" in cli("prompts", "show", "--agent", agent)

@@ -110,7 +110,7 @@ def test_hostile_entries_do_not_break_search() -> None:
     found = [e.entry_id for e in index.search(APPLES, 5)]
     assert found[0] == "a" and "upper" in found and "empty" not in found
     assert index.search(huge, 3) is not None  # a huge task is cut, not fatal
-    policy = MemoryPolicy(k=5, token_budget=512)
+    policy = MemoryPolicy(enabled=True, k=5, token_budget=512)
     shown = recall(index, policy, "t1 t2 t3 apples")
     assert "huge" not in shown.ids and shown.tokens <= 512  # over budget: passed over
 
@@ -120,16 +120,18 @@ def test_recall_keeps_to_the_token_budget_and_evaluation_never_sees_the_tasks_ow
     short = entry("short", APPLES, output="17", trace="trace-1")
     index = index_of(long, short)
     budget = rough_tokens(short.input, short.output)
-    assert recall(index, MemoryPolicy(token_budget=budget), APPLES).ids == ["short"]
-    assert recall(index, MemoryPolicy(token_budget=budget - 1), APPLES).ids == []
+    assert recall(index, MemoryPolicy(enabled=True, token_budget=budget), APPLES).ids == ["short"]
+    assert recall(index, MemoryPolicy(enabled=True, token_budget=budget - 1), APPLES).ids == []
     # the same input asked again (a new trace) retrieves its corrected entry
-    assert "short" in recall(index, MemoryPolicy(token_budget=10_000), APPLES).ids
+    assert "short" in recall(index, MemoryPolicy(enabled=True, token_budget=10_000), APPLES).ids
     # a held-out evaluation must not show a graded task its own answer, whichever trace made it
-    heldout = recall(OtherInputs(index), MemoryPolicy(token_budget=10_000), "  " + APPLES.upper())
+    heldout = recall(
+        OtherInputs(index), MemoryPolicy(enabled=True, token_budget=10_000), "  " + APPLES.upper()
+    )
     assert heldout.ids == ["long"]
     assert OtherInputs(index).search(APPLES, 1) == [long]  # still k entries when one is dropped
     assert recall(index, MemoryPolicy(enabled=False), APPLES).ids == []
-    assert recall(index, MemoryPolicy(k=0), APPLES).ids == []
+    assert recall(index, MemoryPolicy(enabled=True, k=0), APPLES).ids == []
 
 
 def _runtime(
@@ -154,7 +156,7 @@ def test_recalled_entries_follow_the_fixed_demonstrations_and_are_named_in_the_e
         entry("m", MARBLES, output="26"),
         entry("p", PARCEL, output="Lisbon"),
     )
-    runtime, student = _runtime(index, MemoryPolicy(k=2))
+    runtime, student = _runtime(index, MemoryPolicy(enabled=True, k=2))
     task = Task("Tom has 12 apples and gets 5 more. How many apples does Tom have now?", "t1")
     event = runtime.run(task, "auto")
     assert event.memory_entries == ["a", "m"]  # best first
@@ -174,7 +176,7 @@ def test_recalled_entries_follow_the_fixed_demonstrations_and_are_named_in_the_e
 
 def test_each_task_of_a_batch_gets_its_own_entries_and_paired_retries_keep_them() -> None:
     index = index_of(entry("a", APPLES, output="17"), entry("p", PARCEL, output="Lisbon"))
-    runtime, student = _runtime(index, MemoryPolicy(k=1))
+    runtime, student = _runtime(index, MemoryPolicy(enabled=True, k=1))
     student.respond = lambda _c: "wrong"
     runtime.teacher.respond = lambda c: "FAIL" if "PASS or FAIL" in c[-1]["content"] else "hint"  # type: ignore[attr-defined]
     events = runtime.run_many(
@@ -192,13 +194,16 @@ def test_the_student_versions_policy_decides_unless_the_runtime_overrides_it() -
     index = index_of(entry("a", APPLES, output="17"), entry("m", MARBLES, output="26"))
     student = ScriptedBackend("student", lambda _c: "17")
     texts = {"student": "Solve it.", "teacher": "Review."}
-    for policy, shown in ((MemoryPolicy(k=1), ["a"]), (MemoryPolicy(enabled=False), [])):
+    for policy, shown in (
+        (MemoryPolicy(enabled=True, k=1), ["a"]),
+        (MemoryPolicy(enabled=False), []),
+    ):
         prompts = StaticPrompts(texts, memory=policy)
         runtime = Runtime(AGENT, student, student, prompts, memory=index)
         assert runtime.run(Task(APPLES), "auto").memory_entries == shown
     override = Runtime(
         AGENT, student, student, StaticPrompts(texts, memory=MemoryPolicy(enabled=False)),
-        memory=index, memory_policy=MemoryPolicy(k=2),
+        memory=index, memory_policy=MemoryPolicy(enabled=True, k=2),
     )  # fmt: skip
     assert override.run(Task(APPLES), "auto").memory_entries == ["a", "m"]
 
