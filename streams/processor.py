@@ -112,6 +112,32 @@ def rescore_floor(event: InteractionEvent) -> int | None:
     return floor
 
 
+def scored_trace(
+    interaction: InteractionEvent,
+    reward: Reward,
+    revision: int,
+    feedback_count: int,
+    baseline_reward: float | None = None,
+) -> ScoredTrace:
+    """The ScoredTrace of ``interaction``'s ``revision``, scored now with ``reward``."""
+    return ScoredTrace(
+        trace_id=interaction.trace_id,
+        agent_id=interaction.agent_id,
+        revision=revision,
+        scored_at=utcnow(),
+        interaction=interaction,
+        reward=reward.score,
+        judge_scores=reward.judge_scores,
+        rationale=reward.rationale,
+        uncertainty=reward.uncertainty,
+        escalated=reward.escalated,
+        human_score=reward.human_score,
+        feedback_count=feedback_count,
+        baseline_reward=baseline_reward,
+        errors=reward.errors,
+    )
+
+
 class RewardProcessor:
     def __init__(
         self,
@@ -127,21 +153,8 @@ class RewardProcessor:
 
     def _scored(self, state: TraceState, reward: Reward) -> ScoredTrace:
         assert state.interaction is not None
-        return ScoredTrace(
-            trace_id=state.interaction.trace_id,
-            agent_id=state.interaction.agent_id,
-            revision=state.revision,
-            scored_at=utcnow(),
-            interaction=state.interaction,
-            reward=reward.score,
-            judge_scores=reward.judge_scores,
-            rationale=reward.rationale,
-            uncertainty=reward.uncertainty,
-            escalated=reward.escalated,
-            human_score=reward.human_score,
-            feedback_count=len(state.feedback),
-            baseline_reward=state.baseline_reward,
-            errors=reward.errors,
+        return scored_trace(
+            state.interaction, reward, state.revision, len(state.feedback), state.baseline_reward
         )
 
     def _outcome(self, trace_id: str, state: TraceState, reward: Reward) -> Outcome:
