@@ -36,9 +36,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.models import FeedbackEvent, Id, MemoryEntry, MemorySource, ScoredTrace, utcnow
 from schemas.terms import normalised, terms_of
@@ -103,6 +103,9 @@ def candidate_of(trace: ScoredTrace, feedback: Sequence[FeedbackEvent]) -> Memor
     )
 
 
+LEGACY_BASELINE = ("unused_count", "unused_reward_sum")  # MemoryState fields before all traces
+
+
 class EntryFacts(BaseModel):
     """What the state keeps of a published entry: enough to decide, not its texts (a state of
     ``max_entries`` stays far below a Kafka message's size)."""
@@ -114,23 +117,37 @@ class EntryFacts(BaseModel):
     output: str  # output_digest of the entry's output
     trace_id: str
     created_at: float
-    # Its use (streams/memory_retirement.py): scored traces that used it, their reward sum.
+    # Its use (streams/memory_retirement.py): scored traces that used it, their reward sum,
+    # and the agent's trace count and reward sum when its counting began (so "not used" is
+    # the agent's traces since then that did not use it).
     uses: int = Field(0, ge=0)
     reward_sum: float = Field(0.0, ge=0)
+    traces_before: int = Field(0, ge=0)
+    reward_before: float = Field(0.0, ge=0)
 
 
 class MemoryState(BaseModel):
     """One agent's memory for the configured role, as its changelog-backed table keeps it:
-    its entries, the traces that used no entry (the retirement rule's baseline) and the
-    outputs of retired entries (entry id -> output digest, at most ``max_entries``, oldest
-    dropped first), which are not taught again for the same input."""
+    its entries, the count and reward sum of all the agent's scored traces (the retirement
+    rule's "not used" comes from them) and the outputs of retired entries (entry id -> output
+    digest, at most ``max_entries``, oldest dropped first), which are not taught again for the
+    same input."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     entries: dict[str, EntryFacts] = Field(default_factory=dict)
-    unused_count: int = Field(0, ge=0)
-    unused_reward_sum: float = Field(0.0, ge=0)
+    traces: int = Field(0, ge=0)
+    traces_reward_sum: float = Field(0.0, ge=0)
     retired: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_the_old_baseline(cls, data: Any) -> Any:
+        """States kept before the rule compared with all other traces counted only those that
+        used no entry; that count means something else, so it is dropped, not misread."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in LEGACY_BASELINE}
+        return data
 
 
 def usefulness(facts: EntryFacts) -> tuple[bool, float, float]:
@@ -204,16 +221,18 @@ class MemoryProcessor:
             return MemoryDecision(state, reason="the same entry is already remembered")
         if state.retired.get(entry_id) == digest:
             return MemoryDecision(state, reason="the same output was retired for the input")
-        same_output = existing is not None and existing.output == digest
+        # the use of the same output carries over; a new output starts afresh, from now
+        kept = existing if existing is not None and existing.output == digest else None
         facts = EntryFacts(
             source=source,
             reward=candidate.reward,
             output=digest,
             trace_id=candidate.trace_id,
             created_at=now,
-            # the use of the same output carries over; a new output starts afresh
-            uses=existing.uses if existing is not None and same_output else 0,
-            reward_sum=existing.reward_sum if existing is not None and same_output else 0.0,
+            uses=kept.uses if kept else 0,
+            reward_sum=kept.reward_sum if kept else 0.0,
+            traces_before=kept.traces_before if kept else state.traces,
+            reward_before=kept.reward_before if kept else state.traces_reward_sum,
         )
         entries = {**state.entries, entry_id: facts}
         tombstones = []

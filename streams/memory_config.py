@@ -37,14 +37,14 @@ class MemoryConfig(BaseModel):
         20,
         ge=1,
         description="An entry is judged only once it was used this often and at least this"
-        " many of the agent's traces used no entry (the baseline).",
+        " many of the agent's traces since it was made did not use it.",
     )
     retire_margin: float = Field(
         0.1,
         ge=0,
         le=1,
-        description="Retired when its mean reward when used is below the mean of traces that"
-        " used no entry by more than this.",
+        description="Retired when its mean reward when used is below the mean of the traces"
+        " since it was made that did not use it by more than this.",
     )
 
 

@@ -6,8 +6,8 @@ revision), on the same internal topic as the candidates and keyed by agent: the 
 agent used for the task, the trace's reward and the reward of the trace's previous revision.
 :func:`record_use` folds it into the agent's :class:`~streams.memory.MemoryState`:
 
-* a trace that used entries adds one use and its reward to each of them that the memory still
-  holds; a trace that used none adds to the agent's "not used" baseline;
+* every trace adds one to the agent's trace count and its reward to the agent's sum; a trace
+  that used entries also adds one use and its reward to each of them the memory still holds;
 * a re-scored trace (``previous_reward`` set: human feedback, a replay) replaces its earlier
   reward: the sums move by the difference and no count changes, so each trace counts once, at
   its latest reward. A revision after the first whose previous reward is unknown (a state
@@ -15,11 +15,16 @@ agent used for the task, the trace's reward and the reward of the trace's previo
 * a reward or previous reward that is not a finite number in [0, 1] is ignored.
 
 Retirement (:func:`retirement_of`), checked for the entries a trace used, after its use is
-counted: the entry has at least ``retire_min_uses`` uses, at least that many traces used no
-entry, and its mean reward when used is below the not-used mean by more than
-``retire_margin``. The retired entry leaves the state (its output is remembered in
-``MemoryState.retired`` so the same answer is not taught again for the input) and is
-published again with ``retired_reason`` and the figures, which agents treat as removed.
+counted: "not used" are the agent's traces since the entry was made that did not use it (the
+agent's count and sum now, less those when the entry was made, less its uses); the entry has
+at least ``retire_min_uses`` uses and as many traces not using it, and its mean reward when
+used is below the not-used mean by more than ``retire_margin``. Those traces include ones
+that were shown other entries: with memory on for every task, an entry is judged against the
+other entries of the same period, not against a no-memory baseline that stopped growing when
+memory was turned on (which a live run showed let a user's wrong edit stay). The retired
+entry leaves the state (its output is remembered in ``MemoryState.retired`` so the same
+answer is not taught again for the input) and is published again with ``retired_reason`` and
+the figures, which agents treat as removed.
 
 Known approximations: an entry replaced by a different output starts its statistics afresh,
 and a later re-score of a trace that used the earlier output moves the new output's sum by
@@ -98,8 +103,8 @@ class Retirement:
     def reason(self) -> str:
         return (
             f"mean reward when used {self.reward_when_used:.3f} over {self.uses} traces is"
-            f" below {self.reward_when_not_used:.3f} over {self.not_used} traces that used no"
-            f" entry by more than {self.margin:g}"
+            f" below {self.reward_when_not_used:.3f} over the {self.not_used} traces since it"
+            f" was made that did not use it, by more than {self.margin:g}"
         )
 
 
@@ -116,15 +121,15 @@ def retirement_of(
 ) -> Retirement | None:
     """The retirement of an entry with these statistics, or None while it may stay."""
     needed = config.retire_min_uses
-    if facts.uses < needed or state.unused_count < needed:
+    not_used = state.traces - facts.traces_before - facts.uses
+    if facts.uses < needed or not_used < needed:
         return None
     used_mean = facts.reward_sum / facts.uses
-    unused_mean = state.unused_reward_sum / state.unused_count
+    not_used_sum = state.traces_reward_sum - facts.reward_before - facts.reward_sum
+    unused_mean = _clamped(not_used_sum, not_used) / not_used
     if unused_mean - used_mean <= config.retire_margin:
         return None
-    return Retirement(
-        entry_id, facts.uses, used_mean, state.unused_count, unused_mean, config.retire_margin
-    )
+    return Retirement(entry_id, facts.uses, used_mean, not_used, unused_mean, config.retire_margin)
 
 
 def record_use(
@@ -142,10 +147,10 @@ def record_use(
     delta = use.reward - (use.previous_reward or 0.0)
     used = list(dict.fromkeys(use.used))
     entries = dict(state.entries)
-    count, total = state.unused_count, state.unused_reward_sum
-    if not used and replacing:
-        total = _clamped(total + delta, count) if count else total
-    elif not used:
+    count, total = state.traces, state.traces_reward_sum
+    if replacing:
+        total = _clamped(total + delta, count)
+    else:
         count, total = count + 1, total + use.reward
     for entry_id in used:
         facts = entries.get(entry_id)
@@ -154,9 +159,7 @@ def record_use(
         uses = facts.uses if replacing else facts.uses + 1
         reward_sum = _clamped(facts.reward_sum + (delta if replacing else use.reward), uses)
         entries[entry_id] = facts.model_copy(update={"uses": uses, "reward_sum": reward_sum})
-    new = state.model_copy(
-        update={"entries": entries, "unused_count": count, "unused_reward_sum": total}
-    )
+    new = state.model_copy(update={"entries": entries, "traces": count, "traces_reward_sum": total})
     retirements = [
         retired
         for entry_id in used

@@ -59,18 +59,18 @@ def use(
     )  # fmt: skip
 
 
-def test_uses_and_the_not_used_baseline_are_counted_and_a_rescore_replaces_its_reward() -> None:
+def test_uses_and_the_agents_traces_are_counted_and_a_rescore_replaces_its_reward() -> None:
     state = MemoryState(entries={"e1": facts(), "e2": facts()})
     state, retired, _ = record_use(state, use(["e1", "e1", "gone"], 0.5), CONFIG)
     state, _, _ = record_use(state, use([], 0.8, "t-2"), CONFIG)
     assert retired == [] and (state.entries["e1"].uses, state.entries["e1"].reward_sum) == (1, 0.5)
     assert state.entries["e2"].uses == 0 and "gone" not in state.entries
-    assert (state.unused_count, state.unused_reward_sum) == (1, 0.8)
+    assert (state.traces, state.traces_reward_sum) == (2, pytest.approx(1.3))
     # human feedback re-scores both traces: the sums move, no count changes
     state, _, _ = record_use(state, use(["e1"], 0.1, revision=2, previous=0.5), CONFIG)
     state, _, _ = record_use(state, use([], 0.6, "t-2", revision=2, previous=0.8), CONFIG)
     assert (state.entries["e1"].uses, state.entries["e1"].reward_sum) == (1, pytest.approx(0.1))
-    assert (state.unused_count, state.unused_reward_sum) == (1, pytest.approx(0.6))
+    assert (state.traces, state.traces_reward_sum) == (2, pytest.approx(0.7))
     # a later revision whose previous reward is unknown is not counted twice
     same, _, reason = record_use(state, use(["e1"], 0.9, revision=3), CONFIG)
     assert same is state and "ignored" in reason
@@ -84,16 +84,65 @@ def test_a_reward_that_is_not_a_number_in_0_1_is_ignored(bad: float) -> None:
         assert new is state and retired == [] and "ignored" in reason
 
 
-def test_retirement_needs_the_minimum_uses_the_baseline_and_more_than_the_margin() -> None:
-    baseline = MemoryState(unused_count=3, unused_reward_sum=2.4)  # mean 0.8
-    assert retirement_of("e", facts(2, 0.0), baseline, CONFIG) is None  # too few uses
-    thin = baseline.model_copy(update={"unused_count": 2, "unused_reward_sum": 1.6})
-    assert retirement_of("e", facts(3, 0.0), thin, CONFIG) is None  # too thin a baseline
-    assert retirement_of("e", facts(3, 2.1), baseline, CONFIG) is None  # 0.7: not past the margin
-    retired = retirement_of("e", facts(3, 1.5), baseline, CONFIG)  # 0.5 vs 0.8
+def test_retirement_compares_with_the_traces_since_the_entry_that_did_not_use_it() -> None:
+    # 2 traces before the entry (reward 0.2 each, not its period), then 3 that did not use it
+    # (mean 0.8, whether or not they used other entries) and its own uses
+    def state(uses: int, reward_sum: float, others: int = 3) -> MemoryState:
+        return MemoryState(
+            traces=2 + others + uses, traces_reward_sum=0.4 + 0.8 * others + reward_sum
+        )
+
+    def entry(uses: int, reward_sum: float) -> EntryFacts:
+        return facts(uses, reward_sum).model_copy(update={"traces_before": 2, "reward_before": 0.4})
+
+    assert retirement_of("e", entry(2, 0.0), state(2, 0.0), CONFIG) is None  # too few uses
+    assert (
+        retirement_of("e", entry(3, 0.0), state(3, 0.0, others=2), CONFIG) is None
+    )  # too few others
+    assert retirement_of("e", entry(3, 2.1), state(3, 2.1), CONFIG) is None  # 0.7: within margin
+    retired = retirement_of("e", entry(3, 1.5), state(3, 1.5), CONFIG)  # 0.5 vs 0.8
     assert retired is not None and (retired.uses, retired.not_used) == (3, 3)
     assert (retired.reward_when_used, retired.reward_when_not_used) == (0.5, pytest.approx(0.8))
-    assert "0.500 over 3 traces is below 0.800 over 3" in retired.reason
+    assert (
+        "0.500 over 3 traces is below 0.800 over the 3 traces since it was made" in retired.reason
+    )
+
+
+def test_a_bad_entry_among_good_ones_is_retired_though_every_trace_used_memory() -> None:
+    """The live run's case: memory on for every task, k entries each; the no-memory baseline
+    never grows, yet the entry whose traces score lower than its period's others retires."""
+    memory = MemoryProcessor(CONFIG)
+    state = MemoryState()
+    for i in range(4):  # before memory: low reward, used nothing
+        state, _, _ = record_use(state, use([], 0.3, f"before-{i}"), CONFIG)
+    for entry_id, text in (("good", "What is 2+2?"), ("bad", "What is 3+3?")):
+        candidate = MemoryCandidate(
+            agent_id=AGENT, trace_id=f"t-{entry_id}", revision=1, input=text, answer="x",
+            reward=0.5, verdict="edit", edited_text=text,
+        )  # fmt: skip
+        decision = memory.decide(state, candidate)
+        state = decision.state
+    good, bad = (
+        entry_id_of(AGENT, "student", "What is 2+2?"),
+        entry_id_of(AGENT, "student", "What is 3+3?"),
+    )
+    retired = []
+    for i in range(4):
+        state, out, _ = record_use(state, use([good], 0.9, f"g-{i}"), CONFIG)
+        retired += out
+        state, out, _ = record_use(state, use([good, bad], 0.2, f"b-{i}"), CONFIG)
+        retired += out
+    assert [r.entry_id for r in retired] == [bad]
+    assert retired[0].reward_when_used == pytest.approx(0.2)
+    assert retired[0].reward_when_not_used == pytest.approx(0.9)
+
+
+def test_a_state_kept_before_counts_all_traces_afresh() -> None:
+    old = {"entries": {}, "unused_count": 7, "unused_reward_sum": 3.5, "retired": {}}
+    state = MemoryState.model_validate(old)
+    assert (state.traces, state.traces_reward_sum) == (0, 0.0)
+    with pytest.raises(ValueError):
+        MemoryState.model_validate({**old, "surprise": 1})
 
 
 def test_a_retired_entry_leaves_the_state_and_its_output_is_not_taught_again() -> None:
