@@ -85,12 +85,24 @@ def read_status(settings: Settings) -> StackStatus:
     )
 
 
-def _pick_port(requested: int | None, previous: int | None, what: str) -> int:
+PORT_ATTEMPTS = 20
+
+
+def _pick_port(
+    requested: int | None, previous: int | None, what: str, taken: tuple[int, ...] = ()
+) -> int:
+    """The port asked for (refused if busy), else the one used before if still free, else a
+    free one the kernel offers that is not among ``taken``: the kernel may offer a port it just
+    offered for another of the stack's servers, since nothing listens on it yet."""
     if requested:
         return require_free_port(requested, what)
-    if previous and port_is_free(previous):
+    if previous and previous not in taken and port_is_free(previous):
         return previous
-    return free_port()
+    for _ in range(PORT_ATTEMPTS):
+        port = free_port()
+        if port not in taken:
+            return port
+    raise StackError(f"no free port for {what} after {PORT_ATTEMPTS} tries")
 
 
 def ensure_topics(
@@ -199,12 +211,20 @@ def up(
         security=_kafka_security(settings, tls),
     )
     node.controller_port = _pick_port(
-        controller_port, previous_kafka and previous_kafka.controller_port, "the controller"
+        controller_port,
+        previous_kafka and previous_kafka.controller_port,
+        "the controller",
+        (node.broker_port,),
     )
     if node.controller_port == node.broker_port:
         raise StackError("the Kafka broker and controller ports must differ")
     previous_store = current.store
-    port = _pick_port(store_port, previous_store and previous_store.port, "the store")
+    port = _pick_port(
+        store_port,
+        previous_store and previous_store.port,
+        "the store",
+        (node.broker_port, node.controller_port),
+    )
     if port in (node.broker_port, node.controller_port):
         raise StackError(f"port {port} is already used by Kafka; choose another for the store")
     store_password_file = settings.secrets_dir / "store.password"

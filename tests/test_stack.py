@@ -128,3 +128,21 @@ def test_down_stops_by_pid_and_up_again_keeps_the_data(tmp_path: Path) -> None:
         assert seen == [marker]
     finally:
         stack.down(settings)
+
+
+@pytest.mark.parametrize("previous", [None, 40001])
+def test_a_port_the_kernel_offers_twice_is_not_given_to_two_servers(
+    monkeypatch: pytest.MonkeyPatch, previous: int | None
+) -> None:
+    """The kernel may offer the broker's port again for the controller (nothing listens on it
+    yet): it is passed over, as is a previous port another server now has."""
+    from atlas import stack
+
+    offers = iter([40001, 40001, 40002])
+    monkeypatch.setattr(stack, "free_port", lambda: next(offers))
+    monkeypatch.setattr(stack, "port_is_free", lambda _port: True)
+    assert stack._pick_port(None, None, "Kafka") == 40001
+    assert stack._pick_port(None, previous, "the controller", (40001,)) == 40002
+    monkeypatch.setattr(stack, "free_port", lambda: 40001)
+    with pytest.raises(stack.StackError, match="no free port for the store"):
+        stack._pick_port(None, None, "the store", (40001,))
