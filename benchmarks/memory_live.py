@@ -10,8 +10,10 @@ Every step is the CLI a person would type (`atlas up`, `atlas worker rewards|sin
 agent run`, `atlas memory list|forget|policy`); its output is printed, then the figures:
 edit -> entry on the topic (the message's Kafka timestamp), edit -> row in ``memory_entries``
 (first seen by a 0.2 s poll, so up to 0.2 s late), the first trace that names each entry, and
-lookup vs generation time per task (`atlas agent run`'s summary). So that retirement can show
-in a short run, ``retire_min_uses`` is lowered from 20 to 5 in a copy of ``configs/``.
+lookup vs generation time per task (`atlas agent run`'s summary), and each entry's reward on
+the tasks shown it vs the similar tasks the holdout kept it from, from ClickHouse. So that
+retirement can show in a short run, a copy of ``configs/`` holds entries back from half their
+matches (``holdout: 0.5``, default 0.2) and judges them after 5 tasks per arm (default 10).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from runtime.producer import EventProducer
 from store.client import connect
 
 AGENT = "live-memory"
-RETIRE_MIN_USES = 5
+# memory.yaml for a short run: more held-back tasks per match, an earlier first look
+SHORT_RUN = {"holdout": "0.5", "retire_min_uses": "5", "retire_tuned_uses": "20"}
 
 
 def atlas(env: dict[str, str], *args: str, check: bool = True) -> str:
@@ -170,6 +173,41 @@ def poison(settings: Settings) -> str:
     return entry_id
 
 
+def entry_effects(settings: Settings, poisoned: str) -> None:
+    """Each entry's mean reward on the tasks shown it vs the tasks it matched but was held
+    back from (the comparison that retires it), from the store: the most matched first."""
+    effects = rows(
+        settings,
+        """
+        SELECT entry_id, countIf(shown) AS n_shown, avgIf(reward, shown),
+               countIf(NOT shown) AS n_held, avgIf(reward, NOT shown)
+        FROM (
+            SELECT arrayJoin(arrayConcat(
+                       arrayMap(e -> (e, true), memory_entries),
+                       arrayMap(e -> (e, false), memory_held_back))) AS named,
+                   named.1 AS entry_id, named.2 AS shown, reward
+            FROM latest_traces WHERE agent_id = {a:String}
+        )
+        GROUP BY entry_id ORDER BY n_shown + n_held DESC LIMIT 8
+        """,
+    )
+    print("\nentry reward shown vs held back (latest_traces; * the careless user's edit):")
+    for entry_id, n_shown, shown, n_held, held in effects:
+        mark = "*" if entry_id == poisoned else " "
+        held_text = f"{held:.3f} over {n_held}" if n_held else "none held back"
+        print(f"  {mark}{entry_id[:12]} shown {shown:.3f} over {n_shown}, held back {held_text}")
+    retired = rows(
+        settings,
+        "SELECT entry_id, retired_reason FROM memory_entries FINAL"
+        " WHERE agent_id = {a:String} AND retired_reason IS NOT NULL",
+    )
+    for entry_id, reason in retired:
+        mark = " (the careless user's edit)" if entry_id == poisoned else ""
+        print(f"retired {entry_id[:12]}{mark}: {reason}")
+    if not retired:
+        print("no entry retired")
+
+
 def wait_for(settings: Settings, sql: str, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not rows(settings, sql):
@@ -181,16 +219,18 @@ def wait_for(settings: Settings, sql: str, what: str, timeout: float = 60) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24, help="tasks in the first run")
-    parser.add_argument("--second-n", type=int, default=48, help="tasks after the wrong edit")
+    parser.add_argument("--second-n", type=int, default=160, help="tasks after the wrong edit")
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="atlas-live-"))
     configs = home / "configs"
     shutil.copytree(PROJECT_CONFIGS, configs)
     memory_yaml = configs / "memory.yaml"
+    lines = memory_yaml.read_text().splitlines()
     memory_yaml.write_text(
-        memory_yaml.read_text().replace(
-            "retire_min_uses: 20", f"retire_min_uses: {RETIRE_MIN_USES}"
+        "\n".join(
+            f"{key}: {SHORT_RUN[key]}" if (key := line.split(":")[0]) in SHORT_RUN else line
+            for line in lines
         )
     )
     env = {**os.environ, "ATLAS_HOME": str(home), "ATLAS_CONFIG_DIR": str(configs)}
@@ -233,6 +273,7 @@ def main() -> None:
         atlas(env, *run, "--n", str(args.second_n), "--seed", "1", "--simulate-users")
         time.sleep(5)
         first_uses(settings, memory_on)
+        entry_effects(settings, poisoned)
         atlas(env, "memory", "list", "--all", "--agent", AGENT)
         victim = rows(
             settings,

@@ -35,6 +35,7 @@ from schemas.models import (
     PromptVersion,
     Step,
     Usage,
+    new_id,
 )
 
 REVIEW = (
@@ -95,6 +96,7 @@ class _Episode:
     guidance: str = ""
     leaked: bool = False
     recall: Recall = field(default_factory=Recall)
+    trace_id: str = field(default_factory=new_id)
 
     def system(self, role: str) -> Message:
         return {"role": "system", "content": self.prompts[role].text}
@@ -107,7 +109,9 @@ class Runtime:
     student's prompt version (``memory_policy`` overrides it, for experiments), and the
     entries chosen by :func:`runtime.memory.recall` are shown to the student as solved turns
     after the version's demonstrations; the event names them in ``memory_entries``, so every
-    answer says which entries it saw."""
+    answer says which entries it saw. ``memory_holdout`` is the share of matches from which
+    each entry is held back at random (named in ``memory_held_back``): without it the stream
+    cannot tell an entry's effect from its tasks' difficulty, and retires nothing."""
 
     def __init__(
         self,
@@ -119,7 +123,10 @@ class Runtime:
         limits: GenerationLimits | None = None,
         memory: MemorySearch | None = None,
         memory_policy: MemoryPolicy | None = None,
+        memory_holdout: float = 0.0,
     ):
+        if not 0.0 <= memory_holdout < 1.0:
+            raise ValueError(f"memory_holdout must be in [0, 1), not {memory_holdout!r}")
         self.agent_id = agent_id
         self.student = student
         self.teacher = teacher
@@ -128,6 +135,7 @@ class Runtime:
         self.limits = limits or GenerationLimits()
         self.memory = memory
         self.memory_policy = memory_policy
+        self.memory_holdout = memory_holdout
 
     @property
     def memory_stats(self) -> LookupStats | None:
@@ -150,7 +158,9 @@ class Runtime:
         if self.memory is not None:
             policy = self.memory_policy or prompts["student"].memory
             for episode in episodes:
-                episode.recall = recall(self.memory, policy, episode.task.input)
+                episode.recall = recall(
+                    self.memory, policy, episode.task.input, episode.trace_id, self.memory_holdout
+                )
         self._first_answers(episodes)
         for episode in episodes:
             if mode is not None:
@@ -319,6 +329,7 @@ class Runtime:
         if episode.leaked:
             metadata["guidance_answer_withheld"] = "true"
         return InteractionEvent(
+            trace_id=episode.trace_id,
             agent_id=self.agent_id,
             task_id=task.task_id or "adhoc",
             task_family=task.family,
@@ -340,4 +351,5 @@ class Runtime:
             latency_ms=sum(s.latency_ms for s in episode.steps),
             metadata=metadata,
             memory_entries=episode.recall.ids,
+            memory_held_back=list(episode.recall.held_back),
         )

@@ -14,6 +14,9 @@ in-process BM25 index of this agent's entries, and find the entries most similar
   prompt version (the seed's is ``memory:`` in ``configs/agent.yaml``), so it is gated and
   rolled out like a prompt; :class:`LookupStats` is the running cost of searches, reported
   beside generation time.
+* :func:`held_back` is the randomized holdout: a hashed share of an entry's matches does not
+  get it, so the entry's reward when used is compared with tasks like it that went without
+  it (the retirement rule), not with easier or harder tasks elsewhere.
 * :class:`OtherInputs` is a memory as a held-out evaluation must see it: never an entry for
   the very input being graded.
 
@@ -24,6 +27,7 @@ terms are already on the topic; an agent wanting embeddings computes them from `
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -196,31 +200,56 @@ class MemoryIndex:
 
 @dataclass(frozen=True)
 class Recall:
-    """The entries chosen for one task, in the order shown, and their rough token cost."""
+    """The entries chosen for one task, in the order shown, their rough token cost, and the
+    ids of those that matched but the holdout kept back."""
 
     entries: tuple[MemoryEntry, ...] = ()
     tokens: int = 0
+    held_back: tuple[str, ...] = ()
 
     @property
     def ids(self) -> list[str]:
         return [entry.entry_id for entry in self.entries]
 
 
-def recall(memory: MemorySearch, policy: MemoryPolicy, task_input: str) -> Recall:
+def held_back(trace_id: str, entry_id: str, share: float) -> bool:
+    """Whether the randomized holdout keeps ``entry_id`` from the task of ``trace_id``: a hash
+    of both ids below ``share``, so a replay decides the same and each entry is kept back from
+    about ``share`` of the tasks it matches, independently of how hard they are."""
+    if share <= 0.0:
+        return False
+    digest = hashlib.blake2b(f"{trace_id}/{entry_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def recall(
+    memory: MemorySearch,
+    policy: MemoryPolicy,
+    task_input: str,
+    trace_id: str = "",
+    holdout: float = 0.0,
+) -> Recall:
     """The entries to show before ``task_input``: the ``policy.k`` best, best first, each
     taken only while the running rough token count stays within ``policy.token_budget`` (one
-    too large is passed over for a smaller one after it)."""
+    too large is passed over for a smaller one after it); of those, the ones
+    :func:`held_back` keeps from the task of ``trace_id`` (a ``holdout`` share of matches)
+    are named in ``held_back`` instead of shown. The held-back tasks are what an entry's
+    reward when used is compared with (``streams/memory_retirement.py``)."""
     if not policy.enabled or policy.k <= 0:
         return Recall()
     chosen: list[MemoryEntry] = []
+    kept_back: list[str] = []
     spent = 0
     for entry in memory.search(task_input, policy.k, policy.min_score):
         cost = rough_tokens(entry.input, entry.output)
         if spent + cost > policy.token_budget:
             continue
+        if held_back(trace_id, entry.entry_id, holdout):
+            kept_back.append(entry.entry_id)
+            continue
         chosen.append(entry)
         spent += cost
-    return Recall(tuple(chosen), spent)
+    return Recall(tuple(chosen), spent, tuple(kept_back))
 
 
 class OtherInputs:

@@ -141,6 +141,8 @@ class InteractionEvent(Event):
     metadata: dict[str, str] = Field(default_factory=dict)
     # Appended (contract v2): the memory entries the runtime put before the task, in order.
     memory_entries: list[str] = Field(default_factory=list)
+    # Appended (contract v3): entries that matched but the randomized holdout kept back.
+    memory_held_back: list[str] = Field(default_factory=list)
 
 
 class FeedbackEvent(Event):

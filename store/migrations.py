@@ -320,6 +320,19 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        9,
+        "scored_traces.memory_held_back: the entries that matched the task but the randomized"
+        " holdout kept from it (InteractionEvent v3), so an entry's effect is shown minus held"
+        " back on similar tasks (empty for rows stored before)",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS memory_held_back Array(String)",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

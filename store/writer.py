@@ -62,6 +62,7 @@ SCORED_TRACE_COLUMNS = [
     "event_id",
     "stored_at",
     "memory_entries",
+    "memory_held_back",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -151,6 +152,7 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
         event.event_id,
         stored_at,
         event.memory_entries,
+        event.memory_held_back,
     ]
 
 

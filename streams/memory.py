@@ -103,7 +103,16 @@ def candidate_of(trace: ScoredTrace, feedback: Sequence[FeedbackEvent]) -> Memor
     )
 
 
-LEGACY_BASELINE = ("unused_count", "unused_reward_sum")  # MemoryState fields before all traces
+# Baselines of earlier retirement rules (the traces that used no entry, then all the agent's
+# traces): both compared an entry with other tasks, so they are dropped, not misread.
+LEGACY_BASELINE = ("unused_count", "unused_reward_sum", "traces", "traces_reward_sum")
+LEGACY_ENTRY_BASELINE = ("traces_before", "reward_before")
+
+
+def _without(data: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if k not in keys}
+    return data
 
 
 class EntryFacts(BaseModel):
@@ -117,37 +126,35 @@ class EntryFacts(BaseModel):
     output: str  # output_digest of the entry's output
     trace_id: str
     created_at: float
-    # Its use (streams/memory_retirement.py): scored traces that used it, their reward sum,
-    # and the agent's trace count and reward sum when its counting began (so "not used" is
-    # the agent's traces since then that did not use it).
+    # Its use (streams/memory_retirement.py): scored traces that were shown it, and those it
+    # matched but the holdout kept it from, each with their reward sum.
     uses: int = Field(0, ge=0)
     reward_sum: float = Field(0.0, ge=0)
-    traces_before: int = Field(0, ge=0)
-    reward_before: float = Field(0.0, ge=0)
+    held_back: int = Field(0, ge=0)
+    held_back_sum: float = Field(0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_the_old_baseline(cls, data: Any) -> Any:
+        return _without(data, LEGACY_ENTRY_BASELINE)
 
 
 class MemoryState(BaseModel):
     """One agent's memory for the configured role, as its changelog-backed table keeps it:
-    its entries, the count and reward sum of all the agent's scored traces (the retirement
-    rule's "not used" comes from them) and the outputs of retired entries (entry id -> output
+    its entries with their use and the outputs of retired entries (entry id -> output
     digest, at most ``max_entries``, oldest dropped first), which are not taught again for the
     same input."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     entries: dict[str, EntryFacts] = Field(default_factory=dict)
-    traces: int = Field(0, ge=0)
-    traces_reward_sum: float = Field(0.0, ge=0)
     retired: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _drop_the_old_baseline(cls, data: Any) -> Any:
-        """States kept before the rule compared with all other traces counted only those that
-        used no entry; that count means something else, so it is dropped, not misread."""
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k not in LEGACY_BASELINE}
-        return data
+        """States kept by an earlier rule hold its baseline; it is dropped, not misread."""
+        return _without(data, LEGACY_BASELINE)
 
 
 def usefulness(facts: EntryFacts) -> tuple[bool, float, float]:
@@ -231,8 +238,8 @@ class MemoryProcessor:
             created_at=now,
             uses=kept.uses if kept else 0,
             reward_sum=kept.reward_sum if kept else 0.0,
-            traces_before=kept.traces_before if kept else state.traces,
-            reward_before=kept.reward_before if kept else state.traces_reward_sum,
+            held_back=kept.held_back if kept else 0,
+            held_back_sum=kept.held_back_sum if kept else 0.0,
         )
         entries = {**state.entries, entry_id: facts}
         tombstones = []

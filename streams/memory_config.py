@@ -33,18 +33,38 @@ class MemoryConfig(BaseModel):
     )
     max_output_chars: int = Field(2000, ge=1, description="Longer outputs make no entry.")
     max_terms: int = Field(64, ge=1, description="Retrieval terms kept per entry.")
+    holdout: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of its matching tasks each entry is held back from at random (agents"
+        " read this; a hash of trace and entry ids): the tasks retirement compares it with."
+        " 0 turns retirement off.",
+    )
     retire_min_uses: int = Field(
-        20,
+        10,
         ge=1,
-        description="An entry is judged only once it was used this often and at least this"
-        " many of the agent's traces since it was made did not use it.",
+        description="An entry is judged only once it was used this often and held back this often.",
+    )
+    retire_alpha: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Error level of the always-valid test (streams/rollout_stats.py): an entry"
+        " that does not lower the reward is retired with probability at most this, however"
+        " often it is checked.",
     )
     retire_margin: float = Field(
-        0.1,
+        0.0,
         ge=0,
-        le=1,
-        description="Retired when its mean reward when used is below the mean of the traces"
-        " since it was made that did not use it by more than this.",
+        lt=1,
+        description="Retired once shown to lower the mean reward of its matching tasks by more"
+        " than this (held back minus used).",
+    )
+    retire_tuned_uses: int = Field(
+        50,
+        ge=1,
+        description="Uses at which the test's boundary is tightest; any value keeps alpha.",
     )
 
 

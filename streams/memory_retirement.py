@@ -1,35 +1,43 @@
 """Per-entry reward statistics and the retirement rule, free of Kafka: an entry whose use
-correlates with lower reward is retired, with the figures.
+lowers the reward of the tasks it matches is retired, with the figures.
+
+Why a holdout. An entry is shown to the tasks most like it, so comparing its reward with the
+agent's other tasks compares task families: a live run retired three good entries of a hard
+template and kept a user's wrong edit. Agents therefore hold each entry back from a hashed
+share of the tasks it matches (``holdout`` in ``configs/memory.yaml``; the event names those
+in ``memory_held_back``), and an entry is judged only against the tasks it matched but was
+kept from: the same kind of task, assigned at random, so the difference is the entry's.
 
 The reward stream sends a :class:`MemoryUse` for every ScoredTrace it publishes (each
-revision), on the same internal topic as the candidates and keyed by agent: the entry ids the
-agent used for the task, the trace's reward and the reward of the trace's previous revision.
-:func:`record_use` folds it into the agent's :class:`~streams.memory.MemoryState`:
+revision), on the same internal topic as the candidates and keyed by agent: the entries the
+task was shown and those held back from it, the trace's reward and the reward of its previous
+revision. :func:`record_use` folds it into the agent's :class:`~streams.memory.MemoryState`:
 
-* every trace adds one to the agent's trace count and its reward to the agent's sum; a trace
-  that used entries also adds one use and its reward to each of them the memory still holds;
+* each entry the memory still holds gets one use (shown) or one held-back task, with the
+  trace's reward added to that arm's sum;
 * a re-scored trace (``previous_reward`` set: human feedback, a replay) replaces its earlier
   reward: the sums move by the difference and no count changes, so each trace counts once, at
   its latest reward. A revision after the first whose previous reward is unknown (a state
   kept before this was) is ignored rather than counted twice;
-* a reward or previous reward that is not a finite number in [0, 1] is ignored.
+* a reward or previous reward that is not a finite number in [0, 1] is ignored; an entry
+  named both shown and held back counts as shown.
 
-Retirement (:func:`retirement_of`), checked for the entries a trace used, after its use is
-counted: "not used" are the agent's traces since the entry was made that did not use it (the
-agent's count and sum now, less those when the entry was made, less its uses); the entry has
-at least ``retire_min_uses`` uses and as many traces not using it, and its mean reward when
-used is below the not-used mean by more than ``retire_margin``. Those traces include ones
-that were shown other entries: with memory on for every task, an entry is judged against the
-other entries of the same period, not against a no-memory baseline that stopped growing when
-memory was turned on (which a live run showed let a user's wrong edit stay). The retired
-entry leaves the state (its output is remembered in ``MemoryState.retired`` so the same
-answer is not taught again for the input) and is published again with ``retired_reason`` and
-the figures, which agents treat as removed.
+Retirement (:func:`retirement_of`), checked for the entries a trace named, after it is
+counted: the two arms (shown, held back) go through the always-valid sequential test of
+canary rollouts (:mod:`streams.rollout_stats`, a confidence sequence per arm), and an entry is
+retired when the test says "rollback": shown worse than held back by more than
+``retire_margin``, with at least ``retire_min_uses`` tasks on each arm. An entry that does not
+lower the reward is retired with probability at most ``retire_alpha``, however often it is
+checked. The price of that guarantee is traffic: the test assumes the worst variance, so an
+entry that drops its tasks from 0.8 to 0.2 needs a few dozen tasks per arm. With a holdout of
+0 nothing is held back and nothing is retired (``atlas memory forget`` still is).
 
-Known approximations: an entry replaced by a different output starts its statistics afresh,
-and a later re-score of a trace that used the earlier output moves the new output's sum by
-that trace's difference (clamped to [0, uses]); statistics are checked when an entry is used,
-not when only the baseline moves.
+The retired entry leaves the state (its output is remembered in ``MemoryState.retired`` so the
+same answer is not taught again for the input) and is published again with
+``retired_reason`` and the figures, which agents treat as removed. Known approximations: an
+entry replaced by a different output starts its statistics afresh, and a later re-score of a
+trace that named the earlier output moves the new output's sums by that trace's difference
+(clamped to [0, count]).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.models import Id, ScoredTrace
 from streams.memory import EntryFacts, MemoryCandidate, MemoryState
 from streams.memory_config import MemoryConfig
+from streams.rollout_stats import ArmStats, RolloutState, RolloutTestConfig, decide
 
 
 class MemoryUse(BaseModel):
@@ -57,6 +66,7 @@ class MemoryUse(BaseModel):
     trace_id: Id
     revision: int
     used: list[Id] = Field(default_factory=list)
+    held_back: list[Id] = Field(default_factory=list)
     reward: float
     previous_reward: float | None = None
 
@@ -71,6 +81,7 @@ def use_of(trace: ScoredTrace, previous_reward: float | None) -> MemoryUse:
         trace_id=trace.trace_id,
         revision=trace.revision,
         used=list(dict.fromkeys(trace.interaction.memory_entries)),
+        held_back=list(dict.fromkeys(trace.interaction.memory_held_back)),
         reward=trace.reward,
         previous_reward=previous_reward,
     )
@@ -95,16 +106,16 @@ class Retirement:
     entry_id: str
     uses: int
     reward_when_used: float
-    not_used: int
-    reward_when_not_used: float
-    margin: float
+    held_back: int
+    reward_when_held_back: float
+    decision: str  # the test's verdict line, with the bounds on the difference
 
     @property
     def reason(self) -> str:
         return (
-            f"mean reward when used {self.reward_when_used:.3f} over {self.uses} traces is"
-            f" below {self.reward_when_not_used:.3f} over the {self.not_used} traces since it"
-            f" was made that did not use it, by more than {self.margin:g}"
+            f"mean reward {self.reward_when_used:.3f} over the {self.uses} tasks shown it is"
+            f" below {self.reward_when_held_back:.3f} over the {self.held_back} similar tasks it"
+            f" was held back from ({self.decision})"
         )
 
 
@@ -116,20 +127,60 @@ def _clamped(total: float, count: int) -> float:
     return min(max(total, 0.0), float(count))
 
 
-def retirement_of(
-    entry_id: str, facts: EntryFacts, state: MemoryState, config: MemoryConfig
-) -> Retirement | None:
+def retirement_test(config: MemoryConfig) -> RolloutTestConfig:
+    """The sequential test's settings for entries: no maximum (an entry that is never shown
+    worse stays)."""
+    return RolloutTestConfig(
+        alpha=config.retire_alpha,
+        margin=config.retire_margin,
+        min_samples=config.retire_min_uses,
+        max_samples=2**62,
+        tuned_samples=config.retire_tuned_uses,
+    )
+
+
+def retirement_of(entry_id: str, facts: EntryFacts, test: RolloutTestConfig) -> Retirement | None:
     """The retirement of an entry with these statistics, or None while it may stay."""
-    needed = config.retire_min_uses
-    not_used = state.traces - facts.traces_before - facts.uses
-    if facts.uses < needed or not_used < needed:
+    if min(facts.uses, facts.held_back) < test.min_samples:
+        return None  # the common case, decided without the test
+    arms = RolloutState(
+        canary=ArmStats(count=facts.uses, total=facts.reward_sum),
+        production=ArmStats(count=facts.held_back, total=facts.held_back_sum),
+    )
+    decision = decide(arms, test)
+    if decision.verdict != "rollback":
         return None
-    used_mean = facts.reward_sum / facts.uses
-    not_used_sum = state.traces_reward_sum - facts.reward_before - facts.reward_sum
-    unused_mean = _clamped(not_used_sum, not_used) / not_used
-    if unused_mean - used_mean <= config.retire_margin:
-        return None
-    return Retirement(entry_id, facts.uses, used_mean, not_used, unused_mean, config.retire_margin)
+    return Retirement(
+        entry_id,
+        facts.uses,
+        facts.reward_sum / facts.uses,
+        facts.held_back,
+        facts.held_back_sum / facts.held_back,
+        f"shown minus held back in [{decision.lower:+.3f}, {decision.upper:+.3f}] at alpha"
+        f" {test.alpha:g}: worse by more than {test.margin:g}",
+    )
+
+
+def _counted(facts: EntryFacts, shown: bool, reward: float, delta: float | None) -> EntryFacts:
+    """``facts`` with one task (``delta`` None) or a re-score by ``delta`` on the shown or
+    held-back arm; unchanged for a re-score of an arm that has no task yet (its count started
+    after that trace)."""
+    count, total = (
+        (facts.uses, facts.reward_sum) if shown else (facts.held_back, facts.held_back_sum)
+    )
+    if delta is None:
+        count, total = count + 1, total + reward
+    elif count == 0:
+        return facts
+    else:
+        total += delta
+    total = _clamped(total, count)
+    update = (
+        {"uses": count, "reward_sum": total}
+        if shown
+        else {"held_back": count, "held_back_sum": total}
+    )
+    return facts.model_copy(update=update)
 
 
 def record_use(
@@ -144,35 +195,29 @@ def record_use(
     replacing = use.previous_reward is not None
     if not replacing and use.revision > 1:
         return state, [], f"revision {use.revision} without its previous reward: ignored"
-    delta = use.reward - (use.previous_reward or 0.0)
-    used = list(dict.fromkeys(use.used))
+    delta = use.reward - use.previous_reward if use.previous_reward is not None else None
+    named = dict.fromkeys(use.used, True)  # entry id -> shown (True) or held back
+    for entry_id in use.held_back:
+        named.setdefault(entry_id, False)
     entries = dict(state.entries)
-    count, total = state.traces, state.traces_reward_sum
-    if replacing:
-        total = _clamped(total + delta, count)
-    else:
-        count, total = count + 1, total + use.reward
-    for entry_id in used:
-        facts = entries.get(entry_id)
-        if facts is None or (replacing and facts.uses == 0):
-            continue  # not held any more, or its count started after this trace's use
-        uses = facts.uses if replacing else facts.uses + 1
-        reward_sum = _clamped(facts.reward_sum + (delta if replacing else use.reward), uses)
-        entries[entry_id] = facts.model_copy(update={"uses": uses, "reward_sum": reward_sum})
-    new = state.model_copy(update={"entries": entries, "traces": count, "traces_reward_sum": total})
+    for entry_id, shown in named.items():
+        if entry_id in entries:
+            entries[entry_id] = _counted(entries[entry_id], shown, use.reward, delta)
+    test = retirement_test(config)
     retirements = [
         retired
-        for entry_id in used
+        for entry_id in named
         if entry_id in entries
-        and (retired := retirement_of(entry_id, entries[entry_id], new, config)) is not None
+        and (retired := retirement_of(entry_id, entries[entry_id], test)) is not None
     ]
+    counted = f"{len(use.used)} shown, {len(use.held_back)} held back"
     if not retirements:
-        return new, [], f"{len(used)} entries used" if used else "no entry used"
-    retired = dict(new.retired)
+        return state.model_copy(update={"entries": entries}), [], counted
+    retired = dict(state.retired)
     for retirement in retirements:
         retired.pop(retirement.entry_id, None)
         retired[retirement.entry_id] = entries.pop(retirement.entry_id).output
     while len(retired) > config.max_entries:
         del retired[next(iter(retired))]
-    new = new.model_copy(update={"entries": entries, "retired": retired})
-    return new, retirements, f"{len(retirements)} of {len(used)} used entries retired"
+    new = state.model_copy(update={"entries": entries, "retired": retired})
+    return new, retirements, f"{counted}; {len(retirements)} retired"

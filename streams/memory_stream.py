@@ -73,7 +73,7 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
                 "retired_reason": retirement.reason,
                 "uses": retirement.uses,
                 "reward_when_used": retirement.reward_when_used,
-                "reward_when_not_used": retirement.reward_when_not_used,
+                "reward_when_not_used": retirement.reward_when_held_back,
             }
         )
 

@@ -290,6 +290,7 @@ def interaction_datum(agent: str, trace_id: str, n: int, at_ms: int) -> dict[str
         "latency_ms": 95.5,
         "metadata": {"writer": "org.apache.avro BinaryMessageEncoder"},
         "memory_entries": [f"entry-{n}"] if n % 2 else [],
+        "memory_held_back": [] if n % 2 else [f"entry-{n + 1}"],
     }
 
 
@@ -334,6 +335,9 @@ def test_java_encoded_events_are_scored_and_stored(
     assert [codec.decode(d, InteractionEvent).memory_entries for d in interactions] == [
         [f"entry-{i}"] if i % 2 else [] for i in range(20)
     ]
+    assert [codec.decode(d, InteractionEvent).memory_held_back for d in interactions] == [
+        [] if i % 2 else [f"entry-{i + 1}"] for i in range(20)
+    ]
     assert [codec.decode(d, FeedbackEvent).kind for d in feedback] == kinds
     assert codec.legacy_reads == 0
 
@@ -342,7 +346,7 @@ def test_java_encoded_events_are_scored_and_stored(
     def latest() -> dict[str, tuple[Any, ...]]:
         rows = store.query(
             "SELECT trace_id, revision, feedback_count, human_score, task_id, final_answer,"
-            " memory_entries FROM latest_traces WHERE agent_id = {a:String}",
+            " memory_entries, memory_held_back FROM latest_traces WHERE agent_id = {a:String}",
             parameters={"a": agent},
         ).result_rows
         return {r[0]: r[1:] for r in rows}
@@ -368,9 +372,10 @@ def test_java_encoded_events_are_scored_and_stored(
 
     rows = latest()
     for i, trace in enumerate(traces):
-        _, feedback_count, human, task_id, answer, entries = rows[trace]
+        _, feedback_count, human, task_id, answer, entries, held_back = rows[trace]
         assert (task_id, answer) == (f"java-arith-{i}", str(3 * i + 4))
         assert entries == ([f"entry-{i}"] if i % 2 else [])
+        assert held_back == ([] if i % 2 else [f"entry-{i + 1}"])
         if i < 10:
             assert (feedback_count, human) == (1, 1.0 if kinds[i] == "approve" else 0.0)
         else:

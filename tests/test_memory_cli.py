@@ -162,7 +162,7 @@ def test_list_all_marks_a_retired_entry_with_its_figures(
     monkeypatch.setattr(memory_cli, "_entries", lambda *a, **k: [retired, stored(ID_B)])
     listed = runner.invoke(app, ["memory", "list", "--agent", "agent-a", "--all"], env=env)
     assert listed.exit_code == 0, listed.output
-    assert "retired 21 uses: 0.400 used vs 0.750 not" in " ".join(listed.output.split())
+    assert "retired 21 shown: 0.400 vs 0.750 held back" in " ".join(listed.output.split())
     assert "1 live entry of agent-a" in listed.output
 
 

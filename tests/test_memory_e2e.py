@@ -176,11 +176,11 @@ def test_an_edit_is_retrieved_by_a_following_agent_and_named_in_its_stored_trace
 def test_an_entry_whose_use_lowers_reward_is_retired_with_its_figures(
     stack_settings: Settings, kafka_config: dict[str, str], tmp_path: Path
 ) -> None:
-    """Item 3's retirement end to end (configs/memory.yaml: 20 uses, margin 0.1): an edit makes
-    an entry; 20 traces that used no entry are answered right and rated 5, 20 that used the
-    entry wrong and rated 1 (each rating re-scores its trace: revision 2 replaces revision 1);
-    the entry is published again retired, with its figures, and the store keeps them while
-    memory_current drops it."""
+    """Item 3's retirement end to end (configs/memory.yaml: 10 tasks per arm, alpha 0.1): an
+    edit makes an entry; 30 similar tasks it was held back from are answered right and rated
+    5, 30 shown it answer wrong and are rated 1 (each rating re-scores its trace: revision 2
+    replaces revision 1); the entry is published again retired, with its figures, and the store
+    keeps them while memory_current drops it."""
     from streams.memory import entry_id_of
 
     run = uuid.uuid4().hex[:10]
@@ -189,12 +189,12 @@ def test_an_entry_whose_use_lowers_reward_is_retired_with_its_figures(
     store = connect(stack_settings.store())
     first = interaction(random.Random(17), agent)
     entry_id = entry_id_of(agent, "student", first.task_input)
-    others = [interaction(random.Random(1000 + i), agent) for i in range(60)]
-    others = [e for e in others if e.task_input != first.task_input][:40]
-    unused = others[:20]
+    others = [interaction(random.Random(1000 + i), agent) for i in range(80)]
+    others = [e for e in others if e.task_input != first.task_input][:60]
+    held_back = [e.model_copy(update={"memory_held_back": [entry_id]}) for e in others[:30]]
     used = [
         e.model_copy(update={"final_answer": "I do not know.", "memory_entries": [entry_id]})
-        for e in others[20:]
+        for e in others[30:]
     ]
     reader = reader_at_end(kafka_config, [MEMORY])
     rewards = WorkerProcess(stack_settings, "rewards", tmp_path)
@@ -206,15 +206,15 @@ def test_an_entry_whose_use_lowers_reward_is_retired_with_its_figures(
         key, value = next_memory_message(reader, agent, timeout=180)
         assert value is not None and codec.decode(value, MemoryEntry).entry_id == entry_id
         with EventProducer(kafka_config) as producer:
-            for event, rating in [*((e, 5.0) for e in unused), *((e, 1.0) for e in used)]:
+            for event, rating in [*((e, 5.0) for e in held_back), *((e, 1.0) for e in used)]:
                 producer.record_interaction(event)
                 producer.record_feedback(event.trace_id, "rating", rating=rating, agent_id=agent)
         key_again, retired_value = next_memory_message(reader, agent, timeout=180)
         assert key_again == key and retired_value is not None
         retired = codec.decode(retired_value, MemoryEntry)
-        assert retired.retired_reason and retired.uses == 20 and retired.output == "Ask me."
+        assert retired.retired_reason and retired.output == "Ask me."
         assert retired.reward_when_used is not None and retired.reward_when_not_used is not None
-        assert retired.reward_when_not_used - retired.reward_when_used > 0.1
+        assert retired.reward_when_not_used - retired.reward_when_used > 0.5
 
         def stored() -> list[tuple[Any, ...]]:
             return store.query(
@@ -223,7 +223,9 @@ def test_an_entry_whose_use_lowers_reward_is_retired_with_its_figures(
                 parameters={"a": agent},
             ).result_rows
 
-        eventually(lambda: stored() == [(retired.retired_reason, 20)], 60, "the retired row")
+        eventually(
+            lambda: stored() == [(retired.retired_reason, retired.uses)], 60, "the retired row"
+        )
         current = store.query(
             "SELECT count() FROM memory_current WHERE agent_id = {a:String}",
             parameters={"a": agent},

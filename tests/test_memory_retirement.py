@@ -1,7 +1,8 @@
 """Per-entry reward statistics and retirement (streams/memory_retirement.py), without Kafka: a
-re-score replaces its earlier reward, the rule fires only past the minimum uses and the
-margin, bad rewards are ignored, the stream publishes the retired entry with its texts and
-figures, agents drop it, the store and contract (MemoryEntry v2) keep the figures."""
+re-score replaces its earlier reward, an entry is compared with the similar tasks the runtime's
+holdout kept it from and retired only on a confident drop, bad rewards are ignored, the stream
+publishes the retired entry with its texts and figures, agents drop it, the store and contract
+(MemoryEntry v2) keep the figures."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import pytest
 
 from rim.judges import FormatJudge, ReferenceMatchJudge
 from rim.reward import Rim
-from runtime.memory import MemorySubscriber
+from runtime.memory import MemoryIndex, MemorySubscriber, recall
 from schemas.catalog import standalone
 from schemas.codec import SCHEMA_DIR, AvroCodec, SchemaCatalog
-from schemas.models import FeedbackEvent, MemoryEntry
+from schemas.models import FeedbackEvent, MemoryEntry, MemoryPolicy
 from schemas.topics import MEMORY
 from store.writer import MEMORY_COLUMNS, batches_for
 from streams.engine import Batch
@@ -27,9 +28,11 @@ from streams.memory import EntryFacts, MemoryCandidate, MemoryProcessor, MemoryS
 from streams.memory_config import MemoryConfig
 from streams.memory_retirement import (
     MemoryUse,
+    Retirement,
     memory_message,
     record_use,
     retirement_of,
+    retirement_test,
     use_of,
 )
 from streams.memory_stream import memory_stream
@@ -39,108 +42,134 @@ from tests.test_memory import Msg
 
 AGENT = "agent-r"
 V1_FINGERPRINT = "6b51fd48a67c14f4"  # MemoryEntry before retirement (CRC-64-AVRO, spec order)
-CONFIG = MemoryConfig(retire_min_uses=3, retire_margin=0.1)
+CONFIG = MemoryConfig(retire_min_uses=3, retire_alpha=0.1, retire_tuned_uses=10)
+TEST = retirement_test(CONFIG)
 
 
-def facts(uses: int = 0, reward_sum: float = 0.0) -> EntryFacts:
+def facts(
+    uses: int = 0, reward_sum: float = 0.0, held: int = 0, held_sum: float = 0.0
+) -> EntryFacts:
     return EntryFacts(
         source="edit", reward=0.9, output="d", trace_id="t", created_at=0.0, uses=uses,
-        reward_sum=reward_sum,
+        reward_sum=reward_sum, held_back=held, held_back_sum=held_sum,
     )  # fmt: skip
 
 
 def use(
     used: list[str], reward: float, trace: str = "t-1", revision: int = 1,
-    previous: float | None = None,
+    previous: float | None = None, held: list[str] | None = None,
 ) -> MemoryUse:  # fmt: skip
     return MemoryUse.model_construct(  # construct: hostile numbers get through, as bytes might
         kind="use", agent_id=AGENT, trace_id=trace, revision=revision, used=used,
-        reward=reward, previous_reward=previous,
+        held_back=held or [], reward=reward, previous_reward=previous,
     )  # fmt: skip
 
 
-def test_uses_and_the_agents_traces_are_counted_and_a_rescore_replaces_its_reward() -> None:
+def arms(state: MemoryState, entry_id: str) -> tuple[int, float, int, float]:
+    f = state.entries[entry_id]
+    return f.uses, round(f.reward_sum, 9), f.held_back, round(f.held_back_sum, 9)
+
+
+def test_shown_and_held_back_tasks_are_counted_and_a_rescore_replaces_its_reward() -> None:
     state = MemoryState(entries={"e1": facts(), "e2": facts()})
-    state, retired, _ = record_use(state, use(["e1", "e1", "gone"], 0.5), CONFIG)
-    state, _, _ = record_use(state, use([], 0.8, "t-2"), CONFIG)
-    assert retired == [] and (state.entries["e1"].uses, state.entries["e1"].reward_sum) == (1, 0.5)
-    assert state.entries["e2"].uses == 0 and "gone" not in state.entries
-    assert (state.traces, state.traces_reward_sum) == (2, pytest.approx(1.3))
+    state, retired, _ = record_use(state, use(["e1", "e1", "gone"], 0.5, held=["e2"]), CONFIG)
+    state, _, _ = record_use(state, use([], 0.8, "t-2", held=["e1", "gone"]), CONFIG)
+    assert retired == [] and "gone" not in state.entries
+    assert arms(state, "e1") == (1, 0.5, 1, 0.8) and arms(state, "e2") == (0, 0.0, 1, 0.5)
     # human feedback re-scores both traces: the sums move, no count changes
-    state, _, _ = record_use(state, use(["e1"], 0.1, revision=2, previous=0.5), CONFIG)
-    state, _, _ = record_use(state, use([], 0.6, "t-2", revision=2, previous=0.8), CONFIG)
-    assert (state.entries["e1"].uses, state.entries["e1"].reward_sum) == (1, pytest.approx(0.1))
-    assert (state.traces, state.traces_reward_sum) == (2, pytest.approx(0.7))
+    state, _, _ = record_use(state, use(["e1"], 0.1, revision=2, previous=0.5, held=["e2"]), CONFIG)
+    state, _, _ = record_use(
+        state, use([], 0.6, "t-2", revision=2, previous=0.8, held=["e1"]), CONFIG
+    )
+    assert arms(state, "e1") == (1, 0.1, 1, 0.6) and arms(state, "e2") == (0, 0.0, 1, 0.1)
     # a later revision whose previous reward is unknown is not counted twice
     same, _, reason = record_use(state, use(["e1"], 0.9, revision=3), CONFIG)
     assert same is state and "ignored" in reason
+    # a re-score of an arm with no task yet (its count began after that trace) moves nothing
+    state, _, _ = record_use(state, use(["e2"], 0.9, "t-3", revision=2, previous=0.1), CONFIG)
+    assert arms(state, "e2") == (0, 0.0, 1, 0.1)
+    # an entry named shown and held back (a hostile event) counts once, as shown
+    state, _, _ = record_use(state, use(["e2"], 1.0, "t-4", held=["e2"]), CONFIG)
+    assert arms(state, "e2") == (1, 1.0, 1, 0.1)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1, 1.5])
 def test_a_reward_that_is_not_a_number_in_0_1_is_ignored(bad: float) -> None:
     state = MemoryState(entries={"e1": facts()})
-    for ignored in (use(["e1"], bad), use([], bad), use(["e1"], 0.5, revision=2, previous=bad)):
+    for ignored in (
+        use(["e1"], bad), use([], bad, held=["e1"]), use(["e1"], 0.5, revision=2, previous=bad),
+    ):  # fmt: skip
         new, retired, reason = record_use(state, ignored, CONFIG)
         assert new is state and retired == [] and "ignored" in reason
 
 
-def test_retirement_compares_with_the_traces_since_the_entry_that_did_not_use_it() -> None:
-    # 2 traces before the entry (reward 0.2 each, not its period), then 3 that did not use it
-    # (mean 0.8, whether or not they used other entries) and its own uses
-    def state(uses: int, reward_sum: float, others: int = 3) -> MemoryState:
-        return MemoryState(
-            traces=2 + others + uses, traces_reward_sum=0.4 + 0.8 * others + reward_sum
-        )
-
-    def entry(uses: int, reward_sum: float) -> EntryFacts:
-        return facts(uses, reward_sum).model_copy(update={"traces_before": 2, "reward_before": 0.4})
-
-    assert retirement_of("e", entry(2, 0.0), state(2, 0.0), CONFIG) is None  # too few uses
+def test_retirement_needs_both_arms_and_a_confident_drop() -> None:
+    assert retirement_of("e", facts(2, 0.0, 40, 36.0), TEST) is None  # too few shown
+    assert retirement_of("e", facts(40, 0.0, 2, 2.0), TEST) is None  # too few held back
+    assert retirement_of("e", facts(5, 0.5, 5, 4.5), TEST) is None  # 0.1 vs 0.9: too few yet
+    assert retirement_of("e", facts(200, 120.0, 50, 31.0), TEST) is None  # 0.60 vs 0.62: noise
+    assert retirement_of("e", facts(40, 36.0, 40, 4.0), TEST) is None  # better when shown
+    retired = retirement_of("e", facts(20, 2.0, 20, 18.0), TEST)  # 0.1 vs 0.9
+    assert retired is not None and (retired.uses, retired.held_back) == (20, 20)
+    assert (retired.reward_when_used, retired.reward_when_held_back) == (0.1, pytest.approx(0.9))
     assert (
-        retirement_of("e", entry(3, 0.0), state(3, 0.0, others=2), CONFIG) is None
-    )  # too few others
-    assert retirement_of("e", entry(3, 2.1), state(3, 2.1), CONFIG) is None  # 0.7: within margin
-    retired = retirement_of("e", entry(3, 1.5), state(3, 1.5), CONFIG)  # 0.5 vs 0.8
-    assert retired is not None and (retired.uses, retired.not_used) == (3, 3)
-    assert (retired.reward_when_used, retired.reward_when_not_used) == (0.5, pytest.approx(0.8))
-    assert (
-        "0.500 over 3 traces is below 0.800 over the 3 traces since it was made" in retired.reason
+        "0.100 over the 20 tasks shown it is below 0.900 over the 20 similar tasks"
+        in (retired.reason)
+        and "at alpha 0.1" in retired.reason
     )
 
 
-def test_a_bad_entry_among_good_ones_is_retired_though_every_trace_used_memory() -> None:
-    """The live run's case: memory on for every task, k entries each; the no-memory baseline
-    never grows, yet the entry whose traces score lower than its period's others retires."""
-    memory = MemoryProcessor(CONFIG)
-    state = MemoryState()
-    for i in range(4):  # before memory: low reward, used nothing
-        state, _, _ = record_use(state, use([], 0.3, f"before-{i}"), CONFIG)
-    for entry_id, text in (("good", "What is 2+2?"), ("bad", "What is 3+3?")):
-        candidate = MemoryCandidate(
-            agent_id=AGENT, trace_id=f"t-{entry_id}", revision=1, input=text, answer="x",
-            reward=0.5, verdict="edit", edited_text=text,
-        )  # fmt: skip
-        decision = memory.decide(state, candidate)
-        state = decision.state
-    good, bad = (
-        entry_id_of(AGENT, "student", "What is 2+2?"),
-        entry_id_of(AGENT, "student", "What is 3+3?"),
-    )
-    retired = []
-    for i in range(4):
-        state, out, _ = record_use(state, use([good], 0.9, f"g-{i}"), CONFIG)
-        retired += out
-        state, out, _ = record_use(state, use([good, bad], 0.2, f"b-{i}"), CONFIG)
-        retired += out
-    assert [r.entry_id for r in retired] == [bad]
-    assert retired[0].reward_when_used == pytest.approx(0.2)
-    assert retired[0].reward_when_not_used == pytest.approx(0.9)
+def test_a_good_entry_of_a_hard_template_stays_and_a_wrong_edit_goes() -> None:
+    """The live run's case. Memory on for every task: an entry of a hard template (its tasks
+    score 0.3 without it, 0.45 with it) beside easy tasks scoring 0.9, and a user's wrong edit
+    on an easy template (0.9 without it, 0.1 with it). Compared with the agent's other traces
+    the good entry looked harmful; compared with its own held-back tasks only the edit is."""
+    rng = random.Random(4)
+    state = MemoryState(entries={"hard": facts(), "wrong": facts()})
+    retired: list[str] = []
+    for i in range(400):
+        entry, shown_p, held_p = rng.choice([("hard", 0.45, 0.3), ("wrong", 0.1, 0.9)])
+        if entry in [r for r in retired]:
+            continue
+        held = rng.random() < 0.2
+        p_good = held_p if held else shown_p
+        reward = 1.0 if rng.random() < p_good else 0.0
+        named = ([], [entry]) if held else ([entry], [])
+        state, out, _ = record_use(state, use(named[0], reward, f"t-{i}", held=named[1]), CONFIG)
+        retired += [r.entry_id for r in out]
+        state, _, _ = record_use(state, use([], 0.9, f"easy-{i}"), CONFIG)  # other traces
+    assert retired == ["wrong"] and "hard" in state.entries
 
 
-def test_a_state_kept_before_counts_all_traces_afresh() -> None:
-    old = {"entries": {}, "unused_count": 7, "unused_reward_sum": 3.5, "retired": {}}
+def test_an_entry_that_does_not_lower_the_reward_is_rarely_retired() -> None:
+    """The guarantee, checked at every use: 200 harmless entries (the same reward shown or
+    held back), 300 matching tasks each with a 20% holdout; at most alpha retire."""
+    rng = random.Random(11)
+    retired = 0
+    for _ in range(200):
+        p = rng.uniform(0.2, 0.9)
+        shown = held = 0
+        shown_sum = held_sum = 0.0
+        for _ in range(300):
+            reward = float(rng.random() < p)
+            if rng.random() < 0.2:
+                held, held_sum = held + 1, held_sum + reward
+            else:
+                shown, shown_sum = shown + 1, shown_sum + reward
+            if min(shown, held) >= TEST.min_samples and retirement_of(
+                "e", facts(shown, shown_sum, held, held_sum), TEST
+            ):
+                retired += 1
+                break
+    assert retired / 200 <= CONFIG.retire_alpha
+
+
+def test_a_state_kept_by_an_earlier_rule_drops_its_baselines() -> None:
+    old_entry = {**facts(3, 1.5).model_dump(), "traces_before": 4, "reward_before": 2.0}
+    old = {"entries": {"e": old_entry}, "unused_count": 7, "unused_reward_sum": 3.5,
+           "traces": 9, "traces_reward_sum": 4.0, "retired": {}}  # fmt: skip
     state = MemoryState.model_validate(old)
-    assert (state.traces, state.traces_reward_sum) == (0, 0.0)
+    assert arms(state, "e") == (3, 1.5, 0, 0.0)
     with pytest.raises(ValueError):
         MemoryState.model_validate({**old, "surprise": 1})
 
@@ -153,16 +182,37 @@ def test_a_retired_entry_leaves_the_state_and_its_output_is_not_taught_again() -
     )  # fmt: skip
     state = memory.decide(MemoryState(), edit).state
     entry_id = entry_id_of(AGENT, "student", "Is 9 prime?")
-    for i in range(3):
-        state, retired, _ = record_use(state, use([], 0.9, f"u-{i}"), CONFIG)
-    for i in range(3):
-        state, retired, _ = record_use(state, use([entry_id], 0.3, f"x-{i}"), CONFIG)
+    retired: list[Retirement] = []
+    for i in range(20):
+        for one in (use([], 1.0, f"u-{i}", held=[entry_id]), use([entry_id], 0.0, f"x-{i}")):
+            if not retired:
+                state, retired, _ = record_use(state, one, CONFIG)
     assert [r.entry_id for r in retired] == [entry_id] and entry_id not in state.entries
     assert state.retired == {entry_id: state.retired[entry_id]}
     again = memory.decide(state, edit)
     assert again.entry is None and "retired" in again.reason
     other = memory.decide(state, edit.model_copy(update={"edited_text": "No: 9 = 3 x 3."}))
     assert other.entry is not None  # a different answer for the input is taught
+
+
+def test_the_runtime_holds_each_entry_back_from_a_hashed_share_of_its_tasks() -> None:
+    index = MemoryIndex()
+    for n in range(3):
+        index.put(MemoryEntry(
+            agent_id=AGENT, role="student", entry_id=f"e{n}", input=f"What is {n} plus 2?",
+            output=str(n + 2), source="edit", source_trace_id="t", reward=1.0,
+            terms=["what", "is", str(n), "plus", "2"],
+        ))  # fmt: skip
+    policy = MemoryPolicy(enabled=True, k=3)
+    none = recall(index, policy, "What is 1 plus 2?", "trace-1", 0.0)
+    assert len(none.entries) == 3 and none.held_back == ()
+    recalls = [recall(index, policy, "What is 1 plus 2?", f"trace-{i}", 0.25) for i in range(2000)]
+    held = sum(len(r.held_back) for r in recalls)
+    assert 0.22 < held / 6000 < 0.28  # each entry, independently, about the share
+    for r in recalls[:50]:
+        assert set(r.ids).isdisjoint(r.held_back) and len(r.ids) + len(r.held_back) == 3
+        # a replay of the same trace decides the same
+        assert recall(index, policy, "What is 1 plus 2?", "trace-7", 0.25) == recalls[7]
 
 
 def test_the_reward_processor_carries_the_previous_reward_of_a_rescored_trace() -> None:
@@ -178,7 +228,8 @@ def test_the_reward_processor_carries_the_previous_reward_of_a_rescored_trace() 
     message = use_of(second.scored, second.previous_reward)
     assert memory_message(message.to_bytes()) == message
     assert json.loads(message.to_bytes()).keys() == {
-        "kind", "agent_id", "trace_id", "revision", "used", "reward", "previous_reward",
+        "kind", "agent_id", "trace_id", "revision", "used", "held_back", "reward",
+        "previous_reward",
     }  # fmt: skip
 
 
@@ -193,8 +244,8 @@ def test_the_stream_publishes_a_retirement_with_texts_and_figures(
         reward=0.2, verdict="edit", edited_text="no",
     )  # fmt: skip
     entry_id = entry_id_of(AGENT, "student", "Is 9 prime?")
-    uses = [use([], 0.9, f"u-{i}") for i in range(3)] + [
-        use([entry_id], 0.2, f"x-{i}") for i in range(3)
+    uses = [use([], 1.0, f"u-{i}", held=[entry_id]) for i in range(12)] + [
+        use([entry_id], 0.0, f"x-{i}") for i in range(12)
     ]
     messages = [Msg(m.to_bytes(), AGENT.encode(), i) for i, m in enumerate([edit, *uses])]
     batch = Batch()
@@ -203,16 +254,21 @@ def test_the_stream_publishes_a_retirement_with_texts_and_figures(
     sent = [o for o in batch.outputs if o.topic == MEMORY]
     assert len(sent) == 2 and sent[0].key == sent[1].key
     retired = codec.decode(sent[1].value or b"", MemoryEntry)
-    assert (retired.input, retired.output, retired.uses) == ("Is 9 prime?", "no", 3)
-    assert retired.reward_when_used == pytest.approx(0.2)
-    assert retired.reward_when_not_used == pytest.approx(0.9)
-    assert retired.retired_reason and "by more than 0.1" in retired.retired_reason
+    assert (retired.input, retired.output) == ("Is 9 prime?", "no") and 3 <= retired.uses <= 12
+    assert retired.reward_when_used == 0.0 and retired.reward_when_not_used == 1.0
+    assert retired.retired_reason and "similar tasks it was held back from" in (
+        retired.retired_reason
+    )
     assert f"entry {entry_id} retired" in caplog.text
     state = MemoryState.model_validate_json(table.get(0, AGENT.encode()) or b"")
     assert state.entries == {} and entry_id in state.retired
     [rows] = batches_for([retired])
     row = dict(zip(MEMORY_COLUMNS, rows.rows[0], strict=True))
-    assert (row["retired_reason"], row["uses"], row["deleted"]) == (retired.retired_reason, 3, 0)
+    assert (row["retired_reason"], row["uses"], row["deleted"]) == (
+        retired.retired_reason,
+        retired.uses,
+        0,
+    )
 
 
 def test_an_agent_drops_a_retired_entry_from_its_index() -> None:

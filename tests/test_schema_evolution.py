@@ -81,44 +81,52 @@ def test_every_shipped_history_schema_evolves_safely(old_path: Path) -> None:
     assert evolution_problems(old, current) == []
 
 
-def _v1_codec(schema_dir: Path) -> AvroCodec:
-    """A writer as agents and the reward stream were before InteractionEvent v2."""
-    history = schema_dir / "history" / "io.atlas_stream.InteractionEvent.v1.avsc"
+# The InteractionEvent fields each earlier contract lacks (ScoredTrace embeds it).
+LACKING = {1: {"memory_entries", "memory_held_back"}, 2: {"memory_held_back"}}
+
+
+def _old_codec(schema_dir: Path, version: int) -> AvroCodec:
+    """A writer as agents and the reward stream were with InteractionEvent ``version``."""
+    history = schema_dir / "history" / f"io.atlas_stream.InteractionEvent.v{version}.avsc"
     (schema_dir / "io.atlas_stream.InteractionEvent.avsc").write_text(history.read_text())
     return AvroCodec(catalog=SchemaCatalog.load(schema_dir))
 
 
-class _InteractionV1(InteractionEvent):
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        return super().model_dump(**{**kwargs, "exclude": {"memory_entries"}})
+def _old_models(lacking: set[str]) -> tuple[type[InteractionEvent], type[ScoredTrace]]:
+    class OldInteraction(InteractionEvent):
+        def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+            return super().model_dump(**{**kwargs, "exclude": lacking})
+
+    class OldScoredTrace(ScoredTrace):
+        def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+            return super().model_dump(**{**kwargs, "exclude": {"interaction": lacking}})
+
+    return OldInteraction, OldScoredTrace
 
 
-class _ScoredTraceV1(ScoredTrace):
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        return super().model_dump(**{**kwargs, "exclude": {"interaction": {"memory_entries"}}})
-
-
-def test_old_interactions_and_scored_traces_decode_with_no_memory_entries(
-    schema_dir_copy: Path,
+@pytest.mark.parametrize("version", sorted(LACKING))
+def test_old_interactions_and_scored_traces_decode_with_the_new_fields_empty(
+    schema_dir_copy: Path, version: int
 ) -> None:
-    old_writer, reader = _v1_codec(schema_dir_copy), AvroCodec()
-    interaction = _InteractionV1(
+    lacking = LACKING[version]
+    old_writer, reader = _old_codec(schema_dir_copy, version), AvroCodec()
+    old_interaction, old_trace = _old_models(lacking)
+    interaction = old_interaction(
         agent_id="a", task_id="t", task_input="2+2?", mode="auto", final_answer="4"
     )
     decoded = reader.decode(old_writer.encode(interaction), InteractionEvent)
-    assert decoded.memory_entries == []
+    assert all(getattr(decoded, name) == [] for name in lacking)
     assert (
         decoded.model_dump()
-        == InteractionEvent.model_validate(
-            interaction.model_dump(exclude={"memory_entries"})
-        ).model_dump()
+        == InteractionEvent.model_validate(interaction.model_dump(exclude=lacking)).model_dump()
     )
-    trace = _ScoredTraceV1(
+    trace = old_trace(
         trace_id=interaction.trace_id, agent_id="a", revision=1, interaction=interaction, reward=0.5
     )
     data = old_writer.encode(trace)
     assert data[2:10] != reader.catalog.fingerprint("io.atlas_stream.ScoredTrace")
-    assert reader.decode(data, ScoredTrace).interaction.memory_entries == []
+    decoded_trace = reader.decode(data, ScoredTrace)
+    assert all(getattr(decoded_trace.interaction, name) == [] for name in lacking)
 
 
 def test_new_interactions_carry_their_memory_entries() -> None:
@@ -130,5 +138,7 @@ def test_new_interactions_carry_their_memory_entries() -> None:
         mode="auto",
         final_answer="y",
         memory_entries=["e1", "e2"],
+        memory_held_back=["e3"],
     )
-    assert codec.decode(codec.encode(sent), InteractionEvent).memory_entries == ["e1", "e2"]
+    received = codec.decode(codec.encode(sent), InteractionEvent)
+    assert (received.memory_entries, received.memory_held_back) == (["e1", "e2"], ["e3"])

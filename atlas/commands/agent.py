@@ -68,6 +68,7 @@ def agent_run(
     from schemas.models import path_component
     from store.client import StoreUnavailable, connect
     from store.queries import StoreRecentRewards
+    from streams.memory_config import load_memory_config
 
     if mode not in (*MODES, "policy"):
         raise typer.BadParameter("choose auto, paired, coach or policy", param_hint="--mode")
@@ -114,6 +115,7 @@ def agent_run(
         ModePolicy(config.policy, rewards),
         config.limits,
         memory,
+        memory_holdout=load_memory_config(settings.config_dir).holdout if memory else 0.0,
     )
     forced = None if mode == "policy" else mode
     users = SimulatedUser(user_noise, seed) if simulate_users else None

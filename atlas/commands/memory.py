@@ -121,8 +121,8 @@ def _retired(e: StoredMemoryEntry) -> str:
     if not e.retired or e.reward_when_used is None or e.reward_when_not_used is None:
         return "[yellow]retired[/]" if e.retired else ""
     return (
-        f"[yellow]retired[/] {e.uses} uses: {e.reward_when_used:.3f} used"
-        f" vs {e.reward_when_not_used:.3f} not"
+        f"[yellow]retired[/] {e.uses} shown: {e.reward_when_used:.3f}"
+        f" vs {e.reward_when_not_used:.3f} held back"
     )
 
 
