@@ -17,6 +17,7 @@ from consumers.sink import ClickHouseSink, SinkStats
 from consumers.trigger_worker import JobRunner, TriggerWorker
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
+from runtime.redaction import Redactor
 from schemas.configfile import load_config
 from schemas.models import JobKind
 from schemas.topics import INTERACTIONS, MEMORY_CANDIDATES, POLICY_OBSERVATIONS
@@ -63,6 +64,7 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
         build_settings_rim(settings),
         pending_ttl_s=settings.pending_feedback_ttl_s,
         feedback_window_s=settings.feedback_window_s,
+        redactor=Redactor.from_config_dir(settings.config_dir),
     )
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
     memory_config = load_memory_config(settings.config_dir)
@@ -107,6 +109,7 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
         batch_size=settings.sink_batch_size,
         linger_s=settings.sink_linger_s,
         codec=settings.codec(),
+        redactor=Redactor.from_config_dir(settings.config_dir),
     )
     logging.getLogger(__name__).info(
         "sink %s (pid %d): Kafka %s -> %s",

@@ -11,18 +11,24 @@
    to its row's ``stored_at`` (the sink's clock as it sends the insert), not by polling;
 4. LLM judging with the local model, batched vs one trace at a time: traces/s.
 
+With ``--redaction``, the whole pipeline runs twice more on the same stack with PII planted in
+every event (an e-mail address and a phone number in each task input): once with the reward
+worker and sink redacting (configs/redaction.yaml, mask) and once with redaction off (a copy of
+the configs whose redaction.yaml says ``default_policy: "off"``), printed side by side.
+
 With ``--secure``, the pipeline and 3 run again on an `atlas up --secure` stack (SASL_SSL with
 SCRAM, ACLs, the store over HTTPS) in the same invocation: the cost of security as a
 throughput ratio and both p99s.
 
     .venv/bin/python benchmarks/pipeline.py [--events 5000] [--rates 100,1000] [--seconds 10]
-        [--secure] [--judged 8]
+        [--secure] [--redaction] [--judged 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -33,10 +39,11 @@ from pathlib import Path
 
 from atlas import stack
 from atlas.lag import group_lag
-from atlas.settings import Settings
+from atlas.settings import PROJECT_CONFIGS, Settings
 from atlas.workers import REWARDS_GROUP, SINK_GROUP
 from consumers.sink import DEFAULT_TOPICS
 from runtime.producer import EventProducer
+from schemas.models import InteractionEvent
 from schemas.topics import FEEDBACK, INTERACTIONS, POLICY_OBSERVATIONS
 from store.client import connect
 
@@ -122,11 +129,31 @@ def offered(
     return Latency(achieved, n, *row[0])
 
 
+def with_pii(event: InteractionEvent, i: int) -> InteractionEvent:
+    """The event with an e-mail address and a phone number planted in its task input."""
+    planted = f" Reach me at user{i}@example.com or +44 20 7946 {i % 10_000:04d}."
+    return event.model_copy(update={"task_input": event.task_input + planted})
+
+
+def redaction_off_configs(root: Path) -> Path:
+    """A copy of the project's configs whose redaction.yaml turns redaction off."""
+    target = root / "configs-redaction-off"
+    shutil.copytree(PROJECT_CONFIGS, target, dirs_exist_ok=True)
+    (target / "redaction.yaml").write_text('default_policy: "off"\n')
+    return target
+
+
 def pipeline(
-    settings: Settings, n: int, rates: list[float], seconds: float, logs: Path
+    settings: Settings,
+    n: int,
+    rates: list[float],
+    seconds: float,
+    logs: Path,
+    env: dict[str, str] | None = None,
+    pii: bool = False,
 ) -> tuple[StageRun, dict[float, Latency]]:
     kafka, client = settings.kafka_config("agent"), connect(settings.store())
-    workers = [WorkerProcess(settings, kind, logs) for kind in ("rewards", "sink")]
+    workers = [WorkerProcess(settings, kind, logs, env) for kind in ("rewards", "sink")]
     rng = random.Random(2)
     try:
         warm = f"warm-{uuid.uuid4().hex[:6]}"
@@ -138,6 +165,8 @@ def pipeline(
             time.sleep(0.5)
         agent = f"bench-{uuid.uuid4().hex[:6]}"
         events = [interaction(rng, agent) for _ in range(n)]
+        if pii:
+            events = [with_pii(event, i) for i, event in enumerate(events)]
         cpu = sum(cpu_seconds(w.process.pid) for w in workers)
         started = time.perf_counter()
         with EventProducer(kafka) as producer:
@@ -175,6 +204,11 @@ def main() -> None:
     parser.add_argument(
         "--secure", action="store_true", help="also run the pipeline on a --secure stack"
     )
+    parser.add_argument(
+        "--redaction",
+        action="store_true",
+        help="also run the pipeline with PII in every event, redaction on and off, same stack",
+    )
     args = parser.parse_args()
     plain = on_fresh_stack(args, secure=False)
     raw = plain.raw
@@ -196,6 +230,14 @@ def main() -> None:
             f"event -> stored at {rate:.0f}/s offered ({q.achieved:.0f}/s sent, {q.events}"
             f" events): p50 {q.p50:.0f} ms, p95 {q.p95:.0f} ms, p99 {q.p99:.0f} ms"
         )
+    if plain.redaction:
+        on, off = plain.redaction["on"], plain.redaction["off"]
+        for name, run in (("redaction on (mask)", on), ("redaction off", off)):
+            print(
+                f"pipeline with PII in every event, {name + ':':20} {run.per_s:9.0f} events/s,"
+                f" {run.cpu_per_1000:.2f} CPU s per 1000"
+            )
+        print(f"redaction costs x{on.per_s / off.per_s:.3f} of the throughput without it")
     if args.secure:
         secure = on_fresh_stack(args, secure=True)
         secured, secure_latencies = secure.pipeline.per_s, secure.latencies
@@ -219,6 +261,7 @@ class Run:
     stages: dict[str, StageRun]  # each worker alone (plain stack only)
     pipeline: StageRun
     latencies: dict[float, Latency]
+    redaction: dict[str, StageRun] | None = None  # "on"/"off", PII in every event (plain only)
 
 
 def on_fresh_stack(args: argparse.Namespace, secure: bool) -> Run:
@@ -236,9 +279,16 @@ def on_fresh_stack(args: argparse.Namespace, secure: bool) -> Run:
                 stages["sink alone"] = sink_alone(settings, args.events, logs)
             rates = [float(r) for r in args.rates.split(",")]
             ours, latencies = pipeline(settings, args.events, rates, args.seconds, logs)
+            redaction = None
+            if args.redaction and not secure:
+                off = {"ATLAS_CONFIG_DIR": str(redaction_off_configs(Path(home)))}
+                redaction = {
+                    "off": pipeline(settings, args.events, [], 0, logs, off, pii=True)[0],
+                    "on": pipeline(settings, args.events, [], 0, logs, pii=True)[0],
+                }
         finally:
             stack.down(settings)
-    return Run(raw, stages, ours, latencies)
+    return Run(raw, stages, ours, latencies, redaction)
 
 
 if __name__ == "__main__":

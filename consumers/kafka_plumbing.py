@@ -10,6 +10,8 @@ import time
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from runtime.redaction import Redactor
+from runtime.redaction_events import redact_dead_letter
 from schemas.codec import AvroCodec
 from schemas.deadletter import dead_letter_for
 from schemas.topics import DEADLETTER
@@ -20,16 +22,26 @@ log = logging.getLogger(__name__)
 class DeadLetterProducer:
     """Dead letters for one processor. ``confirm`` returns only once every letter sent so far
     is acknowledged by Kafka (re-sending those that failed), so the caller commits the source
-    offsets after it, never before."""
+    offsets after it, never before. With a ``redactor``, each letter's original and reason are
+    redacted (``runtime/redaction_events.py``) before it is sent."""
 
-    def __init__(self, producer: Producer, codec: AvroCodec, processor: str):
+    def __init__(
+        self,
+        producer: Producer,
+        codec: AvroCodec,
+        processor: str,
+        redactor: Redactor | None = None,
+    ):
         self.producer = producer
         self.codec = codec
         self.processor = processor
+        self.redactor = redactor
         self._failed: list[tuple[bytes, bytes]] = []
 
     def send(self, message: Message, reason: str, error_type: str) -> None:
         letter = dead_letter_for(message, reason, error_type, self.processor, self.codec.limits)
+        if self.redactor is not None:
+            letter = redact_dead_letter(self.redactor, letter, self.codec)[0]
         log.warning(
             "dead letter %s[%d]@%d: %s",
             message.topic(),

@@ -17,6 +17,10 @@
   deleted row of ``memory_entries``, never dead-lettered.
 * A message that cannot be decoded is dead-lettered (original bytes + reason) if the sink owns
   its topic (``schemas/topics.py``), else only counted: its owner dead-letters it, once.
+* With a ``redactor`` (``runtime/redaction.py``), what the sink stores from topics that carry
+  raw user text is redacted first under the agent's policy: feedback events (edits, comments,
+  user ids) and dead letters (original and reason), and so are its own dead letters. Scored
+  traces arrive redacted from the reward processor; interactions are never stored bare.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
+from runtime.redaction import Redactor
+from runtime.redaction_events import redact_dead_letter, redact_feedback
 from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.models import MemoryEntry, split_memory_key, utcnow
+from schemas.models import DeadLetter, FeedbackEvent, MemoryEntry, split_memory_key, utcnow
 from schemas.topics import (
     CHECKPOINTS,
     DEADLETTER,
@@ -136,6 +142,7 @@ class ClickHouseSink:
         linger_s: float = 0.02,
         max_backoff_s: float = 30.0,
         codec: AvroCodec | None = None,
+        redactor: Redactor | None = None,
     ):
         unknown = [t for t in topics if t not in TOPICS]
         if unknown:
@@ -148,6 +155,7 @@ class ClickHouseSink:
         self.linger_s = linger_s
         self.max_backoff_s = max_backoff_s
         self.codec = codec or AvroCodec()
+        self.redactor = redactor
         self.stats = SinkStats()
         self._client: Client | None = None
         self._store_writer: StoreWriter | None = None  # kept with its client (insert contexts)
@@ -164,6 +172,7 @@ class ClickHouseSink:
             Producer({**kafka_config, "acks": "all", "enable.idempotence": True}),
             self.codec,
             PROCESSOR_NAME,
+            redactor,
         )
         self._retention_ms = topic_retention_ms(kafka_config, self.topics)
 
@@ -217,12 +226,22 @@ class ClickHouseSink:
                     decoded.append((message, self._memory_row(message)))
                     continue
                 event = self.codec.decode(message.value() or b"", contract.event_type)
-                decoded.append((message, event))
+                decoded.append((message, self._redacted(event)))
             except RegistryUnavailable:
                 raise  # not the message's fault: the batch waits
             except Exception as exc:  # any failure on one message is that message's alone
                 self._refuse(message, f"{exc}", type(exc).__name__)
         return decoded
+
+    def _redacted(self, event: Stored) -> Stored:
+        """Feedback and dead letters redacted (with a redactor); anything else as it is."""
+        if self.redactor is None:
+            return event
+        if isinstance(event, FeedbackEvent):
+            return redact_feedback(self.redactor, event)[0]
+        if isinstance(event, DeadLetter):
+            return redact_dead_letter(self.redactor, event, self.codec)[0]
+        return event
 
     def _memory_row(self, message: Message) -> MemoryRow:
         """A message of the memory topic as its row. A tombstone (null value) names its entry

@@ -9,6 +9,11 @@ whose delivery times out is kept in ``failed`` (with the reason) and reported by
 With ``spill_path``, undelivered events are not only kept in memory: an event whose delivery
 failed, or that is still unacknowledged when the producer closes, is appended to that file
 (``runtime/spill.py``), and the next producer opened on the same file sends it again first.
+
+With ``redact`` (a ``runtime.redaction.Redactor``), every interaction and feedback event is
+redacted under its agent's policy before it is encoded: for teams that may not send raw user
+text to Kafka at all. The raw text then exists only in the agent's memory; judges score the
+redacted text.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from runtime.redaction import Redactor
+from runtime.redaction_events import redact_feedback, redact_interaction
 from runtime.spill import Spilled, SpillFile
 from schemas.codec import AvroCodec
 from schemas.models import Event, FeedbackEvent, FeedbackKind, InteractionEvent
@@ -43,8 +50,11 @@ class EventProducer:
         delivery_timeout_s: float = 120.0,
         block_seconds: float = 10.0,
         spill_path: Path | None = None,
+        redact: Redactor | None = None,
     ):
         self.codec = codec or AvroCodec()
+        self.redact = redact
+        self.redacted: dict[str, int] = {}  # per PII kind, over every event sent
         self.block_seconds = block_seconds
         self.bootstrap = kafka_config.get("bootstrap.servers", "?")
         self._producer = Producer(
@@ -103,7 +113,21 @@ class EventProducer:
         log.error("event %s to %s not delivered: %s", type(event).__name__, topic_of(event), err)
 
     def send(self, event: Event) -> None:
+        """Queue ``event`` (redacted first, with ``redact``)."""
+        event = self._redacted(event)
         self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
+
+    def _redacted(self, event: Event) -> Event:
+        if self.redact is None:
+            return event
+        counts: dict[str, int] = {}
+        if isinstance(event, InteractionEvent):
+            event, counts = redact_interaction(self.redact, event)
+        elif isinstance(event, FeedbackEvent):
+            event, counts = redact_feedback(self.redact, event)
+        for kind, n in counts.items():
+            self.redacted[kind] = self.redacted.get(kind, 0) + n
+        return event
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, event: Event | None) -> None:
         deadline = time.monotonic() + self.block_seconds
@@ -148,7 +172,8 @@ class EventProducer:
         user_id: str | None = None,
         comment: str | None = None,
     ) -> FeedbackEvent:
-        """Send a user's (or tool's) verdict on a trace; returns the event sent."""
+        """Send a user's (or tool's) verdict on a trace; returns the event sent (redacted,
+        with ``redact``)."""
         required = {"edit": edited_text, "rating": rating, "tool_outcome": tool_success}
         if kind in required and required[kind] is None:
             field = {"edit": "edited_text", "rating": "rating", "tool_outcome": "tool_success"}
@@ -168,7 +193,8 @@ class EventProducer:
             user_id=user_id,
             comment=comment,
         )
-        self.send(event)
+        event = self._redacted(event)
+        self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
         return event
 
     def __len__(self) -> int:

@@ -1,6 +1,8 @@
 """Building dead letters that always fit on the dead-letter topic.
 
-A dead letter keeps the original message byte for byte, so a person can inspect or replay it.
+A dead letter keeps the original message byte for byte, so a person can inspect or replay it
+(except where the processor redacts PII, ``runtime/redaction_events.py``: then the original is
+the event redacted and encoded again, or, if it never decoded, its bytes with the PII replaced).
 An original larger than the field limit is kept truncated; the reason then says so and gives
 the original's size and sha256. Keys and reasons are bounded too: a hostile message can never
 make its own dead letter undeliverable.

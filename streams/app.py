@@ -23,6 +23,10 @@ Guarantees:
 * State expires: feedback waiting for an interaction after ``pending_ttl_s`` (dead-lettered,
   one letter per feedback event under its own source offset), a scored trace
   ``feedback_window_s`` after its last change; both leave a tombstone on the changelog.
+* PII (with the processor's ``redactor``): every ScoredTrace, memory candidate and dead letter
+  this stream sends is redacted under its agent's policy; the judges saw the raw text in
+  memory. The trace changelog keeps the raw text the next feedback is merged with (it is the
+  processor's own state, readable by the rewards role only, and expires with the trace).
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from runtime.redaction_events import redact_dead_letter
 from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.deadletter import dead_letter_for, make_dead_letter
-from schemas.models import FeedbackEvent, InteractionEvent
+from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
 from schemas.topics import (
     DEADLETTER,
     FEEDBACK,
@@ -97,8 +102,14 @@ def create_stream(
                 f"the stored state of trace {key[:80]!r} cannot be read: {exc}"
             ) from None
 
+    def redacted(letter: DeadLetter) -> DeadLetter:
+        if processor.redactor is None:
+            return letter
+        return redact_dead_letter(processor.redactor, letter, codec)[0]
+
     def dead_letter(batch: Batch, message: Message, reason: str, error_type: str) -> None:
         letter = dead_letter_for(message, reason, error_type, PROCESSOR_NAME, codec.limits)
+        letter = redacted(letter)
         stats.count_dead(error_type)
         log.warning(
             "dead letter #%d %s[%d]@%d: %s",
@@ -135,7 +146,8 @@ def create_stream(
                 # if the trace has a human verdict, the candidate it makes.
                 use = use_of(trace, outcome.previous_reward)
                 sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), use.to_bytes()))
-                candidate = candidate_of(trace, outcome.state.feedback)
+                feedback = processor.published_feedback(outcome.state.feedback)
+                candidate = candidate_of(trace, feedback)
                 if candidate is not None:
                     sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
         batch.put(traces, message.partition(), key, outcome.state.to_bytes())
@@ -237,12 +249,13 @@ def create_stream(
         stats.expired += expired
         log.info(
             "trace states: %d held, %d expired now; since start: %d scored, %d expired,"
-            " dead letters %s",
+            " dead letters %s, PII redacted in scored traces %s",
             held - expired,
             expired,
             stats.scored,
             stats.expired,
             stats.by_error or "none",
+            processor.redacted or "none",
         )
         return False
 
@@ -270,7 +283,7 @@ def create_stream(
                 limits=codec.limits,
             )
             stats.count_dead("OrphanFeedback")
-            batch.send(DEADLETTER, FEEDBACK.encode(), codec.encode(letter))
+            batch.send(DEADLETTER, FEEDBACK.encode(), codec.encode(redacted(letter)))
 
     handlers = {INTERACTIONS: score, FEEDBACK: merge}
     tables = [traces]

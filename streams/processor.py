@@ -11,6 +11,11 @@ the same batch may have been merged meanwhile).
 
 A trace's state lives for ``feedback_window_s`` after its last change, then expires (feedback
 later than that waits as if the interaction had never come, and is dead-lettered).
+
+Redaction (``runtime/redaction.py``): with a ``redactor``, judges and the human-signal merge see
+the raw text (in memory, and in the trace's state, which the next feedback is merged into), and
+every ScoredTrace an outcome carries is redacted under its agent's policy: what leaves the
+processor holds placeholders, never the PII.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from rim.reward import Reward, Rim
+from runtime.redaction import Redactor
+from runtime.redaction_events import redact_feedback, redact_scored_trace
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, ScoredTrace, utcnow
 
 RESCORE = "atlas.rescore"  # metadata key of an interaction re-sent by `atlas replay`
@@ -145,8 +152,11 @@ class RewardProcessor:
         max_pending_feedback: int = 50,
         pending_ttl_s: float = 3600.0,
         feedback_window_s: float = 7 * DAY_S,
+        redactor: Redactor | None = None,
     ):
         self.rim = rim
+        self.redactor = redactor
+        self.redacted: dict[str, int] = {}  # per PII kind, over every ScoredTrace sent
         self.max_pending_feedback = max_pending_feedback
         self.pending_ttl_s = pending_ttl_s
         self.feedback_window_s = feedback_window_s
@@ -161,8 +171,18 @@ class RewardProcessor:
         """The outcome scoring the state with ``reward``; records the reward in the state and
         the one it replaces in the outcome."""
         scored = self._scored(state, reward)
+        if self.redactor is not None:
+            scored, counts = redact_scored_trace(self.redactor, scored)
+            for kind, n in counts.items():
+                self.redacted[kind] = self.redacted.get(kind, 0) + n
         previous, state.last_reward = state.last_reward, scored.reward
         return Outcome(trace_id, state, scored, previous_reward=previous)
+
+    def published_feedback(self, feedback: Sequence[FeedbackEvent]) -> list[FeedbackEvent]:
+        """A state's feedback as it may leave the processor (redacted, with a redactor)."""
+        if self.redactor is None:
+            return list(feedback)
+        return [redact_feedback(self.redactor, f)[0] for f in feedback]
 
     def _replayed(self, trace_id: str, state: TraceState) -> Outcome:
         """An event the state already holds (sent twice by its producer): the trace's current

@@ -51,6 +51,14 @@ def agent_run(
             " send them on the next run."
         ),
     ] = True,
+    redact: Annotated[
+        bool,
+        typer.Option(
+            help="Redact PII (e-mail, phone, card, IBAN, IP, configs/redaction.yaml patterns)"
+            " on the agent, under the agent's policy there, before anything is produced: raw"
+            " text never reaches Kafka. Without it the reward worker redacts downstream.",
+        ),
+    ] = False,
 ) -> None:
     """Run a local agent (student + teacher through the closed loop) on built-in tasks,
     produce every interaction to Kafka, and print accuracy, modes and tokens."""
@@ -64,6 +72,7 @@ def agent_run(
     from runtime.policy import ModePolicy
     from runtime.producer import EventProducer
     from runtime.prompts import PromptSubscriber
+    from runtime.redaction import Redactor
     from runtime.tasks import generate
     from schemas.models import path_component
     from store.client import StoreUnavailable, connect
@@ -123,7 +132,12 @@ def agent_run(
     try:
         spill_path = settings.home / "spill" / f"{agent_id}.jsonl" if spill else None
         with (
-            EventProducer(kafka, codec=settings.codec(), spill_path=spill_path) as producer,
+            EventProducer(
+                kafka,
+                codec=settings.codec(),
+                spill_path=spill_path,
+                redact=Redactor.from_config_dir(settings.config_dir) if redact else None,
+            ) as producer,
             Progress(console=console) as progress,
         ):
             bar = progress.add_task(f"{agent_id} on {task}", total=len(tasks))

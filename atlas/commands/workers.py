@@ -39,6 +39,8 @@ def worker_rewards(ctx: typer.Context) -> None:
     """Score interactions and merge feedback: interactions + feedback -> rewards, exactly once.
 
     Run several to share the partitions; each keeps per-trace state in a changelog topic.
+    Judges see the raw text; every scored trace, memory candidate and dead letter it sends is
+    PII-redacted per agent as configs/redaction.yaml says (in ATLAS_CONFIG_DIR; mask by default).
     """
     from atlas.workers import run_rewards_worker
 
@@ -49,7 +51,10 @@ def worker_rewards(ctx: typer.Context) -> None:
 @app.command("sink")
 @clear_errors
 def worker_sink(ctx: typer.Context) -> None:
-    """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches."""
+    """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches.
+
+    Feedback and dead letters are PII-redacted per configs/redaction.yaml before they are stored.
+    """
     from atlas.workers import run_sink_worker
 
     batch_friendly_gc()
