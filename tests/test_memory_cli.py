@@ -23,7 +23,7 @@ from schemas.codec import AvroCodec
 from schemas.models import MemoryEntry
 from schemas.topics import MEMORY
 from store.client import connect
-from store.queries import StoredMemoryEntry, memory_entries
+from store.memory_queries import StoredMemoryEntry, memory_entries
 from tests.test_cli_commands import FakeClient
 from tests.workers import WorkerProcess, eventually, reader_at_end
 

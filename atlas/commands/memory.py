@@ -30,7 +30,7 @@ from atlas.commands.common import (
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
-    from store.queries import StoredMemoryEntry
+    from store.memory_queries import SimilarTraces, StoredMemoryEntry
 
 app = typer.Typer(
     help="The agents' demonstration memory (atlas.memory.v1): list, show, forget entries;"
@@ -70,7 +70,7 @@ def _entries(
     settings: Settings, agent: str, role: str, prefix: str = "", include_deleted: bool = False
 ) -> list[StoredMemoryEntry]:
     from store.client import connect
-    from store.queries import memory_entries
+    from store.memory_queries import memory_entries
 
     if role:
         check_role(role)
@@ -164,6 +164,11 @@ def memory_list(
     console.print(f"{live} live entr{'y' if live == 1 else 'ies'} of {agent}", highlight=False)
 
 
+SIMILAR_DEFAULT = 10  # how many similar traces `show` lists unless told
+SIMILAR_MAX = 1000  # and at most
+STATUS_STYLE = {"shown": "green", "held back": "yellow", "neither": "dim"}
+
+
 @app.command("show")
 @clear_errors
 def memory_show(
@@ -171,10 +176,24 @@ def memory_show(
     agent: AgentOption,
     entry_id: EntryIdArgument,
     role: MemoryRoleOption = "",
+    similar: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=SIMILAR_MAX,
+            help="Also show the agent's N traces whose task is nearest to the entry's input"
+            " (ClickHouse's n-gram distance), whether each was shown the entry, and their mean"
+            " reward shown / held back / neither; 0: do not.",
+        ),
+    ] = SIMILAR_DEFAULT,
 ) -> None:
-    """One live entry in full: its input, the output agents are shown for it, its retrieval
-    terms, the trace it came from and that trace's reward."""
-    e = resolve_entry(get_settings(ctx), agent, entry_id, role)
+    """One live or retired entry in full: its input, the output agents are shown for it, its
+    retrieval terms, the trace it came from and that trace's reward; then (unless --similar 0)
+    what it does to tasks like it: the agent's traces nearest to its input, each with its
+    distance, reward and whether the entry was shown to it, held back from it by the
+    randomized holdout, or neither, and the mean reward of each group."""
+    settings = get_settings(ctx)
+    e = resolve_entry(settings, agent, entry_id, role)
     for name in ("entry_id", "role", "source", "source_trace_id", "created_at"):
         console.print(f"{name}: {getattr(e, name)}", highlight=False, markup=False)
     console.print(f"reward: {e.reward:.3f}", highlight=False)
@@ -183,6 +202,75 @@ def memory_show(
     console.print(f"terms: {' '.join(e.terms)}", highlight=False, markup=False)
     console.print("input:", e.input, sep="\n", highlight=False, markup=False)
     console.print("output:", e.output, sep="\n", highlight=False, markup=False)
+    if similar:
+        _print_similar(settings, e, similar)
+
+
+def _similar(settings: Settings, e: StoredMemoryEntry, limit: int) -> SimilarTraces:
+    """``store.memory_queries.similar_traces`` for ``e`` (its full id, its role)."""
+    from store.client import connect
+    from store.memory_queries import similar_traces
+
+    client = connect(settings.store())
+    return similar_traces(client, e.agent_id, e.entry_id, e.role, limit)
+
+
+def _print_similar(settings: Settings, e: StoredMemoryEntry, limit: int) -> None:
+    """The nearest traces to ``e`` as a table, nearest first, then the mean reward per status
+    on one line. A store that cannot be reached is one line saying so (the entry above stands);
+    an agent with no other traces is one line saying that."""
+    from deploy.local.processes import StackError
+    from store.client import StoreUnavailable
+
+    try:
+        found = _similar(settings, e, limit)
+    except (StackError, StoreUnavailable) as exc:
+        console.print(f"\nsimilar traces: not available: {exc}", highlight=False, markup=False)
+        return
+    if not found.traces:
+        console.print(
+            f"\nsimilar traces: none: {e.agent_id} has no stored traces other than the one"
+            " this entry came from",
+            highlight=False,
+            markup=False,
+        )
+        return
+    console.print(
+        f"\nsimilar traces: the {len(found.traces)} traces of {e.agent_id} whose task is"
+        " nearest to this entry's input, nearest first (distance: ClickHouse's"
+        " ngramDistanceCaseInsensitiveUTF8, 0 = the same 3-grams, 1 = none shared; the"
+        " entry's own source trace left out)",
+        highlight=False,
+        markup=False,
+    )
+    table = Table("distance", "reward", "entry was", "trace", "created", "task input")
+    for t in found.traces:
+        table.add_row(
+            f"{t.distance:.3f}",
+            f"{t.reward:.3f}",
+            f"[{STATUS_STYLE[t.status]}]{t.status}[/]",
+            t.trace_id[:SHORT_ID],
+            f"{t.created_at:%Y-%m-%d %H:%M:%S}",
+            Text(_one_line(t.task_input, 60)),
+        )
+    console.print(table)
+    means = ", ".join(
+        f"{m.status} {m.mean_reward:.3f} (n={m.traces})"
+        if m.mean_reward is not None
+        else f"{m.status} - (n=0)"
+        for m in found.means
+    )
+    console.print(
+        f"mean reward of these traces, by whether the entry was: {means}",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        "(held back is the fair comparison for shown: the holdout is random; neither also"
+        " counts tasks the entry did not match and traces from before it existed)",
+        highlight=False,
+        markup=False,
+    )
 
 
 def publish_tombstone(kafka_config: dict[str, str], topic: str, key: str) -> None:
