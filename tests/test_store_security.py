@@ -263,3 +263,33 @@ def test_password_never_appears_in_errors(store_target: StoreTarget) -> None:
         connect(url)
     assert secret not in str(info.value) and "***" in str(info.value)
     assert secret not in str(store_target) and secret not in repr(store_target)
+
+
+def test_long_parameters_sent_as_a_form_are_bound_not_run_as_sql(
+    store_target: StoreTarget,
+) -> None:
+    """clickhouse-connect sends parameters over 4 KiB (and then the query) as multipart form
+    fields, as ClickHouse accepts them: the store binds them like URL parameters."""
+    client = connect(store_target)
+    text = "x" * 10_000 + "'; DROP TABLE scored_traces; --"
+    [[length]] = client.query("SELECT length({s:String})", parameters={"s": text}).result_rows
+    assert length == len(text)
+    texts = [f"t{i}" * 300 for i in range(50)]
+    [[count]] = client.query(
+        "SELECT length({a:Array(String)})", parameters={"a": texts}
+    ).result_rows
+    assert count == 50
+    boundary = "b0undary"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="query"\r\n\r\nSELECT 1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="query"\r\n\r\nSELECT 2\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    status, _, body = _request(
+        store_target,
+        "POST",
+        body=form,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 400 and b"'query' twice" in body
+    _store_answers(store_target)

@@ -13,6 +13,8 @@ import hmac
 import re
 import zlib
 from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
 from http import HTTPStatus
 from typing import BinaryIO
 
@@ -208,3 +210,31 @@ def _lz4(data: bytes, limit: int) -> bytes:
         out.append(block)
         rest = decompressor.unused_data
     return b"".join(out)
+
+
+def form_fields(body: bytes, content_type: str) -> dict[str, str] | None:
+    """The fields of a ``multipart/form-data`` body (None for any other content type): how
+    clickhouse-connect sends the query and its parameters once they are too long for the URL
+    (over 4 KiB), as ClickHouse's HTTP interface accepts them. Each field needs a name and a
+    UTF-8 value; a field named twice is refused rather than guessed."""
+    if not content_type.strip().lower().startswith("multipart/form-data"):
+        return None
+    header = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(header + body)
+    if not message.is_multipart():
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Code: 1000. a multipart form without its parts")
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "Code: 1000. a form field without a name")
+        if name in fields:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"Code: 1000. form field {name[:60]!r} twice")
+        value = part.get_payload(decode=True)
+        try:
+            fields[name] = (value if isinstance(value, bytes) else b"").decode()
+        except UnicodeDecodeError:
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST, f"Code: 1000. form field {name[:60]!r} is not UTF-8"
+            ) from None
+    return fields

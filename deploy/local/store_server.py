@@ -50,6 +50,7 @@ from deploy.local.store_http import (
     authenticate,
     check_host,
     decode_body,
+    form_fields,
     read_body,
     safe_token,
 )
@@ -128,6 +129,9 @@ class StoreRequestHandler(BaseHTTPRequestHandler):
         output_format = safe_token(params.get("default_format") or "TabSeparated", "format")
         body = b"" if read_only else read_body(self.rfile, self.headers, server.max_body_bytes)
         body = decode_body(body, self.headers.get("Content-Encoding", ""), server.max_body_bytes)
+        fields = form_fields(body, self.headers.get("Content-Type", ""))
+        if fields is not None:  # the query and its parameters sent as a form, not SQL
+            params, body = {**params, **fields}, b""
         read_only = read_only or params.get("readonly", "0") not in ("", "0")
         started = time.perf_counter()
         result = self._execute(params, body, output_format, read_only)
