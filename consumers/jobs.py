@@ -73,12 +73,13 @@ class TransactionalProducer:
         )
         self._producer.init_transactions(30)
 
-    def send(self, events: Sequence[Event]) -> None:
-        """All of ``events`` durably, atomically, or an exception and none of them."""
+    def send(self, events: Sequence[Event], tombstones: Sequence[tuple[str, bytes]] = ()) -> None:
+        """All of ``events`` and ``tombstones`` ((topic, key): a null value, which removes the
+        key from a compacted topic) durably, atomically, or an exception and none of them."""
         self._producer.begin_transaction()
         try:
-            for event in events:
-                topic, key, value = topic_of(event), key_of(event), self.codec.encode(event)
+            messages = [(topic_of(e), key_of(e), self.codec.encode(e)) for e in events]
+            for topic, key, value in [*messages, *((t, k, None) for t, k in tombstones)]:
                 headers = None
                 if self.signer is not None and topic in SIGNED_TOPICS:
                     headers = [self.signer.header(topic, key, value)]

@@ -26,6 +26,7 @@ from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBa
 from runtime.memory import LookupStats, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
+from runtime.rollout import with_canaries
 from runtime.tasks import Task
 from schemas.models import (
     InteractionEvent,
@@ -33,6 +34,7 @@ from schemas.models import (
     Mode,
     PromptRef,
     PromptVersion,
+    RolloutArm,
     Step,
     Usage,
     new_id,
@@ -97,6 +99,7 @@ class _Episode:
     leaked: bool = False
     recall: Recall = field(default_factory=Recall)
     trace_id: str = field(default_factory=new_id)
+    rollouts: list[RolloutArm] = field(default_factory=list)
 
     def system(self, role: str) -> Message:
         return {"role": "system", "content": self.prompts[role].text}
@@ -153,11 +156,17 @@ class Runtime:
             hook = getattr(backend, "between_tasks", None)  # e.g. hot-loading a checkpoint
             if hook is not None:
                 hook()
-        prompts = self.prompts.snapshot(self.agent_id)  # one snapshot: no task sees a mixture
-        episodes = [_Episode(task, prompts) for task in tasks]
+        # one snapshot: no task sees a mixture; a role in a canary rollout splits by trace
+        production = self.prompts.snapshot(self.agent_id)
+        canaries = self.prompts.canaries(self.agent_id)
+        episodes = []
+        for task in tasks:
+            trace_id = new_id()
+            versions, arms = with_canaries(production, canaries, trace_id)
+            episodes.append(_Episode(task, versions, trace_id=trace_id, rollouts=arms))
         if self.memory is not None:
-            policy = self.memory_policy or prompts["student"].memory
             for episode in episodes:
+                policy = self.memory_policy or episode.prompts["student"].memory
                 episode.recall = recall(
                     self.memory, policy, episode.task.input, episode.trace_id, self.memory_holdout
                 )
@@ -352,4 +361,5 @@ class Runtime:
             metadata=metadata,
             memory_entries=episode.recall.ids,
             memory_held_back=list(episode.recall.held_back),
+            rollouts=episode.rollouts,
         )

@@ -16,7 +16,9 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
+from schemas.models import PRODUCTION
 from schemas.signing import SignatureError, Verifier
+from schemas.topics import label_of_key
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -136,16 +138,31 @@ class TopicFollower(Generic[E]):
 
 
 class RoleVersionFollower(TopicFollower[E]):
-    """The latest ``event_type`` per (agent_id, role) on ``topic``; thread-safe. With a
+    """The latest ``event_type`` per (agent_id, role) on ``topic``, and per label: production
+    under the key ``agent_id/role``, another label (canary, staging, ...) under
+    ``agent_id/role@label``, each removed by a tombstone under its key; thread-safe. A message
+    whose key does not name its event's label is skipped (counted in ``skipped``). With a
     ``verifier``, a message without the learner's valid signature is refused: logged, counted
     in ``refused``, and the current version kept."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._labelled: dict[str, dict[tuple[str, str], Any]] = {}
+
+    def _slot(self, label: str) -> dict[tuple[str, str], Any]:
+        if label == PRODUCTION:
+            return self._current
+        return self._labelled.setdefault(label, {})
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:  # tombstone: the agent/role was deleted
+        text = (key or b"").decode(errors="replace")
+        label = label_of_key(text)
+        if value is None:  # tombstone: the agent/role's label was removed
             if key:
-                agent_id, _, role = key.decode().partition("/")
+                agent_role = text if label == PRODUCTION else text[: -len(label) - 1]
+                agent_id, _, role = agent_role.rpartition("/")
                 with self._changed:
-                    self._current.pop((agent_id, role), None)
+                    self._slot(label).pop((agent_id, role), None)
                     self._changed.notify_all()
             return
         try:
@@ -154,9 +171,34 @@ class RoleVersionFollower(TopicFollower[E]):
             self.skipped += 1
             log.warning("skipping an unreadable message on %s: %s", self.topic, exc)
             return
+        published = getattr(event, "label", PRODUCTION)
+        if key is not None and published != label:
+            self.skipped += 1
+            log.warning(
+                "skipping %s v%s on %s: its key %r does not name its label %r",
+                event.role, event.version, self.topic, text[:200], published,
+            )  # fmt: skip
+            return
         with self._changed:
-            self._current[(event.agent_id, event.role)] = event
+            self._slot(published)[(event.agent_id, event.role)] = event
             self._changed.notify_all()
+
+    def labels(self, agent_id: str) -> dict[tuple[str, str], E]:
+        """Every label of the agent's roles: (role, label) -> the version under it."""
+        with self._lock:
+            slots = {PRODUCTION: self._current, **self._labelled}
+            return {
+                (role, label): event
+                for label, slot in slots.items()
+                for (agent, role), event in slot.items()
+                if agent == agent_id
+            }
+
+    def labelled(self, agent_id: str, label: str) -> dict[str, E]:
+        """The agent's versions under ``label``, by role (production: what agents use)."""
+        with self._lock:
+            slot = self._current if label == PRODUCTION else self._labelled.get(label, {})
+            return {role: event for (agent, role), event in slot.items() if agent == agent_id}
 
     def latest(self, agent_id: str, role: str) -> E | None:
         with self._lock:

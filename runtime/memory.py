@@ -27,7 +27,6 @@ terms are already on the topic; an agent wanting embeddings computes them from `
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import math
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runtime.follow import TopicFollower
+from runtime.rollout import unit_hash
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import MemoryEntry, MemoryPolicy, split_memory_key
 from schemas.terms import normalised, query_terms, rough_tokens, terms_of
@@ -216,10 +216,7 @@ def held_back(trace_id: str, entry_id: str, share: float) -> bool:
     """Whether the randomized holdout keeps ``entry_id`` from the task of ``trace_id``: a hash
     of both ids below ``share``, so a replay decides the same and each entry is kept back from
     about ``share`` of the tasks it matches, independently of how hard they are."""
-    if share <= 0.0:
-        return False
-    digest = hashlib.blake2b(f"{trace_id}/{entry_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
+    return share > 0.0 and unit_hash(trace_id, entry_id) < share
 
 
 def recall(

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from runtime.follow import RoleVersionFollower
 from schemas.codec import AvroCodec
-from schemas.models import Demonstration, Lineage, MemoryPolicy, PromptSource, PromptVersion
+from schemas.models import CANARY, Demonstration, Lineage, MemoryPolicy, PromptSource, PromptVersion
 from schemas.signing import Verifier
 from schemas.topics import PROMPTS
 
@@ -17,6 +17,10 @@ ROLES = ("student", "teacher")
 class PromptProvider(Protocol):
     def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:
         """Every role's current prompt for the agent, read at one instant (never a mixture)."""
+        ...
+
+    def canaries(self, agent_id: str) -> dict[str, PromptVersion]:
+        """The agent's versions under the canary label, by role (runtime/rollout.py)."""
         ...
 
 
@@ -52,6 +56,9 @@ class StaticPrompts:
             for role, text in self.texts.items()
         }
 
+    def canaries(self, agent_id: str) -> dict[str, PromptVersion]:
+        return {}
+
 
 class PromptSubscriber(RoleVersionFollower[PromptVersion]):
     """Follows ``atlas.prompts.v1``: replays it from the beginning at start (the topic is
@@ -77,6 +84,9 @@ class PromptSubscriber(RoleVersionFollower[PromptVersion]):
                 if published is not None:
                     base[role] = published
         return base
+
+    def canaries(self, agent_id: str) -> dict[str, PromptVersion]:
+        return self.labelled(agent_id, CANARY)
 
 
 class NoParentVersion(ValueError):
@@ -117,6 +127,16 @@ def current_prompts(
     following = PromptSubscriber(kafka_config, seeds, codec=codec)
     with following.start() as subscriber:
         return subscriber.snapshot(agent_id)
+
+
+def current_labels(
+    kafka_config: dict[str, str], agent_id: str, codec: AvroCodec | None = None
+) -> dict[tuple[str, str], PromptVersion]:
+    """Every label of the agent's roles on the prompts topic now: (role, label) -> version
+    (published ones only: the seeds carry no label)."""
+    following = PromptSubscriber(kafka_config, StaticPrompts({r: "" for r in ROLES}), codec=codec)
+    with following.start() as subscriber:
+        return subscriber.labels(agent_id)
 
 
 def next_versions(

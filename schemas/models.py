@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Mode = Literal["auto", "paired", "coach"]
 FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
@@ -21,6 +21,7 @@ PromptSource = Literal["seed", "gepa", "manual", "rollback"]
 CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo"]
 MemorySource = Literal["edit", "approval"]
+Arm = Literal["canary", "production"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 
@@ -45,6 +46,13 @@ def path_component(value: str, what: str = "id") -> str:
             " (at most 128, starting with a letter or digit)"
         )
     return value
+
+
+# Labels of a published version (runtime/labels.py): production is what agents use, canary a
+# candidate on a share of traffic, others (staging, ...) are operators' bookmarks.
+PRODUCTION = "production"
+CANARY = "canary"
+LABEL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 def under(root: Path, *parts: str) -> Path:
@@ -98,6 +106,16 @@ class PromptRef(Record):
     version: int
 
 
+class RolloutArm(Record):
+    """A task's part in a canary rollout of one role (the arm decides the version it used)."""
+
+    role: str
+    rollout_id: str
+    arm: Arm
+    canary_version: int
+    production_version: int
+
+
 class Step(Record):
     index: int
     role: str
@@ -143,6 +161,7 @@ class InteractionEvent(Event):
     memory_entries: list[str] = Field(default_factory=list)
     # Appended (contract v3): entries that matched but the randomized holdout kept back.
     memory_held_back: list[str] = Field(default_factory=list)
+    rollouts: list[RolloutArm] = Field(default_factory=list)
 
 
 class FeedbackEvent(Event):
@@ -253,6 +272,19 @@ class PromptVersion(Lineage, _PromptHead):
 
     demonstrations: list[Demonstration] = Field(default_factory=list)
     memory: MemoryPolicy = Field(default_factory=MemoryPolicy)  # read from the student's
+    # Appended (contract v4): the label it is published under, and a canary's rollout.
+    label: str = Field(PRODUCTION, pattern=LABEL_PATTERN)
+    rollout_id: str | None = None
+    traffic_share: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _canary_has_a_rollout(self) -> PromptVersion:
+        canary = self.label == CANARY
+        if canary != (self.rollout_id is not None) or canary != (self.traffic_share is not None):
+            raise ValueError(
+                "rollout_id and traffic_share are set under the canary label, and only there"
+            )
+        return self
 
 
 class _CheckpointHead(Event):

@@ -6,10 +6,13 @@ Partition counts, retention and cleanup policies are deployment choices and live
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.models import (
+    LABEL_PATTERN,
+    PRODUCTION,
     CheckpointEvent,
     DeadLetter,
     Event,
@@ -38,8 +41,25 @@ def _attr(name: str) -> Callable[[Event], str]:
     return lambda event: str(getattr(event, name))
 
 
+def version_key(agent_id: str, role: str, label: str = PRODUCTION) -> str:
+    """The prompts (and checkpoints) topic's key: ``agent_id/role`` for production, else
+    ``agent_id/role@label`` (roles hold no '@' or '/', labels neither)."""
+    return f"{agent_id}/{role}" if label == PRODUCTION else f"{agent_id}/{role}@{label}"
+
+
+def label_of_key(key: str) -> str:
+    """The label a version key names: what follows the last '@' after the last '/' when it is
+    a label, else production."""
+    _, _, last = key.rpartition("/")
+    role, at, label = last.rpartition("@")
+    if at and role and re.fullmatch(LABEL_PATTERN, label):
+        return label
+    return PRODUCTION
+
+
 def _agent_role(event: Event) -> str:
-    return f"{event.agent_id}/{event.role}"  # type: ignore[attr-defined]
+    label = getattr(event, "label", PRODUCTION)
+    return version_key(event.agent_id, event.role, label)  # type: ignore[attr-defined]
 
 
 def _memory_key(event: Event) -> str:

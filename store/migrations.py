@@ -333,6 +333,26 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        10,
+        "labels and canary rollouts: prompt_versions.label, rollout_id, traffic_share (the label"
+        " of the version's latest publication, PromptVersion v4); scored_traces.rollouts (each"
+        " task's arm and versions, InteractionEvent v3); rows stored before are production and"
+        " in no rollout",
+        (
+            "ALTER TABLE prompt_versions"
+            " ADD COLUMN IF NOT EXISTS label LowCardinality(String) DEFAULT 'production',"
+            " ADD COLUMN IF NOT EXISTS rollout_id Nullable(String),"
+            " ADD COLUMN IF NOT EXISTS traffic_share Nullable(Float64)",
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS rollouts Array(Tuple(role String,"
+            " rollout_id String, arm LowCardinality(String), canary_version Int32,"
+            " production_version Int32))",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

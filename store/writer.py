@@ -63,6 +63,7 @@ SCORED_TRACE_COLUMNS = [
     "stored_at",
     "memory_entries",
     "memory_held_back",
+    "rollouts",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -153,6 +154,10 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
         stored_at,
         event.memory_entries,
         event.memory_held_back,
+        [
+            (a.role, a.rollout_id, a.arm, a.canary_version, a.production_version)
+            for a in event.rollouts
+        ],
     ]
 
 

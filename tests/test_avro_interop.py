@@ -291,7 +291,12 @@ def interaction_datum(agent: str, trace_id: str, n: int, at_ms: int) -> dict[str
         "metadata": {"writer": "org.apache.avro BinaryMessageEncoder"},
         "memory_entries": [f"entry-{n}"] if n % 2 else [],
         "memory_held_back": [] if n % 2 else [f"entry-{n + 1}"],
-    }
+        "rollouts": [
+            {"role": "student", "rollout_id": "java-rollout", "arm": arm, "canary_version": 2,
+             "production_version": 1}
+            for arm in (["canary"] if n % 3 == 0 else ["production"] if n % 3 == 1 else [])
+        ],
+    }  # fmt: skip
 
 
 def feedback_datum(agent: str, trace_id: str, kind: str, at_ms: int) -> dict[str, Any]:
@@ -346,7 +351,8 @@ def test_java_encoded_events_are_scored_and_stored(
     def latest() -> dict[str, tuple[Any, ...]]:
         rows = store.query(
             "SELECT trace_id, revision, feedback_count, human_score, task_id, final_answer,"
-            " memory_entries, memory_held_back FROM latest_traces WHERE agent_id = {a:String}",
+            " memory_entries, memory_held_back, rollouts FROM latest_traces"
+            " WHERE agent_id = {a:String}",
             parameters={"a": agent},
         ).result_rows
         return {r[0]: r[1:] for r in rows}
@@ -372,7 +378,16 @@ def test_java_encoded_events_are_scored_and_stored(
 
     rows = latest()
     for i, trace in enumerate(traces):
-        _, feedback_count, human, task_id, answer, entries, held_back = rows[trace]
+        _, feedback_count, human, task_id, answer, entries, held_back, rollouts = rows[trace]
+        arm = ["canary", "production", None][i % 3]
+        assert rollouts == (
+            []
+            if arm is None
+            else [
+                {"role": "student", "rollout_id": "java-rollout", "arm": arm,
+                 "canary_version": 2, "production_version": 1}
+            ]
+        )  # fmt: skip
         assert (task_id, answer) == (f"java-arith-{i}", str(3 * i + 4))
         assert entries == ([f"entry-{i}"] if i % 2 else [])
         assert held_back == ([] if i % 2 else [f"entry-{i + 1}"])

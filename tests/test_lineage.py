@@ -62,9 +62,9 @@ def test_the_lineage_columns_are_the_lineage_fields_with_the_types_they_always_h
     start = columns.index(LINEAGE_DDL[0])
     assert columns[start : start + len(LINEAGE_DDL)] == LINEAGE_DDL
     # The other columns are the event's other fields (demonstrations came in migration 3,
-    # the memory policy in migration 8).
+    # the memory policy in migration 8, labels and rollouts in migration 10).
     created = [name for name, _ in columns]
-    later = ("demonstrations", "memory")
+    later = ("demonstrations", "memory", "label", "rollout_id", "traffic_share")
     assert created == [f for f in VERSION_TABLES[table].model_fields if f not in later]
 
 

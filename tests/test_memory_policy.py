@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from atlas.cli import app
 from atlas.settings import PROJECT_CONFIGS, Settings
 from consumers.gepa_worker import as_candidate
 from rim.config import build_rim, load_rim_config
@@ -27,7 +25,7 @@ from schemas.models import Demonstration, MemoryEntry, MemoryPolicy, PromptVersi
 from store.client import connect
 from store.queries import prompt_history
 from tests.fakes import ScriptedBackend, last_user
-from tests.workers import WorkerProcess, eventually
+from tests.workers import WorkerProcess, eventually, stack_cli
 from trainer.datasets import Example
 from trainer.evaluation import (
     MEMORY_POLICY,
@@ -37,7 +35,6 @@ from trainer.evaluation import (
     measure,
 )
 
-runner = CliRunner()
 SEEDS = {"student": "Answer with the city.", "teacher": "Review."}
 HELDOUT = [Example(t, "builtin") for t in generate("extraction", "test", 12)]
 SEEN = generate("extraction", "train", 30)
@@ -148,7 +145,9 @@ class _PromptVersionV2(PromptVersion):
     """A prompt version as publishers wrote it before the memory policy was part of it."""
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        return super().model_dump(**{**kwargs, "exclude": {"memory"}})
+        return super().model_dump(
+            **{**kwargs, "exclude": {"memory", "label", "rollout_id", "traffic_share"}}
+        )
 
 
 def test_a_policy_round_trips_and_versions_written_before_it_read_as_the_default(
@@ -183,12 +182,7 @@ def test_operators_change_the_policy_agents_switch_live_and_a_rollback_restores_
     the sink stores with it), refuses to gate without held-out examples, and `atlas prompts
     rollback` restores the earlier policy from the store."""
     agent = f"policy-{uuid.uuid4().hex[:10]}"
-    env = {"ATLAS_HOME": str(stack_settings.home), "COLUMNS": "200"}
-
-    def cli(*args: str, code: int = 0) -> str:
-        result = runner.invoke(app, list(args), env=env)
-        assert result.exit_code == code, result.output
-        return " ".join(result.output.split())
+    cli = stack_cli(stack_settings)
 
     assert f"{agent}/student v0: off" in cli("memory", "policy", "--agent", agent)
     index = MemoryIndex()

@@ -82,7 +82,10 @@ def test_every_shipped_history_schema_evolves_safely(old_path: Path) -> None:
 
 
 # The InteractionEvent fields each earlier contract lacks (ScoredTrace embeds it).
-LACKING = {1: {"memory_entries", "memory_held_back"}, 2: {"memory_held_back"}}
+LACKING = {
+    1: {"memory_entries", "memory_held_back", "rollouts"},
+    2: {"memory_held_back", "rollouts"},
+}
 
 
 def _old_codec(schema_dir: Path, version: int) -> AvroCodec:

@@ -154,3 +154,21 @@ def scored_count(store: Any, agent: str) -> int:
     """Rows of ``agent`` in the store's scored_traces (every revision)."""
     query = "SELECT count() FROM scored_traces WHERE agent_id = {a:String}"
     return int(store.query(query, {"a": agent}).result_rows[0][0])
+
+
+def stack_cli(settings: Settings) -> Callable[..., str]:
+    """``cli(*args, code=0)``: the atlas CLI in-process against the stack of ``settings``; it
+    asserts the exit code and returns the output with its whitespace folded (wide tables)."""
+    from typer.testing import CliRunner
+
+    from atlas.cli import app
+
+    runner = CliRunner()
+    env = {"ATLAS_HOME": str(settings.home), "COLUMNS": "220"}
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, result.output
+        return " ".join(result.output.split())
+
+    return cli

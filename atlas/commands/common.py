@@ -178,9 +178,12 @@ def _figure(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def publish_as_learner(settings: Settings, events: Sequence[Event]) -> None:
-    """Send ``events`` in one Kafka transaction with the learner's credentials, signed with
-    its key when this host has one (publishing a prompt or a checkpoint is a learner act)."""
+def publish_as_learner(
+    settings: Settings, events: Sequence[Event], tombstones: Sequence[tuple[str, bytes]] = ()
+) -> None:
+    """Send ``events`` and ``tombstones`` ((topic, key)) in one Kafka transaction with the
+    learner's credentials, signed with its key when this host has one (publishing a prompt or
+    a checkpoint, or removing a label, is a learner act)."""
     import uuid
 
     from consumers.jobs import TransactionalProducer
@@ -190,4 +193,4 @@ def publish_as_learner(settings: Settings, events: Sequence[Event]) -> None:
         f"atlas-cli-{uuid.uuid4().hex}",
         settings.codec(),
         settings.signer(),
-    ).send(events)
+    ).send(events, tombstones)

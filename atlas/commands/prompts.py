@@ -6,6 +6,7 @@ transaction (signed when this host has the key); agents pick it up live.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -67,13 +68,15 @@ def prompts_list(
     agent: AgentOption,
     role: Annotated[str, typer.Option(help="One role.")] = "",
 ) -> None:
-    """Every stored version of the agent's prompts, with lineage and held-out figures;
-    the version agents use now is marked."""
+    """Every stored version of the agent's prompts, with lineage, held-out figures and the
+    labels on it now (production: what agents use, marked *; canary with its share)."""
+    from runtime.prompts import current_labels
+    from schemas.models import PRODUCTION
     from store.client import connect
     from store.queries import prompt_history
 
     settings = get_settings(ctx)
-    current = current_versions(settings, agent)
+    labels = current_labels(settings.kafka_config(), agent, settings.codec())
     table = Table(
         "role",
         "version",
@@ -83,16 +86,23 @@ def prompts_list(
         "held-out",
         "prod.",
         "non-degr.",
+        "labels",
         "job",
         "text",
     )
     for v in prompt_history(connect(settings.store()), agent, role):
-        live = current.get(v.role) is not None and current[v.role].version == v.version
+        on = sorted(
+            name if x.traffic_share is None else f"{name} {x.traffic_share:.1%}"
+            for (r, name), x in labels.items()
+            if r == v.role and x.version == v.version
+        )
+        live = PRODUCTION in on
         non_degradation = "" if v.non_degradation is None else f"{v.non_degradation:.3f}"
         text = v.text[:50].replace("\n", " ")
-        table.add_row(*version_cells(v, live), non_degradation, v.job_id or "", text)
+        cells = (non_degradation, ", ".join(on), v.job_id or "", text)
+        table.add_row(*version_cells(v, live), *cells)
     console.print(table)
-    console.print("* = in use now; version 0 is the seed in configs/agent.yaml")
+    console.print("* = in use now (production); version 0 is the seed in configs/agent.yaml")
 
 
 @app.command("show")
@@ -223,3 +233,90 @@ def prompts_rollback(
     publish_versions(settings, next_versions(current, texts, "rollback", shots, memory=memory))
     restored_what = "text, demonstrations and memory policy" if memory else "text"
     console.print(f"{agent}/{role}: {restored_what} of v{restored.version} restored")
+
+
+@app.command("label")
+@clear_errors
+def prompts_label(
+    ctx: typer.Context,
+    agent: AgentOption,
+    label: Annotated[
+        str,
+        typer.Option(
+            help="canary (a share of live traffic, compared with production by the rollout's"
+            " test) or a bookmark of your own (staging, ...): lower case, digits, '-', '_'."
+        ),
+    ],
+    role: RoleOption = "student",
+    version: Annotated[
+        int | None, typer.Option(help="The stored version to label (not with --remove).")
+    ] = None,
+    share: Annotated[
+        float,
+        typer.Option(min=0.001, max=0.5, help="canary only: the share of tasks it gets."),
+    ] = 0.1,
+    remove: Annotated[bool, typer.Option(help="Remove the label (a tombstone).")] = False,
+) -> None:
+    """Put a label on a stored prompt version, or remove one. Labels live on the prompts topic
+    (key agent/role@label), so agents follow them live: a canary takes --share of the agent's
+    tasks (an arm per task from a hash of its trace id and the rollout id, recorded in each
+    InteractionEvent); other labels are bookmarks. Production is not a label you set: it moves
+    with `atlas prompts set` and `rollback`. One canary per agent/role at a time."""
+    import uuid
+
+    from runtime.prompts import current_labels
+    from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
+    from schemas.topics import PROMPTS, version_key
+    from store.client import connect
+    from store.queries import prompt_version
+
+    check_role(role)
+    if not re.fullmatch(LABEL_PATTERN, label):
+        raise typer.BadParameter(
+            f"{label[:40]!r}: a label is lower case letters, digits, '-' and '_' (at most 32),"
+            " starting with a letter",
+            param_hint="--label",
+        )
+    if label == PRODUCTION:
+        raise typer.BadParameter(
+            "production is what agents use: it moves with `atlas prompts set` and `rollback`",
+            param_hint="--label",
+        )
+    settings = get_settings(ctx)
+    labels = current_labels(settings.kafka_config(), agent, settings.codec())
+    key = version_key(agent, role, label).encode()
+    if remove:
+        if version is not None:
+            raise typer.BadParameter("--remove takes no --version", param_hint="--version")
+        if (role, label) not in labels:
+            raise typer.BadParameter(f"{agent}/{role} has no version labelled {label}")
+        publish_as_learner(settings, [], [(PROMPTS, key)])
+        console.print(f"removed label {label} from {agent}/{role} v{labels[(role, label)].version}")
+        return
+    if version is None:
+        raise typer.BadParameter("give the --version to label", param_hint="--version")
+    production = labels.get((role, PRODUCTION))
+    if label == CANARY and (production is None or production.version == version):
+        raise typer.BadParameter(
+            f"a canary needs another version in production to be compared with ({agent}/{role}"
+            f" runs {'its seed' if production is None else f'v{production.version}'})",
+            param_hint="--version",
+        )
+    running = labels.get((role, CANARY)) if label == CANARY else None
+    if running is not None:
+        raise typer.BadParameter(
+            f"{agent}/{role} has a canary already (v{running.version}, rollout"
+            f" {running.rollout_id}): one at a time; remove it first with --remove"
+        )
+    stored = prompt_version(connect(settings.store()), agent, role, version)
+    if stored is None:
+        raise typer.BadParameter(f"no stored version {version} of {agent}/{role}")
+    rollout = (
+        {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
+        if label == CANARY
+        else {"rollout_id": None, "traffic_share": None}
+    )
+    labelled = stored.model_copy(update={"label": label, **rollout})
+    publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
+    what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
+    console.print(f"labelled {agent}/{role} v{version} {label}{what}", highlight=False)

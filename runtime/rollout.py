@@ -1,0 +1,58 @@
+"""The agent's side of a canary rollout: which version of each role a task uses.
+
+A role with a version under the ``canary`` label (``atlas.prompts.v1``, key
+``agent_id/role@canary``, carrying ``rollout_id`` and ``traffic_share``) splits its tasks: a
+task goes to the canary when :func:`unit_hash` of its trace id and the rollout id is below the
+share, else to production. The split is deterministic (a replay of the trace, or another agent
+process, assigns the same arm), independent across rollouts, and independent of the task's
+content, so the two arms see the same kind of traffic over the same period: what the rollout's
+sequential test (``streams/rollout_stats.py``) needs. Each task records its arm and both
+versions (``InteractionEvent.rollouts``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from schemas.models import Arm, PromptVersion, RolloutArm
+
+
+def unit_hash(*parts: str) -> float:
+    """A number in [0, 1) from ``parts``, uniform across distinct inputs and the same in every
+    process (blake2b, not Python's salted ``hash``)."""
+    digest = hashlib.blake2b("/".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def arm_of(trace_id: str, rollout_id: str, share: float) -> Arm:
+    """The arm of the task of ``trace_id`` in rollout ``rollout_id`` at canary ``share``."""
+    return "canary" if unit_hash(trace_id, rollout_id) < share else "production"
+
+
+def with_canaries(
+    production: dict[str, PromptVersion], canaries: dict[str, PromptVersion], trace_id: str
+) -> tuple[dict[str, PromptVersion], list[RolloutArm]]:
+    """The versions the task of ``trace_id`` uses, per role, and its arm in each rollout. A
+    canary of a role the agent has no production version of (nothing to compare with) or of
+    the version production already is, takes no part."""
+    versions = dict(production)
+    arms: list[RolloutArm] = []
+    for role, canary in sorted(canaries.items()):
+        current = production.get(role)
+        if current is None or canary.rollout_id is None or canary.traffic_share is None:
+            continue
+        if canary.version == current.version:
+            continue  # promoted already: the label's removal is on its way
+        arm = arm_of(trace_id, canary.rollout_id, canary.traffic_share)
+        if arm == "canary":
+            versions[role] = canary
+        arms.append(
+            RolloutArm(
+                role=role,
+                rollout_id=canary.rollout_id,
+                arm=arm,
+                canary_version=canary.version,
+                production_version=current.version,
+            )
+        )
+    return versions, arms
