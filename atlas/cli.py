@@ -15,6 +15,7 @@ from atlas.commands import memory as memory_commands
 from atlas.commands import observe as observe_commands
 from atlas.commands import prompts as prompt_commands
 from atlas.commands import retrain as retrain_commands
+from atlas.commands import rollout as rollout_commands
 from atlas.commands import signing as signing_commands
 from atlas.commands import stack as stack_commands
 from atlas.commands import workers as worker_commands
@@ -43,6 +44,7 @@ app.add_typer(observe_commands.jobs_app, name="jobs")
 app.add_typer(prompt_commands.app, name="prompts")
 app.add_typer(checkpoint_commands.app, name="checkpoints")
 app.add_typer(memory_commands.app, name="memory")
+app.add_typer(rollout_commands.app, name="rollout")
 app.add_typer(signing_commands.app, name="signing")
 app.add_typer(worker_commands.app, name="worker")
 

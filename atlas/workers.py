@@ -20,8 +20,14 @@ from rim.reward import Rim
 from runtime.redaction import Redactor
 from schemas.configfile import load_config
 from schemas.models import JobKind
-from schemas.topics import INTERACTIONS, MEMORY_CANDIDATES, POLICY_OBSERVATIONS
+from schemas.topics import (
+    INTERACTIONS,
+    MEMORY_CANDIDATES,
+    POLICY_OBSERVATIONS,
+    ROLLOUT_OBSERVATIONS,
+)
 from store.client import connect
+from streams.engine import StreamEngine
 from streams.memory import MemoryProcessor
 from streams.memory_config import load_memory_config
 from streams.processor import RewardProcessor
@@ -79,17 +85,57 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
         linger_s=settings.rewards_linger_s,
     )
     engine.ensure_topics(
-        topic_partitions(kafka, INTERACTIONS), [POLICY_OBSERVATIONS, MEMORY_CANDIDATES]
+        topic_partitions(kafka, INTERACTIONS),
+        [POLICY_OBSERVATIONS, MEMORY_CANDIDATES, ROLLOUT_OBSERVATIONS],
     )
-    log = logging.getLogger(__name__)
     try:
-        engine.run(
-            stop,
-            ready=lambda: log.info(
-                "rewards worker %s (pid %d) ready", lease.worker_id, lease.record.pid
-            ),
-        )
+        run_engine(engine, stop, lease, "rewards")
     finally:
+        lease.release()
+
+
+def run_engine(
+    engine: StreamEngine, stop: threading.Event, lease: registry.WorkerLease, kind: str
+) -> None:
+    """Run a stream worker's engine until ``stop``, saying when it is ready."""
+    log = logging.getLogger(__name__)
+    engine.run(
+        stop,
+        ready=lambda: log.info(
+            "%s worker %s (pid %d) ready", kind, lease.worker_id, lease.record.pid
+        ),
+    )
+
+
+ROLLOUTS_GROUP = "atlas-rollouts"
+
+
+def run_rollouts_worker(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run the canary rollout controller (streams/rollout_stream.py) until SIGTERM/SIGINT."""
+    from schemas.codec import RegistryUnavailable
+    from streams.rollout_config import load_rollout_config
+    from streams.rollout_stream import CanaryFollower, CanaryNotFollowed, rollout_stream
+
+    stop = stop or threading.Event()
+    stop_on_signals(stop)
+    config = load_rollout_config(settings.config_dir)
+    lease = registry.claim(settings.home, "rollouts", ROLLOUTS_GROUP, settings.worker_id)
+    kafka = settings.kafka_config("learner")
+    codec = settings.codec()
+    canaries = CanaryFollower(kafka, codec, settings.verifier())
+    book, handler = rollout_stream(config, codec, canaries.start(), settings.signer())
+    engine = StreamEngine(
+        kafka,
+        ROLLOUTS_GROUP,
+        {ROLLOUT_OBSERVATIONS: handler},
+        [book],
+        retry_on=(RegistryUnavailable, CanaryNotFollowed),
+    )
+    engine.ensure_topics(topic_partitions(kafka, INTERACTIONS), [ROLLOUT_OBSERVATIONS])
+    try:
+        run_engine(engine, stop, lease, "rollouts")
+    finally:
+        canaries.close()
         lease.release()
 
 

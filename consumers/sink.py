@@ -52,6 +52,7 @@ from schemas.topics import (
     MEMORY,
     PROMPTS,
     REWARDS,
+    ROLLOUTS,
     TOPICS,
     TRIGGERS,
 )
@@ -59,7 +60,9 @@ from store.migrations import migrate
 from store.writer import MemoryRow, Stored, StoreWriter
 
 log = logging.getLogger(__name__)
-DEFAULT_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY)
+DEFAULT_TOPICS = (
+    REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY, ROLLOUTS,
+)  # fmt: skip
 PROCESSOR_NAME = "sink"
 RETENTION_ALARM_SHARE = 0.5  # say so loudly once the oldest held event is this far to expiry
 
@@ -70,7 +73,7 @@ class SinkStats:
     rows: int = 0
     messages: int = 0
     dead_letters: int = 0
-    skipped: int = 0  # undecodable on a topic another processor owns
+    skipped: int = 0  # undecodable on a topic another processor owns; a label removed
     insert_failures: int = 0
     refused: int = 0  # events the store refused, dead-lettered
     last_error: str | None = None
@@ -224,6 +227,9 @@ class ClickHouseSink:
             try:
                 if message.topic() == MEMORY:
                     decoded.append((message, self._memory_row(message)))
+                    continue
+                if message.topic() == PROMPTS and message.value() is None:
+                    self.stats.skipped += 1  # a label removed: the store keeps versions only
                     continue
                 event = self.codec.decode(message.value() or b"", contract.event_type)
                 decoded.append((message, self._redacted(event)))

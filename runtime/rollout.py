@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 
-from schemas.models import Arm, PromptVersion, RolloutArm
+from schemas.models import CANARY, PRODUCTION, Arm, PromptVersion, RolloutArm
+from schemas.topics import PROMPTS, version_key
 
 
 def unit_hash(*parts: str) -> float:
@@ -56,3 +57,13 @@ def with_canaries(
             )
         )
     return versions, arms
+
+
+def promotion(canary: PromptVersion) -> tuple[PromptVersion, tuple[str, bytes]]:
+    """What promoting ``canary`` publishes: the same version (number, text, lineage) as
+    production, and the tombstone (topic, key) that removes its canary label; the tasks of its
+    arm ran exactly this version, so the arm's figures stay the version's."""
+    production = canary.model_copy(
+        update={"label": PRODUCTION, "rollout_id": None, "traffic_share": None}
+    )
+    return production, (PROMPTS, version_key(canary.agent_id, canary.role, CANARY).encode())

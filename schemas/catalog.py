@@ -19,7 +19,33 @@ from typing import Any
 import fastavro
 import fastavro.schema
 
-from schemas.models import EVENT_TYPES
+from schemas.models import (
+    CheckpointEvent,
+    DeadLetter,
+    Event,
+    FeedbackEvent,
+    InteractionEvent,
+    JobStatus,
+    MemoryEntry,
+    PromptVersion,
+    RetrainTrigger,
+    ScoredTrace,
+)
+from schemas.rollouts import RolloutStatus
+
+# Every contract, by its model: the catalog loads one schema file per entry.
+EVENT_TYPES: tuple[type[Event], ...] = (
+    InteractionEvent,
+    FeedbackEvent,
+    ScoredTrace,
+    PromptVersion,
+    CheckpointEvent,
+    RetrainTrigger,
+    JobStatus,
+    DeadLetter,
+    MemoryEntry,
+    RolloutStatus,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "avro"
 

@@ -395,16 +395,3 @@ def split_memory_key(key: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(part.strip() for part in parts):
         raise ValueError(f"{key[:120]!r} is not a memory key (agent_id/role/entry_id)")
     return parts[0], parts[1], parts[2]
-
-
-EVENT_TYPES: tuple[type[Event], ...] = (
-    InteractionEvent,
-    FeedbackEvent,
-    ScoredTrace,
-    PromptVersion,
-    CheckpointEvent,
-    RetrainTrigger,
-    JobStatus,
-    DeadLetter,
-    MemoryEntry,
-)

@@ -24,6 +24,7 @@ from schemas.models import (
     RetrainTrigger,
     ScoredTrace,
 )
+from schemas.rollouts import RolloutStatus
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ def _agent_role(event: Event) -> str:
     return version_key(event.agent_id, event.role, label)  # type: ignore[attr-defined]
 
 
+def _keyed(event: Event) -> str:
+    return event.key  # type: ignore[attr-defined]
+
+
 def _memory_key(event: Event) -> str:
     assert isinstance(event, MemoryEntry)
     return event.key
@@ -76,12 +81,16 @@ TRIGGERS = "atlas.triggers.v1"
 JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
 MEMORY = "atlas.memory.v1"
+ROLLOUTS = "atlas.rollouts.v1"
 # Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
 # scored trace's agent, revision and reward, for the retrain policy (streams/policy_stream.py).
 POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
 # Internal too: each scored trace that carries a human verdict, keyed by agent, for the memory
 # processor (streams/memory_stream.py), whose per-agent table must follow a source keyed by agent.
 MEMORY_CANDIDATES = "atlas-rewards-memory-candidates"
+# Internal too: each scored trace that took part in a canary rollout (arms, reward), keyed by
+# agent, for the rollout controller (`atlas worker rollouts`, streams/rollout_stream.py).
+ROLLOUT_OBSERVATIONS = "atlas-rewards-rollout-observations"
 
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract
@@ -99,6 +108,8 @@ TOPICS: dict[str, TopicContract] = {
         # the sink, its one reader in the stream, dead-letters what cannot be read (as for
         # prompts, which the learner writes).
         TopicContract(MEMORY, MemoryEntry, _memory_key, "agent_id/role/entry_id"),
+        # Compacted: the latest status of each rollout; written by the rollout controller.
+        TopicContract(ROLLOUTS, RolloutStatus, _keyed, "agent_id/role/rollout_id"),
     )
 }
 TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}

@@ -353,6 +353,39 @@ MIGRATIONS += (
     ),
 )
 
+# 11 is the drift alerts' (issue 18).
+MIGRATIONS += (
+    Migration(
+        12,
+        "rollout_statuses: each canary rollout's statuses from atlas.rollouts.v1 (running"
+        " reports over time, then its decision), with the test's figures",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS rollout_statuses (
+                agent_id LowCardinality(String),
+                role LowCardinality(String),
+                rollout_id String,
+                canary_version Int32,
+                production_version Int32,
+                state LowCardinality(String),
+                started_at DateTime64(3, 'UTC'),
+                updated_at DateTime64(3, 'UTC'),
+                canary_count Int64,
+                canary_mean Nullable(Float64),
+                production_count Int64,
+                production_mean Nullable(Float64),
+                lower Float64,
+                upper Float64,
+                alpha Float64,
+                reason String
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (agent_id, role, rollout_id, updated_at, state)
+            {DEDUP}
+            """,
+        ),
+    ),
+)
+
 LEDGER = """
 CREATE TABLE IF NOT EXISTS atlas_migrations (
     version UInt32,

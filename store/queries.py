@@ -19,6 +19,7 @@ from schemas.models import (
     Step,
     Usage,
 )
+from schemas.rollouts import RolloutStatus
 
 REWARD_BY_AGENT = """
 SELECT
@@ -270,3 +271,21 @@ def checkpoint_version(
     client: Client, agent: str, role: str, version: int
 ) -> CheckpointEvent | None:
     return stored_version(client, CheckpointEvent, agent, role, version)
+
+
+ROLLOUT_WHERE = """
+WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
+ORDER BY updated_at DESC
+"""
+
+
+def rollout_statuses(
+    client: Client, agent: str, role: str = "", latest: bool = True
+) -> list[RolloutStatus]:
+    """The agent's rollouts, newest first: each one's latest status (``latest``), else every
+    status stored (running reports over time, then the decision)."""
+    sql = select_fields(RolloutStatus, "rollout_statuses") + ROLLOUT_WHERE
+    if latest:
+        sql += "LIMIT 1 BY rollout_id\n"
+    rows = rows_as_dicts(client, sql, {"agent": agent, "role": role})
+    return [RolloutStatus(**row) for row in rows]

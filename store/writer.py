@@ -30,6 +30,7 @@ from schemas.models import (
     RetrainTrigger,
     ScoredTrace,
 )
+from schemas.rollouts import RolloutStatus
 
 SCORED_TRACE_COLUMNS = [
     "trace_id",
@@ -197,6 +198,7 @@ PLAIN_TABLES: dict[type[Event], str] = {
     RetrainTrigger: "triggers",
     JobStatus: "jobs",
     DeadLetter: "dead_letters",
+    RolloutStatus: "rollout_statuses",
 }
 
 

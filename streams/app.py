@@ -5,9 +5,13 @@ interactions ─┐                                    ┌─> atlas.rewards.v1 
               ├─> table trace_id -> TraceState ────┼─> atlas.deadletter.v1 (original + reason)
 feedback ─────┘   (atlas-rewards-traces-changelog) ├─> atlas-rewards-policy-observations
                                                    │     └─> retrain policy -> atlas.triggers.v1
-                                                   └─> atlas-rewards-memory-candidates
-                                                         (candidates and every trace's use)
-                                                         └─> memory -> atlas.memory.v1
+                                                   ├─> atlas-rewards-memory-candidates
+                                                   │     (candidates and every trace's use)
+                                                   │     └─> memory -> atlas.memory.v1
+                                                   └─> atlas-rewards-rollout-observations
+                                                         (tasks in a canary rollout)
+                                                         └─> `atlas worker rollouts`
+                                                             -> atlas.rollouts.v1, prompts
 
 Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
 trace's state; several workers in the consumer group share the partitions.
@@ -50,6 +54,7 @@ from schemas.topics import (
     MEMORY_CANDIDATES,
     POLICY_OBSERVATIONS,
     REWARDS,
+    ROLLOUT_OBSERVATIONS,
 )
 from streams.engine import Batch, StreamEngine, Table, Timer
 from streams.memory import MemoryProcessor, candidate_of
@@ -58,6 +63,7 @@ from streams.memory_stream import memory_stream
 from streams.policy_stream import policy_stream
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
 from streams.retrain_policy import Observation, RetrainPolicy
+from streams.rollout import observation_of
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "rewards"
@@ -141,6 +147,9 @@ def create_stream(
             if policy is not None:
                 seen = Observation(trace.agent_id, trace.revision, trace.reward)
                 sends.append((POLICY_OBSERVATIONS, trace.agent_id.encode(), seen.to_bytes()))
+            rollout = observation_of(trace, outcome.previous_reward)
+            if rollout is not None:  # a task in a canary rollout: its arm's reward
+                sends.append((ROLLOUT_OBSERVATIONS, trace.agent_id.encode(), rollout.to_bytes()))
             if memory is not None:
                 # Every revision's use (ids and rewards, for the per-entry statistics), then,
                 # if the trace has a human verdict, the candidate it makes.

@@ -17,18 +17,21 @@ log = logging.getLogger(__name__)
 
 
 def each_or_dead_letter(
-    one: Callable[[Message, Batch], None], codec: AvroCodec, processor: str
+    one: Callable[[Message, Batch], None],
+    codec: AvroCodec,
+    processor: str,
+    retry: tuple[type[Exception], ...] = (RegistryUnavailable,),
 ) -> Handler:
     """A handler that runs ``one`` on each message in order. A message it fails on is
-    dead-lettered (original bytes + reason) and the batch goes on; a schema-registry outage is
-    raised, so the engine retries the batch instead. ``one`` must do everything that can fail
-    before it writes state or sends, so a failed message leaves neither behind."""
+    dead-lettered (original bytes + reason) and the batch goes on; ``retry`` (a schema-registry
+    outage) is raised, so the engine retries the batch instead. ``one`` must do everything that
+    can fail before it writes state or sends, so a failed message leaves neither behind."""
 
     def handle(messages: Sequence[Message], batch: Batch) -> None:
         for message in messages:
             try:
                 one(message, batch)
-            except RegistryUnavailable:
+            except retry:
                 raise
             except Exception as exc:
                 log.exception("%s failed on %s@%d", processor, message.topic(), message.offset())

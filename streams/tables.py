@@ -42,12 +42,17 @@ class Output:
     key: bytes | None
     value: bytes | None
     partition: int = -1  # -1: the producer's partitioner (by key)
+    headers: list[tuple[str, bytes]] | None = None  # a signature, on signed topics
 
     def send_with(self, producer: Producer) -> None:
         while True:
             try:
                 producer.produce(
-                    self.topic, key=self.key, value=self.value, partition=self.partition
+                    self.topic,
+                    key=self.key,
+                    value=self.value,
+                    partition=self.partition,
+                    headers=self.headers,
                 )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
@@ -63,8 +68,14 @@ class Batch:
         self.outputs: list[Output] = []
         self._undo: dict[tuple[int, int, bytes], tuple[Table, bytes | None]] = {}
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self.outputs.append(Output(topic, key, value))
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.outputs.append(Output(topic, key, value, headers=headers))
 
     def put(self, table: Table, partition: int, key: bytes, value: bytes | None) -> None:
         data = table.partitions[partition]

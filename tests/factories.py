@@ -21,6 +21,7 @@ from schemas.models import (
     Step,
     Usage,
 )
+from schemas.rollouts import RolloutStatus
 
 
 def interaction(
@@ -174,5 +175,22 @@ def one_of_each(rng: random.Random) -> list[Event]:
             source_trace_id=event.trace_id,
             reward=0.25,
             terms=["what", "is", "6", "7"],
+        ),
+        RolloutStatus(
+            agent_id="agent-a",
+            role="student",
+            rollout_id="r-1",
+            canary_version=3,
+            production_version=2,
+            state="rolled_back",
+            started_at=event.created_at,
+            canary_count=40,
+            canary_mean=0.41,
+            production_count=360,
+            production_mean=0.72,
+            lower=-0.52,
+            upper=-0.08,
+            alpha=0.05,
+            reason="canary worse by more than 0",
         ),
     ]

@@ -98,6 +98,7 @@ def test_the_cli_lists_its_commands_in_their_old_order() -> None:
         "prompts",
         "checkpoints",
         "memory",
+        "rollout",
         "signing",
         "worker",
     ]

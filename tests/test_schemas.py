@@ -12,6 +12,7 @@ import fastavro
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from schemas.catalog import EVENT_TYPES
 from schemas.codec import (
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
@@ -21,7 +22,7 @@ from schemas.codec import (
     SchemaError,
 )
 from schemas.limits import EventLimits, LimitError
-from schemas.models import EVENT_TYPES, FeedbackEvent, InteractionEvent, ScoredTrace
+from schemas.models import FeedbackEvent, InteractionEvent, ScoredTrace
 from tests.factories import interaction, one_of_each
 
 

@@ -48,6 +48,18 @@ def worker_rewards(ctx: typer.Context) -> None:
     run_rewards_worker(get_settings(ctx))
 
 
+@app.command("rollouts")
+@clear_errors
+def worker_rollouts(ctx: typer.Context) -> None:
+    """Decide canary rollouts: compare each canary's reward with production's on the same
+    period (an always-valid sequential test, configs/rollout.yaml) and promote it (published as
+    production), roll it back or abort it (its label removed), once each; statuses go to
+    atlas.rollouts.v1. Runs with the learner's credentials and signs what it publishes."""
+    from atlas.workers import run_rollouts_worker
+
+    run_rollouts_worker(get_settings(ctx))
+
+
 @app.command("sink")
 @clear_errors
 def worker_sink(ctx: typer.Context) -> None:

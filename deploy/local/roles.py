@@ -21,6 +21,8 @@ from schemas.topics import (
     MEMORY,
     PROMPTS,
     REWARDS,
+    ROLLOUT_OBSERVATIONS,
+    ROLLOUTS,
     TRIGGERS,
 )
 
@@ -38,7 +40,9 @@ class Role:
     describe_configs: tuple[str, ...] = ()
 
 
-SINK_TOPICS = (REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY)
+SINK_TOPICS = (
+    REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY, ROLLOUTS,
+)  # fmt: skip
 
 ROLES: dict[str, Role] = {
     "agent": Role(
@@ -62,11 +66,15 @@ ROLES: dict[str, Role] = {
         describe_configs=SINK_TOPICS,
     ),
     "learner": Role(
-        writes=(JOBS, PROMPTS, CHECKPOINTS),
-        # MEMORY: a prompt version is measured with the memory entries agents hold
-        reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS, MEMORY),
-        group_prefixes=("atlas-gepa", "atlas-grpo", FOLLOWER_GROUPS),
-        transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-"),
+        # ROLLOUTS, DEADLETTER: the rollout controller (`atlas worker rollouts`) decides and
+        # publishes as the learner; its bad observations are dead-lettered
+        writes=(JOBS, PROMPTS, CHECKPOINTS, ROLLOUTS, DEADLETTER),
+        # MEMORY: a prompt version is measured with the memory entries agents hold;
+        # ROLLOUT_OBSERVATIONS: the reward stream's tasks in a rollout, for the controller
+        reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS, MEMORY, ROLLOUT_OBSERVATIONS),
+        group_prefixes=("atlas-gepa", "atlas-grpo", "atlas-rollouts", FOLLOWER_GROUPS),
+        transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-", "atlas-rollouts-"),
+        owned_topic_prefixes=("atlas-rollouts-",),  # the controller's changelog
     ),
     "operator": Role(
         # MEMORY for `atlas memory forget`'s tombstones (wrong or private content); that one

@@ -1,0 +1,123 @@
+"""`atlas rollout`: canary rollouts of prompt versions: status, promote, abort.
+
+A canary starts with `atlas prompts label --label canary --share S`; `atlas worker rollouts`
+decides it from live rewards. These commands show where each stands and let an operator end
+one by hand: promote publishes the canary's version as production and removes its label; abort
+removes the label (agents go back to production at their next task). Either way the controller
+closes the rollout at its next observation, as ended by an operator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from atlas.commands.common import (
+    AgentOption,
+    RoleOption,
+    check_role,
+    clear_errors,
+    console,
+    get_settings,
+    publish_as_learner,
+)
+from atlas.settings import Settings
+
+if TYPE_CHECKING:
+    from schemas.models import PromptVersion
+
+app = typer.Typer(
+    help="Canary rollouts of prompt versions: status, promote, abort.", no_args_is_help=True
+)
+
+
+def _running_canary(settings: Settings, agent: str, role: str) -> PromptVersion:
+    """The agent/role's canary on the prompts topic now; exit 2 (BadParameter) without one."""
+    from runtime.prompts import current_labels
+    from schemas.models import CANARY
+
+    canary = current_labels(settings.kafka_config(), agent, settings.codec()).get((role, CANARY))
+    if canary is None:
+        raise typer.BadParameter(f"{agent}/{role} has no canary")
+    return canary
+
+
+@app.command("status")
+@clear_errors
+def rollout_status(
+    ctx: typer.Context,
+    agent: AgentOption,
+    role: Annotated[str, typer.Option(help="One role (default: all).")] = "",
+    history: Annotated[
+        bool, typer.Option(help="Every stored status of each rollout, not only the latest.")
+    ] = False,
+) -> None:
+    """Each rollout of the agent, newest first: versions, state, both arms' tasks and mean
+    reward, the always-valid bounds on canary minus production, and why it stands there."""
+    from store.client import connect
+    from store.queries import rollout_statuses
+
+    if role:
+        check_role(role)
+    settings = get_settings(ctx)
+    statuses = rollout_statuses(connect(settings.store()), agent, role, latest=not history)
+    table = Table(
+        "role", "rollout", "canary", "prod.", "state", "canary n", "canary mean", "prod. n",
+        "prod. mean", "difference", "updated", "reason",
+    )  # fmt: skip
+    for s in statuses:
+        table.add_row(
+            s.role,
+            s.rollout_id[:12],
+            f"v{s.canary_version}",
+            f"v{s.production_version}",
+            s.state,
+            str(s.canary_count),
+            "" if s.canary_mean is None else f"{s.canary_mean:.3f}",
+            str(s.production_count),
+            "" if s.production_mean is None else f"{s.production_mean:.3f}",
+            f"[{s.lower:+.3f}, {s.upper:+.3f}]",
+            f"{s.updated_at:%Y-%m-%d %H:%M:%S}",
+            s.reason[:80],
+        )
+    console.print(table)
+    if not statuses:
+        console.print(f"no rollout of {agent} stored yet", highlight=False)
+
+
+@app.command("promote")
+@clear_errors
+def rollout_promote(ctx: typer.Context, agent: AgentOption, role: RoleOption = "student") -> None:
+    """Promote the running canary by hand: its version becomes production (the same number
+    and text) and its label is removed, in one transaction, signed as the learner."""
+    from runtime.rollout import promotion
+
+    check_role(role)
+    settings = get_settings(ctx)
+    canary = _running_canary(settings, agent, role)
+    production, tombstone = promotion(canary)
+    publish_as_learner(settings, [production], [tombstone])
+    console.print(
+        f"promoted {agent}/{role} v{canary.version} (rollout {canary.rollout_id}) to production",
+        highlight=False,
+    )
+
+
+@app.command("abort")
+@clear_errors
+def rollout_abort(ctx: typer.Context, agent: AgentOption, role: RoleOption = "student") -> None:
+    """End the running canary without promoting it: its label is removed, and agents run
+    every task on production again from their next one."""
+    from schemas.models import CANARY
+    from schemas.topics import PROMPTS, version_key
+
+    check_role(role)
+    settings = get_settings(ctx)
+    canary = _running_canary(settings, agent, role)
+    publish_as_learner(settings, [], [(PROMPTS, version_key(agent, role, CANARY).encode())])
+    console.print(
+        f"aborted the rollout {canary.rollout_id} of {agent}/{role} v{canary.version}",
+        highlight=False,
+    )

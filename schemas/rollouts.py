@@ -1,0 +1,39 @@
+"""The contract of a canary rollout's status (``atlas.rollouts.v1``), apart from the event
+models of ``schemas/models.py`` for size; the rollout itself is described in
+``streams/rollout.py``."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from schemas.models import Event, Id, Instant, utcnow
+
+RolloutStateName = Literal["running", "promoted", "rolled_back", "aborted"]
+DECIDED: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
+
+
+class RolloutStatus(Event):
+    schema_name: ClassVar[str] = "io.atlas_stream.RolloutStatus"
+
+    agent_id: Id
+    role: Id
+    rollout_id: Id
+    canary_version: int
+    production_version: int
+    state: RolloutStateName
+    started_at: Instant
+    updated_at: Instant = Field(default_factory=utcnow)
+    canary_count: int = Field(ge=0)
+    canary_mean: float | None = None
+    production_count: int = Field(ge=0)
+    production_mean: float | None = None
+    lower: float
+    upper: float
+    alpha: float
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.agent_id}/{self.role}/{self.rollout_id}"
