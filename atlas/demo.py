@@ -70,6 +70,8 @@ class DemoPlan:
                 # -> 93% accuracy) while making most answers bare; the demo accepts that trade
                 # at up to 10% of held-out examples, and says so in its report.
                 "gate": {"min_non_degradation": DEMO_NON_DEGRADATION},
+                # Straight to production: the demo does not run a rollout yet (issue 17, 4).
+                "canary_share": 0.0,
             },
             "agent": {
                 "policy": {

@@ -16,9 +16,16 @@ from consumers.learning_job import Material, Publication, Trained, gather, run_l
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.memory import current_memory
-from runtime.prompts import StaticPrompts, current_prompts, next_versions
+from runtime.prompts import (
+    StaticPrompts,
+    current_labels,
+    current_prompts,
+    newest_versions,
+    next_versions,
+)
+from runtime.rollout import for_rollout
 from schemas.codec import AvroCodec
-from schemas.models import Lineage, PromptVersion, RetrainTrigger
+from schemas.models import CANARY, PRODUCTION, Lineage, PromptVersion, RetrainTrigger
 from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
 from trainer.evaluation import (
@@ -140,10 +147,21 @@ class GepaJob:
         shots = {}
         if DEMONSTRATIONS in outcome.changed_roles:
             shots["student"] = decode(outcome.best[DEMONSTRATIONS])
-        versions = next_versions(current, texts, "gepa", shots, lineage)
+        agent_id = next(iter(current.values())).agent_id
+        labels = current_labels(self.ctx.kafka_config, agent_id, self.ctx.codec)
+        versions = next_versions(
+            current, texts, "gepa", shots, lineage, newest=newest_versions(labels)
+        )
+        share = self.config.canary_share
+        if share > 0:
+            queue = self.config.when_canary_runs == "queue"
+            versions = [
+                for_rollout(v, share, labels.get((v.role, CANARY)), queue) for v in versions
+            ]
         summary = ", ".join(
             f"{v.role} v{v.version}"
             + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")
+            + ("" if v.label == PRODUCTION else f" as {v.label} on {share:.0%} of tasks")
             for v in versions
         )
         return Publication(versions, summary, max(v.version for v in versions))

@@ -139,6 +139,14 @@ def current_labels(
         return subscriber.labels(agent_id)
 
 
+def newest_versions(labels: dict[tuple[str, str], PromptVersion]) -> dict[str, int]:
+    """The highest version number per role under any label (:func:`current_labels`)."""
+    newest: dict[str, int] = {}
+    for (role, _label), version in labels.items():
+        newest[role] = max(newest.get(role, 0), version.version)
+    return newest
+
+
 def next_versions(
     current: dict[str, PromptVersion],
     texts: dict[str, str],
@@ -146,10 +154,14 @@ def next_versions(
     demonstrations: dict[str, list[Demonstration]] | None = None,
     lineage: Lineage | None = None,
     memory: MemoryPolicy | None = None,
+    newest: dict[str, int] | None = None,
 ) -> list[PromptVersion]:
     """New versions for the roles given a text or demonstrations (and the student's, given a
     ``memory`` policy), each a child of the role's current version carrying ``lineage``; what
-    is not given is carried over from it."""
+    is not given is carried over from it. Each is numbered after the role's current version
+    and after ``newest[role]`` (the highest under any label: a canary or a queued candidate
+    may be newer than production), so no two versions of a role share a number."""
+    newest = newest or {}
     demonstrations = demonstrations or {}
     provenance = (lineage or Lineage()).model_dump()
     roles = {*texts, *demonstrations} | ({"student"} if memory is not None else set())
@@ -157,7 +169,7 @@ def next_versions(
         PromptVersion(
             agent_id=current[role].agent_id,
             role=role,
-            version=current[role].version + 1,
+            version=max(current[role].version, newest.get(role, 0)) + 1,
             parent_version=current[role].version,
             text=texts.get(role, current[role].text),
             demonstrations=demonstrations.get(role, current[role].demonstrations),

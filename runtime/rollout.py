@@ -13,8 +13,9 @@ versions (``InteractionEvent.rollouts``).
 from __future__ import annotations
 
 import hashlib
+import uuid
 
-from schemas.models import CANARY, PRODUCTION, Arm, PromptVersion, RolloutArm
+from schemas.models import CANARY, PRODUCTION, QUEUED, Arm, PromptVersion, RolloutArm
 from schemas.topics import PROMPTS, version_key
 
 
@@ -67,3 +68,24 @@ def promotion(canary: PromptVersion) -> tuple[PromptVersion, tuple[str, bytes]]:
         update={"label": PRODUCTION, "rollout_id": None, "traffic_share": None}
     )
     return production, (PROMPTS, version_key(canary.agent_id, canary.role, CANARY).encode())
+
+
+def for_rollout(
+    version: PromptVersion, share: float, running: PromptVersion | None, queue: bool
+) -> PromptVersion:
+    """A new version as a learning job publishes it when candidates go through a canary:
+    under the canary label with ``share`` and a fresh rollout id, replacing the ``running``
+    canary of its role; or, with ``queue`` and a canary running, under the queued label, which
+    the rollout controller starts as the next canary once the running one is decided."""
+    if running is not None and queue:
+        return version.model_copy(update={"label": QUEUED, "traffic_share": share})
+    return version.model_copy(
+        update={"label": CANARY, "rollout_id": uuid.uuid4().hex, "traffic_share": share}
+    )
+
+
+def started(queued: PromptVersion) -> tuple[PromptVersion, tuple[str, bytes]]:
+    """What starting a queued candidate publishes: it as the canary (a fresh rollout id, its
+    share) and the tombstone (topic, key) that removes its queued label."""
+    canary = queued.model_copy(update={"label": CANARY, "rollout_id": uuid.uuid4().hex})
+    return canary, (PROMPTS, version_key(queued.agent_id, queued.role, QUEUED).encode())

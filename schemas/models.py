@@ -52,6 +52,7 @@ def path_component(value: str, what: str = "id") -> str:
 # candidate on a share of traffic, others (staging, ...) are operators' bookmarks.
 PRODUCTION = "production"
 CANARY = "canary"
+QUEUED = "queued"  # a candidate waiting for the running canary's decision, with its share
 LABEL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
@@ -279,10 +280,11 @@ class PromptVersion(Lineage, _PromptHead):
 
     @model_validator(mode="after")
     def _canary_has_a_rollout(self) -> PromptVersion:
-        canary = self.label == CANARY
-        if canary != (self.rollout_id is not None) or canary != (self.traffic_share is not None):
+        canary, shared = self.label == CANARY, self.label in (CANARY, QUEUED)
+        if canary != (self.rollout_id is not None) or shared != (self.traffic_share is not None):
             raise ValueError(
-                "rollout_id and traffic_share are set under the canary label, and only there"
+                "rollout_id is set under the canary label only, traffic_share under the canary"
+                " and queued labels only"
             )
         return self
 

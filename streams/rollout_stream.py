@@ -13,8 +13,10 @@ Guarantees (with the engine's, ``streams/engine.py``):
   commit together or not at all; after ``kill -9`` the next owner restores the book from its
   changelog and ignores observations of a decided rollout;
 * promoted: the canary's version is published as production (the same number and text) and its
-  canary label removed (a tombstone); rolled back or aborted: the label is removed. Agents
-  follow both at their next task;
+  canary label removed (a tombstone); rolled back or aborted: the label is removed. A candidate
+  queued behind it (label ``queued``, from a learning job with ``when_canary_runs: queue``)
+  then starts as the next canary, with a fresh rollout id. Agents follow all of it at their
+  next task;
 * an operator who removed the canary label (``atlas prompts label --remove``, ``atlas rollout
   abort``) ended the rollout: its next observation closes it as aborted, publishing nothing on
   the prompts topic; a decision whose canary version this worker does not follow yet is
@@ -29,9 +31,9 @@ from typing import Any
 from confluent_kafka import Message
 
 from runtime.prompts import PromptSubscriber, StaticPrompts
-from runtime.rollout import promotion
+from runtime.rollout import promotion, started
 from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.models import CANARY, PromptVersion
+from schemas.models import CANARY, QUEUED, PromptVersion
 from schemas.rollouts import RolloutStatus
 from schemas.signing import Signer, Verifier
 from schemas.topics import PROMPTS, ROLLOUT_OBSERVATIONS, ROLLOUTS, key_of, label_of_key
@@ -106,8 +108,16 @@ def rollout_stream(
                 return []  # the operator removed it meanwhile: nothing to undo
             raise CanaryNotFollowed(f"rollout {status.rollout_id}: its canary is not followed yet")
         production, (topic, key) = promotion(canary)
-        tombstone = (topic, key, None, [signer.header(topic, key, None)] if signer else None)
-        return [encoded(production), tombstone] if status.state == "promoted" else [tombstone]
+        sends = [encoded(production)] if status.state == "promoted" else []
+        sends.append(removal(topic, key))
+        queued = canaries.labelled(status.agent_id, QUEUED).get(status.role)
+        if queued is not None:  # the candidate that waited for this decision starts now
+            next_canary, (topic, key) = started(queued)
+            sends += [encoded(next_canary), removal(topic, key)]
+        return sends
+
+    def removal(topic: str, key: bytes) -> tuple[str, bytes, None, Any]:
+        return topic, key, None, [signer.header(topic, key, None)] if signer else None
 
     def observe_one(message: Message, batch: Batch) -> None:
         """One observation against its agent's book. Everything that can fail (reading,

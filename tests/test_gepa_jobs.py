@@ -94,12 +94,15 @@ def _start_worker(
     )
 
 
-def _finished_job(settings: Settings, agent: str, timeout: float = 120) -> JobStatus:
-    codec = AvroCodec()
+def _finished_job(
+    settings: Settings, agent: str, timeout: float = 120, exclude: set[str] | None = None
+) -> JobStatus:
+    """The agent's finished job (not one of ``exclude``)."""
+    codec, exclude = AvroCodec(), exclude or set()
 
     def done() -> JobStatus | None:
         for state in read_job_states(settings.kafka_config(), codec).values():
-            if state.agent_id == agent and state.state in TERMINAL:
+            if state.agent_id == agent and state.state in TERMINAL and state.job_id not in exclude:
                 return state
         return None
 
@@ -117,7 +120,9 @@ def test_operator_trigger_to_published_prompt_in_a_running_agent(
     agent = f"gepa-{uuid.uuid4().hex[:8]}"
     _store_traces(stack_settings, agent)
     world = ScriptedTaskWorld()
-    stop, thread = _start_worker(stack_settings, world, GepaConfig(budget=30, eval_mode="auto"))
+    stop, thread = _start_worker(
+        stack_settings, world, GepaConfig(budget=30, eval_mode="auto", canary_share=0.0)
+    )
     kafka = stack_settings.kafka_config()
     live = PromptSubscriber(kafka, StaticPrompts(SEEDS)).start()
     running_agent = Runtime(agent, world.student, world.student, live)

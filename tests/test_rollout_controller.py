@@ -167,3 +167,29 @@ def test_an_operator_removal_ends_the_rollout_and_publishes_nothing_on_prompts()
     batch = Batch()
     handle([Msg(seen("canary", 1.0, "t-2").to_bytes(), AGENT.encode(), 1)], batch)  # type: ignore[list-item]
     assert [o.topic for o in batch.outputs] == [table.changelog]  # closed: nothing again
+
+
+def test_a_queued_candidate_starts_as_the_next_canary_when_the_rollout_is_decided() -> None:
+    codec = AvroCodec()
+    follower = CanaryFollower({}, codec)
+    queued = canary(3).model_copy(update={"label": "queued", "rollout_id": None})
+    for version in (canary(), queued):
+        follower._apply(key_of(version), codec.encode(version))
+    table, handle = rollout_stream(CONFIG, codec, follower)
+    table.partitions[0] = {}
+    messages = [
+        Msg(seen("canary" if i % 2 else "production", float(i % 2 == 0), f"t-{i}").to_bytes(),
+            AGENT.encode(), i)
+        for i in range(120)
+    ]  # fmt: skip  # canary always wrong, production always right: rolled back
+    batch = Batch()
+    handle(messages, batch)  # type: ignore[arg-type]
+    prompts = [(o.key, o.value) for o in batch.outputs if o.topic == PROMPTS]
+    assert [(key, value is None) for key, value in prompts] == [
+        (f"{AGENT}/student@canary".encode(), True),  # the rolled-back canary's label removed
+        (f"{AGENT}/student@canary".encode(), False),  # the queued candidate is the canary now
+        (f"{AGENT}/student@queued".encode(), True),
+    ]
+    started = codec.decode(prompts[1][1] or b"", PromptVersion)
+    assert (started.version, started.label, started.traffic_share) == (3, "canary", 0.5)
+    assert started.rollout_id not in (None, "r-1")

@@ -69,12 +69,20 @@ Data and gate
     must keep ``min_retention`` (0.9) of the examples production gets right (reward at least
     ``success_reward``, 0.5); differences under ``tolerance`` (1e-6) are ties. Loosen these
     only knowing that what passes goes live in every agent.
+``canary_share`` (default 0.1) and ``when_canary_runs`` (default ``replace``)
+    A candidate that passed the gate is published as a canary on this share of the agent's
+    tasks (``atlas.prompts.v1`` label ``canary``), and `atlas worker rollouts` promotes it or
+    rolls it back from live rewards; 0 publishes it straight to production. If a canary of the
+    role is running, ``replace`` ends that rollout and starts this one, ``queue`` publishes the
+    candidate under the ``queued`` label, which the controller starts once the running one is
+    decided (a later candidate replaces a queued one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -109,6 +117,12 @@ class GepaConfig(BaseModel):
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    canary_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of tasks a passed candidate gets as a canary; 0: none."
+    )
+    when_canary_runs: Literal["replace", "queue"] = Field(
+        "replace", description="What a new candidate does to a running canary of its role."
+    )
 
     def optimized_components(
         self, reflection: bool = True, demonstrations: bool = False
