@@ -69,6 +69,10 @@ class GepaJobContext:
         """The prompt versions the agent's runtime uses now."""
         return current_prompts(self.kafka_config, agent_id, self.seed_prompts, self.codec)
 
+    def labels(self, agent_id: str) -> dict[tuple[str, str], PromptVersion]:
+        """Every label of the agent's prompts now: (role, label) -> version."""
+        return current_labels(self.kafka_config, agent_id, self.codec)
+
     def evaluator(self, agent_id: str, config: GepaConfig) -> PromptEvaluator:
         """The agent's loop (its student and teacher, the memory entries it holds now) scored
         by RIM, as ``config`` measures."""
@@ -147,8 +151,7 @@ class GepaJob:
         shots = {}
         if DEMONSTRATIONS in outcome.changed_roles:
             shots["student"] = decode(outcome.best[DEMONSTRATIONS])
-        agent_id = next(iter(current.values())).agent_id
-        labels = current_labels(self.ctx.kafka_config, agent_id, self.ctx.codec)
+        labels = self.ctx.labels(next(iter(current.values())).agent_id)
         versions = next_versions(
             current, texts, "gepa", shots, lineage, newest=newest_versions(labels)
         )

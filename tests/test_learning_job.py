@@ -301,6 +301,9 @@ class OfflineGepaContext(GepaJobContext):
     def production(self, agent_id: str) -> dict[str, PromptVersion]:
         return self.seed_prompts.snapshot(agent_id)
 
+    def labels(self, agent_id: str) -> dict[tuple[str, str], PromptVersion]:
+        return {}
+
 
 def _context(world: ScriptedTaskWorld, store: FakeStore) -> OfflineGepaContext:
     return OfflineGepaContext(
@@ -310,7 +313,7 @@ def _context(world: ScriptedTaskWorld, store: FakeStore) -> OfflineGepaContext:
         teacher=world.student,
         reflection=world.reflection,
         rim=build_rim(load_rim_config(PROJECT_CONFIGS)),
-        config=GepaConfig(budget=30, eval_mode="auto"),
+        config=GepaConfig(budget=30, eval_mode="auto", canary_share=0.0),
         seed_prompts=StaticPrompts(SEEDS),
     )
 
