@@ -22,6 +22,8 @@ CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo"]
 MemorySource = Literal["edit", "approval"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
+AlertKind = Literal["reward_drop", "agreement_below_floor", "dead_letter_rate"]
+AlertState = Literal["firing", "resolved"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 
 
@@ -365,6 +367,30 @@ def split_memory_key(key: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+class Alert(Event):
+    """An alert's change of state on ``atlas.alerts.v1`` (compacted, key ``agent_id/kind``);
+    made by ``streams/alerts.py``. ``agent_id`` is ``*`` for an alert over every agent."""
+
+    schema_name: ClassVar[str] = "io.atlas_stream.Alert"
+
+    alert_id: Id = Field(default_factory=new_id)
+    agent_id: Id
+    kind: AlertKind
+    state: AlertState
+    fired_at: Instant = Field(default_factory=utcnow)
+    updated_at: Instant = Field(default_factory=utcnow)
+    baseline_median: float | None = None
+    mad: float | None = None
+    recent_value: float
+    threshold: float
+    count: int
+    message: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.agent_id}/{self.kind}"
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     InteractionEvent,
     FeedbackEvent,
@@ -375,4 +401,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobStatus,
     DeadLetter,
     MemoryEntry,
+    Alert,
 )

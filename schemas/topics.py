@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.models import (
+    Alert,
     CheckpointEvent,
     DeadLetter,
     Event,
@@ -47,6 +48,11 @@ def _memory_key(event: Event) -> str:
     return event.key
 
 
+def _alert_key(event: Event) -> str:
+    assert isinstance(event, Alert)
+    return event.key
+
+
 INTERACTIONS = "atlas.interactions.v1"
 FEEDBACK = "atlas.feedback.v1"
 REWARDS = "atlas.rewards.v1"
@@ -56,12 +62,16 @@ TRIGGERS = "atlas.triggers.v1"
 JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
 MEMORY = "atlas.memory.v1"
+ALERTS = "atlas.alerts.v1"
 # Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
 # scored trace's agent, revision and reward, for the retrain policy (streams/policy_stream.py).
 POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
 # Internal too: each scored trace that carries a human verdict, keyed by agent, for the memory
 # processor (streams/memory_stream.py), whose per-agent table must follow a source keyed by agent.
 MEMORY_CANDIDATES = "atlas-rewards-memory-candidates"
+# Internal too: each scored trace's reward and verdicts (keyed by agent) and the stream's
+# dead-letter tallies (key "*"), for the alert processor (streams/alerts_stream.py).
+ALERT_OBSERVATIONS = "atlas-rewards-alert-observations"
 
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract
@@ -79,6 +89,10 @@ TOPICS: dict[str, TopicContract] = {
         # the sink, its one reader in the stream, dead-letters what cannot be read (as for
         # prompts, which the learner writes).
         TopicContract(MEMORY, MemoryEntry, _memory_key, "agent_id/role/entry_id"),
+        # Compacted: the latest event per agent/kind is the alert's current state. Written
+        # only by the alert processor (streams/alerts_stream.py); the sink dead-letters what
+        # it cannot read.
+        TopicContract(ALERTS, Alert, _alert_key, "agent_id/kind"),
     )
 }
 TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}

@@ -10,6 +10,7 @@ from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
 from schemas.models import (
+    Alert,
     CheckpointEvent,
     InteractionEvent,
     JobStatus,
@@ -348,3 +349,25 @@ def memory_entries(
         )
         for row in rows_as_dicts(client, MEMORY_ENTRIES, parameters)
     ]
+
+
+# Each agent/kind's latest alert event; those still firing are the current alerts. The same
+# as the compacted atlas.alerts.v1 holds (its latest event per key).
+CURRENT_ALERTS = """
+SELECT alert_id, agent_id, kind, state, fired_at, updated_at, baseline_median, mad,
+       recent_value, threshold, count, message
+FROM alerts FINAL
+WHERE ({agent:String} = '' OR agent_id = {agent:String})
+ORDER BY updated_at DESC, alert_id
+LIMIT 1 BY agent_id, kind
+"""
+
+
+def current_alerts(client: Client, agent: str = "", firing_only: bool = True) -> list[Alert]:
+    """Each agent/kind's alert as it stands now (only those firing, unless ``firing_only`` is
+    False), the most recently changed first; ``agent`` '' for every agent."""
+    alerts = [
+        Alert(**{**row, "count": int(row["count"])})
+        for row in rows_as_dicts(client, CURRENT_ALERTS, {"agent": agent})
+    ]
+    return [a for a in alerts if a.state == "firing" or not firing_only]

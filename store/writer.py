@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.insert import InsertContext
 
 from schemas.models import (
+    Alert,
     CheckpointEvent,
     DeadLetter,
     Event,
@@ -192,6 +193,7 @@ PLAIN_TABLES: dict[type[Event], str] = {
     RetrainTrigger: "triggers",
     JobStatus: "jobs",
     DeadLetter: "dead_letters",
+    Alert: "alerts",
 }
 
 

@@ -6,6 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from schemas.models import (
+    Alert,
     CheckpointEvent,
     DeadLetter,
     Event,
@@ -174,5 +175,16 @@ def one_of_each(rng: random.Random) -> list[Event]:
             source_trace_id=event.trace_id,
             reward=0.25,
             terms=["what", "is", "6", "7"],
+        ),
+        Alert(
+            agent_id="agent-a",
+            kind="reward_drop",
+            state="firing",
+            baseline_median=0.8,
+            mad=0.05,
+            recent_value=0.3,
+            threshold=0.58,
+            count=20,
+            message="reward of agent-a: median 0.300 of the last 20 traces",
         ),
     ]
