@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.sink import DEFAULT_TOPICS
 from schemas.topics import (
+    ALERT_OBSERVATIONS,
     FEEDBACK,
     INTERACTIONS,
     MEMORY_CANDIDATES,
@@ -25,7 +26,13 @@ COORDINATOR_NOT_READY = {
     KafkaError.COORDINATOR_NOT_AVAILABLE,
 }
 GROUP_TOPICS: dict[str, tuple[str, ...]] = {
-    "atlas-rewards": (INTERACTIONS, FEEDBACK, POLICY_OBSERVATIONS, MEMORY_CANDIDATES),
+    "atlas-rewards": (
+        INTERACTIONS,
+        FEEDBACK,
+        POLICY_OBSERVATIONS,
+        MEMORY_CANDIDATES,
+        ALERT_OBSERVATIONS,
+    ),
     "atlas-sink": DEFAULT_TOPICS,
     "atlas-gepa": (TRIGGERS,),
     "atlas-grpo": (TRIGGERS,),

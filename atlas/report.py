@@ -145,3 +145,21 @@ def plot_monitor(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def alerts_table(alerts: list[Any], title: str = "Firing alerts") -> Table:
+    """Alerts (``schemas.models.Alert``) as a table: who, what, since when, the figures."""
+    out = Table("agent", "kind", "since", "value", "threshold", "message", title=title)
+    out.title_justify = "left"
+    for alert in alerts:
+        out.add_row(
+            alert.agent_id,
+            alert.kind,
+            f"{alert.fired_at:%Y-%m-%d %H:%M:%S}",
+            f"{alert.recent_value:.3f}",
+            f"{alert.threshold:.3f}",
+            alert.message,
+        )
+    if not alerts:
+        out.add_row("(none)", "", "", "", "", "")
+    return out

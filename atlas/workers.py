@@ -21,12 +21,16 @@ from runtime.redaction import Redactor
 from schemas.configfile import load_config
 from schemas.models import JobKind
 from schemas.topics import (
+    ALERT_OBSERVATIONS,
     INTERACTIONS,
     MEMORY_CANDIDATES,
     POLICY_OBSERVATIONS,
     ROLLOUT_OBSERVATIONS,
 )
 from store.client import connect
+from streams.alert_webhook import WebhookNotifier
+from streams.alerts import AlertDetector
+from streams.alerts_config import load_alerts_config
 from streams.engine import StreamEngine
 from streams.memory import MemoryProcessor
 from streams.memory_config import load_memory_config
@@ -58,7 +62,7 @@ REWARDS_GROUP = "atlas-rewards"
 
 
 def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the reward stream (and the retrain policy and memory it feeds) until
+    """Run the reward stream (and the retrain policy, memory and alerts it feeds) until
     SIGTERM/SIGINT."""
     from streams.app import create_stream
 
@@ -74,23 +78,33 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
     )
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
     memory_config = load_memory_config(settings.config_dir)
+    alerts_config = load_alerts_config(settings.config_dir)
+    webhook = None
+    if alerts_config.enabled and alerts_config.webhook_url is not None:
+        url = alerts_config.webhook_url.get_secret_value()
+        webhook = WebhookNotifier(url, alerts_config.webhook_timeout_s)
     engine = create_stream(
         kafka,
         processor,
         codec=settings.codec(),
         policy=RetrainPolicy(policy_config) if policy_config.enabled else None,
         memory=MemoryProcessor(memory_config) if memory_config.enabled else None,
+        alerts=AlertDetector(alerts_config) if alerts_config.enabled else None,
+        alert_webhook=webhook,
+        retrain_on_alert=policy_config if alerts_config.retrain_on_reward_drop else None,
         group_id=REWARDS_GROUP,
         batch_size=settings.rewards_batch_size,
         linger_s=settings.rewards_linger_s,
     )
     engine.ensure_topics(
         topic_partitions(kafka, INTERACTIONS),
-        [POLICY_OBSERVATIONS, MEMORY_CANDIDATES, ROLLOUT_OBSERVATIONS],
+        [POLICY_OBSERVATIONS, MEMORY_CANDIDATES, ROLLOUT_OBSERVATIONS, ALERT_OBSERVATIONS],
     )
     try:
         run_engine(engine, stop, lease, "rewards")
     finally:
+        if webhook is not None:
+            webhook.close()
         lease.release()
 
 

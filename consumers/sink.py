@@ -45,6 +45,7 @@ from runtime.redaction_events import redact_dead_letter, redact_feedback
 from schemas.codec import AvroCodec, RegistryUnavailable
 from schemas.models import DeadLetter, FeedbackEvent, MemoryEntry, split_memory_key, utcnow
 from schemas.topics import (
+    ALERTS,
     CHECKPOINTS,
     DEADLETTER,
     FEEDBACK,
@@ -62,6 +63,7 @@ from store.writer import MemoryRow, Stored, StoreWriter
 log = logging.getLogger(__name__)
 DEFAULT_TOPICS = (
     REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY, ROLLOUTS,
+    ALERTS,
 )  # fmt: skip
 PROCESSOR_NAME = "sink"
 RETENTION_ALARM_SHARE = 0.5  # say so loudly once the oldest held event is this far to expiry

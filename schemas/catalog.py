@@ -19,6 +19,7 @@ from typing import Any
 import fastavro
 import fastavro.schema
 
+from schemas.alerts import Alert
 from schemas.models import (
     CheckpointEvent,
     DeadLetter,
@@ -45,6 +46,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeadLetter,
     MemoryEntry,
     RolloutStatus,
+    Alert,
 )
 
 SCHEMA_DIR = Path(__file__).parent / "avro"

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.alerts import Alert
 from schemas.models import (
     LABEL_PATTERN,
     PRODUCTION,
@@ -67,11 +68,6 @@ def _keyed(event: Event) -> str:
     return event.key  # type: ignore[attr-defined]
 
 
-def _memory_key(event: Event) -> str:
-    assert isinstance(event, MemoryEntry)
-    return event.key
-
-
 INTERACTIONS = "atlas.interactions.v1"
 FEEDBACK = "atlas.feedback.v1"
 REWARDS = "atlas.rewards.v1"
@@ -82,6 +78,7 @@ JOBS = "atlas.jobs.v1"
 DEADLETTER = "atlas.deadletter.v1"
 MEMORY = "atlas.memory.v1"
 ROLLOUTS = "atlas.rollouts.v1"
+ALERTS = "atlas.alerts.v1"
 # Internal to the reward worker, like its changelogs (not a contract: no Avro, no sink): each
 # scored trace's agent, revision and reward, for the retrain policy (streams/policy_stream.py).
 POLICY_OBSERVATIONS = "atlas-rewards-policy-observations"
@@ -91,6 +88,9 @@ MEMORY_CANDIDATES = "atlas-rewards-memory-candidates"
 # Internal too: each scored trace that took part in a canary rollout (arms, reward), keyed by
 # agent, for the rollout controller (`atlas worker rollouts`, streams/rollout_stream.py).
 ROLLOUT_OBSERVATIONS = "atlas-rewards-rollout-observations"
+# Internal too: each scored trace's reward and verdicts (keyed by agent) and the stream's
+# dead-letter tallies (key "*"), for the alert processor (streams/alerts_stream.py).
+ALERT_OBSERVATIONS = "atlas-rewards-alert-observations"
 
 TOPICS: dict[str, TopicContract] = {
     contract.name: contract
@@ -107,9 +107,13 @@ TOPICS: dict[str, TopicContract] = {
         # by the memory processor (streams/memory_stream.py), which never reads it back: so
         # the sink, its one reader in the stream, dead-letters what cannot be read (as for
         # prompts, which the learner writes).
-        TopicContract(MEMORY, MemoryEntry, _memory_key, "agent_id/role/entry_id"),
+        TopicContract(MEMORY, MemoryEntry, _keyed, "agent_id/role/entry_id"),
         # Compacted: the latest status of each rollout; written by the rollout controller.
         TopicContract(ROLLOUTS, RolloutStatus, _keyed, "agent_id/role/rollout_id"),
+        # Compacted: the latest event per agent/kind is the alert's current state. Written
+        # only by the alert processor (streams/alerts_stream.py); the sink dead-letters what
+        # it cannot read.
+        TopicContract(ALERTS, Alert, _keyed, "agent_id/kind"),
     )
 }
 TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}

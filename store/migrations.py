@@ -418,3 +418,33 @@ def migrate(client: Client) -> list[Migration]:
         )
         applied.append(migration)
     return applied
+
+
+MIGRATIONS += (
+    Migration(
+        11,
+        "alerts: every alert event (io.atlas_stream.Alert) by agent, kind and episode; an"
+        " episode's resolved row replaces its firing row (version updated_at)",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS alerts (
+                alert_id String,
+                agent_id LowCardinality(String),
+                kind LowCardinality(String),
+                state LowCardinality(String),
+                fired_at DateTime64(3, 'UTC'),
+                updated_at DateTime64(3, 'UTC'),
+                baseline_median Nullable(Float64),
+                mad Nullable(Float64),
+                recent_value Float64,
+                threshold Float64,
+                count Int64,
+                message String
+            ) ENGINE = ReplacingMergeTree(updated_at)
+            PARTITION BY toYYYYMM(fired_at)
+            ORDER BY (agent_id, kind, alert_id)
+            {DEDUP}
+            """,
+        ),
+    ),
+)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
+from schemas.alerts import Alert
 from schemas.models import (
     CheckpointEvent,
     InteractionEvent,
@@ -289,3 +290,25 @@ def rollout_statuses(
         sql += "LIMIT 1 BY rollout_id\n"
     rows = rows_as_dicts(client, sql, {"agent": agent, "role": role})
     return [RolloutStatus(**row) for row in rows]
+
+
+# Each agent/kind's latest alert event; those still firing are the current alerts. The same
+# as the compacted atlas.alerts.v1 holds (its latest event per key).
+CURRENT_ALERTS = """
+SELECT alert_id, agent_id, kind, state, fired_at, updated_at, baseline_median, mad,
+       recent_value, threshold, count, message
+FROM alerts FINAL
+WHERE ({agent:String} = '' OR agent_id = {agent:String})
+ORDER BY updated_at DESC, alert_id
+LIMIT 1 BY agent_id, kind
+"""
+
+
+def current_alerts(client: Client, agent: str = "", firing_only: bool = True) -> list[Alert]:
+    """Each agent/kind's alert as it stands now (only those firing, unless ``firing_only`` is
+    False), the most recently changed first; ``agent`` '' for every agent."""
+    alerts = [
+        Alert(**{**row, "count": int(row["count"])})
+        for row in rows_as_dicts(client, CURRENT_ALERTS, {"agent": agent})
+    ]
+    return [a for a in alerts if a.state == "firing" or not firing_only]

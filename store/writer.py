@@ -19,6 +19,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.insert import InsertContext
 
+from schemas.alerts import Alert
 from schemas.models import (
     CheckpointEvent,
     DeadLetter,
@@ -199,6 +200,7 @@ PLAIN_TABLES: dict[type[Event], str] = {
     JobStatus: "jobs",
     DeadLetter: "dead_letters",
     RolloutStatus: "rollout_statuses",
+    Alert: "alerts",
 }
 
 

@@ -8,10 +8,13 @@ feedback ─────┘   (atlas-rewards-traces-changelog) ├─> atlas-rew
                                                    ├─> atlas-rewards-memory-candidates
                                                    │     (candidates and every trace's use)
                                                    │     └─> memory -> atlas.memory.v1
-                                                   └─> atlas-rewards-rollout-observations
-                                                         (tasks in a canary rollout)
-                                                         └─> `atlas worker rollouts`
-                                                             -> atlas.rollouts.v1, prompts
+                                                   ├─> atlas-rewards-rollout-observations
+                                                   │     (tasks in a canary rollout)
+                                                   │     └─> `atlas worker rollouts`
+                                                   │         -> atlas.rollouts.v1, prompts
+                                                   └─> atlas-rewards-alert-observations
+                                                         (rewards, verdicts, dead-letter tallies)
+                                                         └─> alerts -> atlas.alerts.v1
 
 Interactions and feedback are both keyed by trace_id and co-partitioned, so one worker owns a
 trace's state; several workers in the consumer group share the partitions.
@@ -48,6 +51,7 @@ from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
 from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
 from schemas.topics import (
+    ALERT_OBSERVATIONS,
     DEADLETTER,
     FEEDBACK,
     INTERACTIONS,
@@ -56,13 +60,17 @@ from schemas.topics import (
     REWARDS,
     ROLLOUT_OBSERVATIONS,
 )
+from streams.alert_webhook import WebhookNotifier
+from streams.alerts import ALL_AGENTS, AlertDetector, DeadLetterTally, TraceSeen
+from streams.alerts import observation_bytes as alert_observation
+from streams.alerts_stream import alerts_stream
 from streams.engine import Batch, StreamEngine, Table, Timer
 from streams.memory import MemoryProcessor, candidate_of
 from streams.memory_retirement import use_of
 from streams.memory_stream import memory_stream
 from streams.policy_stream import policy_stream
 from streams.processor import Judgement, Outcome, RewardProcessor, TraceState, stored_clock
-from streams.retrain_policy import Observation, RetrainPolicy
+from streams.retrain_policy import Observation, RetrainPolicy, RetrainPolicyConfig
 from streams.rollout import observation_of
 
 log = logging.getLogger(__name__)
@@ -89,6 +97,9 @@ def create_stream(
     codec: AvroCodec | None = None,
     policy: RetrainPolicy | None = None,
     memory: MemoryProcessor | None = None,
+    alerts: AlertDetector | None = None,
+    alert_webhook: WebhookNotifier | None = None,
+    retrain_on_alert: RetrainPolicyConfig | None = None,
     group_id: str = "atlas-rewards",
     batch_size: int = 500,
     linger_s: float = 0.05,
@@ -159,6 +170,19 @@ def create_stream(
                 candidate = candidate_of(trace, feedback)
                 if candidate is not None:
                     sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
+            if alerts is not None:
+                judges = processor.rim.judge_score(trace.judge_scores)
+                watched = TraceSeen(
+                    trace.agent_id,
+                    trace.trace_id,
+                    trace.revision,
+                    trace.reward,
+                    judges,
+                    trace.human_score,
+                )
+                sends.append(
+                    (ALERT_OBSERVATIONS, trace.agent_id.encode(), alert_observation(watched))
+                )
         batch.put(traces, message.partition(), key, outcome.state.to_bytes())
         for topic, output_key, value in sends:
             batch.send(topic, output_key, value)
@@ -197,8 +221,16 @@ def create_stream(
                 results.append(exc)
         return results
 
+    def tally(batch: Batch, events: int, dead_before: int) -> None:
+        """The dead-letter tally of one handler call (or expiry pass), for the alerts."""
+        dead = stats.dead_letters - dead_before
+        if alerts is not None and (events or dead):
+            value = alert_observation(DeadLetterTally(events, dead))
+            batch.send(ALERT_OBSERVATIONS, ALL_AGENTS.encode(), value)
+
     def score(messages: Sequence[Message], batch: Batch) -> None:
         """Score interaction events, judged in one batch, applied in partition order."""
+        dead_before = stats.dead_letters
         decoded: list[InteractionEvent | Exception] = []
         to_judge: dict[str, InteractionEvent] = {}
         for message in messages:
@@ -226,6 +258,7 @@ def create_stream(
 
         for message, item in zip(messages, decoded, strict=True):
             handle(batch, message, lambda m=message, i=item: scored(m, i))
+        tally(batch, len(messages), dead_before)
 
     def merge(messages: Sequence[Message], batch: Batch) -> None:
         """Merge feedback events into their traces' states, one at a time, in order."""
@@ -236,13 +269,15 @@ def create_stream(
             state = state_of(message.partition(), event.trace_id.encode())
             apply(batch, message, processor.on_feedback(event, state, source))
 
+        dead_before = stats.dead_letters
         for message in messages:
             handle(batch, message, lambda m=message: merged(m))
+        tally(batch, len(messages), dead_before)
 
     def expire(batch: Batch) -> bool:
         """Tombstone expired states and dead-letter orphan feedback, at most EXPIRY_BATCH per
         transaction; True if more are waiting."""
-        now, expired = time.time(), 0
+        now, expired, dead_before = time.time(), 0, stats.dead_letters
         held = len(traces)
         for partition, data in list(traces.partitions.items()):
             for key, value in list(data.items()):
@@ -251,11 +286,13 @@ def create_stream(
                     continue
                 if expired == EXPIRY_BATCH:  # counted now: the next transaction goes on
                     stats.expired += expired
+                    tally(batch, 0, dead_before)
                     return True
                 expired += 1
                 orphans(batch, partition, key)
                 batch.put(traces, partition, key, None)
         stats.expired += expired
+        tally(batch, 0, dead_before)
         log.info(
             "trace states: %d held, %d expired now; since start: %d scored, %d expired,"
             " dead letters %s, PII redacted in scored traces %s",
@@ -304,6 +341,10 @@ def create_stream(
         memories, remember = memory_stream(memory, codec)
         handlers[MEMORY_CANDIDATES] = remember
         tables.append(memories)
+    if alerts is not None:
+        alert_states, watch = alerts_stream(alerts, codec, alert_webhook, retrain_on_alert)
+        handlers[ALERT_OBSERVATIONS] = watch
+        tables.append(alert_states)
     # Often enough that nothing outlives its window by more than a quarter of it.
     expiry_interval_s = min(
         60.0, max(1.0, min(processor.pending_ttl_s, processor.feedback_window_s) / 4)

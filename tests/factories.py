@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+from schemas.alerts import Alert
 from schemas.models import (
     CheckpointEvent,
     DeadLetter,
@@ -192,5 +193,16 @@ def one_of_each(rng: random.Random) -> list[Event]:
             upper=-0.08,
             alpha=0.05,
             reason="canary worse by more than 0",
+        ),
+        Alert(
+            agent_id="agent-a",
+            kind="reward_drop",
+            state="firing",
+            baseline_median=0.8,
+            mad=0.05,
+            recent_value=0.3,
+            threshold=0.58,
+            count=20,
+            message="reward of agent-a: median 0.300 of the last 20 traces",
         ),
     ]

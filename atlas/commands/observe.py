@@ -44,13 +44,16 @@ def monitor(
 ) -> None:
     """Is each agent improving, degrading, costing fewer tokens? Reward by hour and prompt
     version, non-degradation, tokens by mode, escalations, inter-judge agreement, judges vs
-    humans (traces with feedback), dead letters."""
-    from atlas.report import plot_monitor, print_monitor
+    humans (traces with feedback), dead letters, and the alerts firing now."""
+    from atlas.report import alerts_table, plot_monitor, print_monitor
     from store.client import connect
     from store.monitoring import monitor as run_queries
+    from store.queries import current_alerts
 
-    results = run_queries(connect(get_settings(ctx).store()), since.start(), agent, threshold)
+    client = connect(get_settings(ctx).store())
+    results = run_queries(client, since.start(), agent, threshold)
     print_monitor(console, results, threshold)
+    console.print(alerts_table(current_alerts(client, agent)))
     if plot is not None:
         console.print(f"chart written to {plot_monitor(results, plot)}")
 

@@ -81,7 +81,7 @@ def status(
     ] = None,
 ) -> None:
     """Show what the local stack runs and where, the workers running on this host (PIDs to
-    stop or restart one), and how far behind each consumer group is."""
+    stop or restart one), how far behind each consumer group is, and the firing alerts."""
     settings = get_settings(ctx)
     if credentials:
         config = settings.kafka_config(credentials)
@@ -98,6 +98,21 @@ def status(
     if settings.clickhouse_url:
         console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.store()}")
     _print_workers(settings)
+    _print_alerts(settings)
+
+
+def _print_alerts(settings: Settings) -> None:
+    """The alerts firing now, from the store (a line saying why, if it cannot be read)."""
+    from atlas.report import alerts_table
+    from store.client import connect
+    from store.queries import current_alerts
+
+    try:
+        alerts = current_alerts(connect(settings.store()))
+    except Exception as exc:  # the store may be down: status still shows the rest
+        console.print(f"alerts: the store cannot be read ({type(exc).__name__})")
+        return
+    console.print(alerts_table(alerts))
 
 
 def _print_workers(settings: Settings) -> None:

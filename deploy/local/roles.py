@@ -13,6 +13,7 @@ from pathlib import Path
 
 from schemas.secrets import ensure_secret
 from schemas.topics import (
+    ALERTS,
     CHECKPOINTS,
     DEADLETTER,
     FEEDBACK,
@@ -42,6 +43,7 @@ class Role:
 
 SINK_TOPICS = (
     REWARDS, FEEDBACK, DEADLETTER, PROMPTS, CHECKPOINTS, TRIGGERS, JOBS, MEMORY, ROLLOUTS,
+    ALERTS,
 )  # fmt: skip
 
 ROLES: dict[str, Role] = {
@@ -51,12 +53,12 @@ ROLES: dict[str, Role] = {
         group_prefixes=(FOLLOWER_GROUPS,),
     ),
     "rewards": Role(
-        writes=(REWARDS, TRIGGERS, DEADLETTER, MEMORY),
+        writes=(REWARDS, TRIGGERS, DEADLETTER, MEMORY, ALERTS),
         reads=(INTERACTIONS, FEEDBACK),
         group_prefixes=("atlas-rewards",),
         # each worker's transactional producer (streams/engine.py)
         transactional_prefixes=("atlas-rewards-",),
-        # its changelogs, the retrain policy's observations and the memory's candidates
+        # its changelogs, the retrain policy's and alerts' observations, the memory's candidates
         owned_topic_prefixes=("atlas-rewards-",),
     ),
     "sink": Role(
