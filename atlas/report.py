@@ -148,7 +148,7 @@ def plot_monitor(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 
 
 def alerts_table(alerts: list[Any], title: str = "Firing alerts") -> Table:
-    """Alerts (``schemas.models.Alert``) as a table: who, what, since when, the figures."""
+    """Alerts (``schemas.alerts.Alert``) as a table: who, what, since when, the figures."""
     out = Table("agent", "kind", "since", "value", "threshold", "message", title=title)
     out.title_justify = "left"
     for alert in alerts:

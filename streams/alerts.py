@@ -1,5 +1,5 @@
 """The alert processor's logic, free of Kafka: an agent's alert state and one observation in,
-the new state and the :class:`~schemas.models.Alert` events to publish out.
+the new state and the :class:`~schemas.alerts.Alert` events to publish out.
 
 Three kinds, each an episode that goes ``firing`` then ``resolved``:
 
