@@ -14,6 +14,7 @@ from atlas.commands import demo as demo_commands
 from atlas.commands import memory as memory_commands
 from atlas.commands import observe as observe_commands
 from atlas.commands import prompts as prompt_commands
+from atlas.commands import proxy as proxy_commands
 from atlas.commands import retrain as retrain_commands
 from atlas.commands import rollout as rollout_commands
 from atlas.commands import signing as signing_commands
@@ -47,6 +48,7 @@ app.add_typer(memory_commands.app, name="memory")
 app.add_typer(rollout_commands.app, name="rollout")
 app.add_typer(signing_commands.app, name="signing")
 app.add_typer(worker_commands.app, name="worker")
+app.add_typer(proxy_commands.app)
 
 if __name__ == "__main__":
     app()

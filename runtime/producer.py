@@ -197,6 +197,11 @@ class EventProducer:
         self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
         return event
 
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports (counting, spilling) for up to ``timeout`` seconds; returns
+        how many were served. A producer fed now and then calls it while idle."""
+        return int(self._producer.poll(timeout))
+
     def __len__(self) -> int:
         """Events handed over but not yet acknowledged or failed."""
         return len(self._producer)

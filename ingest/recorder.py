@@ -1,0 +1,171 @@
+"""The proxy's recorder: exchanges and feedback handed over by request handlers are turned
+into events and produced to Kafka on one background thread, so recording never waits on
+Kafka, on parsing or on encoding.
+
+Guarantees:
+
+* ``submit`` never blocks: it puts the item on a bounded queue (``capacity``) and returns;
+  when the queue is full the item is dropped, counted (``dropped``) and logged.
+* Events go through ``runtime.producer.EventProducer`` (``acks=all``, idempotent). With a
+  spill file, what Kafka does not acknowledge in time is appended to it (``spilled``) and sent
+  again by the next producer opened on it: the recorder opens a new one as soon as Kafka
+  acknowledges again, and at start-up. The agent's call is never affected.
+* ``close`` drains the queue, then closes the producer (what is unacknowledged by then is
+  spilled, or reported by the producer without a spill file).
+* An exchange whose answer holds no completion (``unreadable``) or that makes no valid event
+  (``invalid``, e.g. over the size limits) is counted and logged with its trace id, never
+  with its text.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from ingest.exchange import Exchange, UnreadableExchange, to_event
+from runtime.producer import ProducerError
+from schemas.limits import LimitError
+from schemas.models import Event
+
+log = logging.getLogger(__name__)
+COUNTERS = ("recorded", "feedback", "dropped", "unreadable", "invalid", "send_errors")
+
+
+class EventSink(Protocol):
+    """What the recorder needs of a producer (``EventProducer`` is one)."""
+
+    delivered: int
+    spilled: int
+
+    def send(self, event: Event) -> None: ...
+
+    def poll(self, timeout: float = 0.0) -> int: ...
+
+    def close(self, timeout: float = 30.0) -> None: ...
+
+
+class Recorder:
+    def __init__(
+        self,
+        open_producer: Callable[[], EventSink],
+        capacity: int = 10_000,
+        spill_path: Path | None = None,
+    ):
+        self._open = open_producer
+        self._queue: queue.Queue[Exchange | Event | None] = queue.Queue(capacity)
+        self._thread = threading.Thread(target=self._run, name="proxy-recorder", daemon=True)
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._closed_delivered = 0  # of producers closed (reopened after an outage)
+        self._closed_spilled = 0
+        self._producer: EventSink | None = None
+        self.spill_path = spill_path
+        self.started = threading.Event()
+
+    def start(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def submit(self, item: Exchange | Event) -> bool:
+        """Hand ``item`` over; False (counted, logged) if the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self._count("dropped")
+            log.error("recorder queue full (%d): an event was dropped", self._queue.maxsize)
+            return False
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: recorded/feedback (handed to Kafka), delivered and spilled
+        (Kafka's verdicts), dropped, unreadable, invalid, send_errors, and queued now."""
+        producer = self._producer
+        with self._lock:
+            stats = dict(self.counts)
+        stats["delivered"] = self._closed_delivered + (
+            producer.delivered if producer is not None else 0
+        )
+        stats["spilled"] = self._closed_spilled + (producer.spilled if producer is not None else 0)
+        stats["queued"] = self._queue.qsize()
+        return stats
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Record what is queued, then close the producer (within about ``timeout``)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout + 60)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    def _spill_waiting(self) -> bool:
+        return self.spill_path is not None and self.spill_path.exists()
+
+    def _run(self) -> None:
+        producer = self._producer = self._open()  # resends an earlier run's spill first
+        self.started.set()
+        delivered_at_spill = None  # Kafka's delivered count when events were last spilled
+        spilled = producer.spilled
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                item = False
+            if item is None:
+                break
+            if item is not False:
+                self._record(producer, item)
+            producer.poll(0)
+            if producer.spilled != spilled:
+                spilled, delivered_at_spill = producer.spilled, producer.delivered
+            elif (
+                delivered_at_spill is not None
+                and producer.delivered > delivered_at_spill
+                and self._spill_waiting()
+            ):  # Kafka acknowledges again: a new producer sends the spilled events
+                producer = self._reopen(producer)
+                spilled, delivered_at_spill = producer.spilled, None
+        producer.close(30.0)
+        self._closed_delivered += producer.delivered
+        self._closed_spilled += producer.spilled
+        self._producer = None  # its client and connections go with it
+
+    def _reopen(self, producer: EventSink) -> EventSink:
+        producer.close(10.0)
+        self._closed_delivered += producer.delivered
+        self._closed_spilled += producer.spilled
+        started = time.monotonic()
+        self._producer = fresh = self._open()
+        log.info("Kafka is back: spilled events resent in %.1fs", time.monotonic() - started)
+        return fresh
+
+    def _record(self, producer: EventSink, item: Exchange | Event) -> None:
+        try:
+            if isinstance(item, Exchange):
+                event: Event = to_event(item)
+                producer.send(event)
+                self._count("recorded")
+            else:
+                producer.send(item)
+                self._count("feedback")
+        except UnreadableExchange as exc:
+            self._count("unreadable")
+            log.warning("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
+        except (ValidationError, LimitError, ValueError) as exc:
+            self._count("invalid")
+            log.error(
+                "trace %s not recorded: %s",
+                getattr(item, "trace_id", "?"),
+                str(exc).splitlines()[0][:300],
+            )
+        except ProducerError as exc:
+            self._count("send_errors")
+            log.error("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)

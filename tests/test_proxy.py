@@ -1,0 +1,538 @@
+"""The OpenAI-compatible recording proxy (ingest/proxy.py): unit tests against a fake upstream
+with an in-memory producer, a Kafka outage with the real producer, and end to end with the
+stock `openai` client, llama.cpp's server, Kafka, the reward worker and the sink."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ingest.exchange import Exchange, parse_sse_answer, to_event
+from ingest.proxy import AGENT_HEADER, TRACE_HEADER, ProxyConfig, key_digest
+from ingest.recorder import Recorder
+from ingest.serving import ServerThread, load_agent_keys, open_recorder, proxy_on_thread
+from schemas.configfile import ConfigError
+from schemas.models import (
+    Demonstration,
+    Event,
+    FeedbackEvent,
+    InteractionEvent,
+    PromptRef,
+    PromptVersion,
+)
+from tests.fake_openai import FakeUpstream
+
+
+class ListProducer:
+    """Keeps what it is sent; Kafka acknowledges everything at once."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.delivered = 0
+        self.spilled = 0
+
+    def send(self, event: Event) -> None:
+        self.events.append(event)
+        self.delivered += 1
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out; last {check()!r}")
+
+
+class Setup:
+    def __init__(self, upstream: FakeUpstream, config: ProxyConfig | None = None) -> None:
+        self.upstream = upstream
+        self.upstream_server = ServerThread(upstream.app)
+        self.produced = ListProducer()
+        self.recorder = Recorder(lambda: self.produced).start()
+        self.config = config or ProxyConfig("http://127.0.0.1:1/v1")
+        self.config.upstream = f"{self.upstream_server.url}/v1"
+        self.proxy, self.server = proxy_on_thread(self.config, self.recorder)
+        self.url = f"{self.server.url}/v1"
+
+    def client(self, key: str = "k", **headers: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=key, default_headers=headers)
+
+    def events(self, n: int, kind: type[Event] = InteractionEvent) -> list[Any]:
+        return wait_for(lambda: [e for e in self.produced.events if isinstance(e, kind)][:n])
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.upstream_server.stop()
+        self.recorder.close()
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    running = Setup(FakeUpstream())
+    yield running
+    running.stop()
+
+
+def test_a_completion_comes_back_unchanged_and_is_recorded_after_it(setup: Setup) -> None:
+    direct = openai.OpenAI(base_url=f"{setup.upstream_server.url}/v1", api_key="k")
+    ask = {
+        "model": "echo-1",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+        ],
+    }
+    expected = direct.chat.completions.create(**ask, temperature=0)
+    raw = setup.client(**{AGENT_HEADER: "shop-bot"}).chat.completions.with_raw_response.create(
+        **ask, temperature=0
+    )
+    got = raw.parse()
+    assert got.choices[0].message.content == expected.choices[0].message.content == "echo: 2+2?"
+    assert got.usage is not None and got.usage.total_tokens == 10
+    trace_id = raw.headers[TRACE_HEADER]
+    (event,) = setup.events(1)
+    assert (event.trace_id, event.agent_id, event.task_input) == (trace_id, "shop-bot", "2+2?")
+    assert event.final_answer == "echo: 2+2?" and event.mode == "auto"
+    assert (event.usage.prompt_tokens, event.usage.completion_tokens) == (7, 3)
+    assert event.metadata["system_prompt"] == "Be brief."
+    assert event.metadata["source"] == "openai-proxy" and event.models == {"student": "echo-1"}
+    assert event.latency_ms > 0
+    headers, body = setup.upstream.requests[-1]
+    assert json.loads(body)["messages"][1]["content"] == "2+2?"  # forwarded as it came
+    assert headers["authorization"] == "Bearer k" and AGENT_HEADER.lower() not in headers
+
+
+def test_a_stream_comes_back_chunk_by_chunk_as_the_upstream_sends_it() -> None:
+    running = Setup(FakeUpstream(delay=0.3))
+    try:
+        ask = {
+            "model": "echo-1",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three"}],
+        }
+        arrivals, chunks = [], []
+        started = time.monotonic()
+        with httpx.stream("POST", f"{running.url}/chat/completions", json=ask) as answer:
+            trace_id = answer.headers[TRACE_HEADER]
+            for chunk in answer.iter_raw():
+                arrivals.append(time.monotonic() - started)
+                chunks.append(chunk)
+        assert arrivals[0] < 0.25, arrivals  # the first word before the upstream's second
+        assert arrivals[-1] >= 0.9
+        direct = httpx.post(f"{running.upstream_server.url}/v1/chat/completions", json=ask)
+        assert b"".join(chunks) == direct.content
+        (event,) = running.events(1)
+        assert event.trace_id == trace_id and event.final_answer == "echo: one two three"
+        assert event.metadata["streamed"] == "true" and event.usage.completion_tokens == 4
+        assert float(event.metadata["time_to_first_chunk_ms"]) < 250
+    finally:
+        running.stop()
+
+
+def test_the_openai_client_streams_through_the_proxy(setup: Setup) -> None:
+    ask = {"model": "echo-1", "messages": [{"role": "user", "content": "hi there"}]}
+    raw = setup.client().chat.completions.with_raw_response.create(**ask, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "echo: hi there"
+    (event,) = setup.events(1)
+    assert event.trace_id == raw.headers[TRACE_HEADER] and event.agent_id == "proxy"
+
+
+def test_models_pass_through(setup: Setup) -> None:
+    assert [m.id for m in setup.client().models.list()] == ["echo-1"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 429, 500, 503])
+def test_upstream_errors_pass_through_with_their_status_unrecorded(
+    setup: Setup, status: int
+) -> None:
+    answer = httpx.post(
+        f"{setup.url}/chat/completions",
+        json={"model": f"fail-{status}", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert answer.status_code == status
+    assert answer.json() == {"error": {"message": f"failed {status}", "type": "x"}}
+    assert TRACE_HEADER not in answer.headers
+    time.sleep(0.2)
+    assert setup.produced.events == [] and setup.proxy.counts["upstream_errors"] == 1
+
+
+def test_an_unreachable_upstream_is_a_502_with_a_reason(setup: Setup) -> None:
+    setup.config.upstream = "http://127.0.0.1:9/v1"  # discard: nobody listens
+    answer = httpx.post(
+        f"{setup.url}/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 502
+    message = answer.json()["error"]["message"]
+    assert "unreachable" in message and "127.0.0.1:9" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b'{"messages": "hello"}', "'messages' must be a non-empty list"),
+        (b'{"messages": []}', "'messages' must be a non-empty list"),
+        (b'{"messages": [{"content": "x"}]}', "string 'role'"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "content must be a string"),
+        (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "'model' must"),
+        (b'{"stream": "yes", "messages": [{"role": "user", "content": "x"}]}', "'stream' must"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_hostile_requests_are_refused_before_anything_goes_upstream(
+    setup: Setup, body: bytes, reason: str
+) -> None:
+    answer = httpx.post(f"{setup.url}/chat/completions", content=body)
+    assert answer.status_code == 400, answer.text
+    assert reason in answer.json()["error"]["message"]
+    assert setup.upstream.requests == []
+
+
+def test_a_huge_body_is_refused_whether_it_says_its_size_or_not(setup: Setup) -> None:
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (5 * 1024 * 1024) + b'"}]}'
+    answer = httpx.post(f"{setup.url}/chat/completions", content=huge)
+    assert answer.status_code == 413 and "limit" in answer.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to go by
+        for _ in range(80):
+            yield b"x" * 65536
+
+    answer = httpx.post(f"{setup.url}/chat/completions", content=chunks())
+    assert answer.status_code == 413
+    bad_agent = httpx.post(
+        f"{setup.url}/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers={AGENT_HEADER: "../etc"},
+    )
+    assert bad_agent.status_code == 400 and AGENT_HEADER in bad_agent.json()["error"]["message"]
+    assert setup.upstream.requests == []
+
+
+def test_a_mapped_api_key_names_the_agent_and_is_never_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = f"sk-{uuid.uuid4().hex}"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"billing-bot: {secret}\nother-bot: [sk-other-000000]\n")
+    keys.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_agent_keys(keys)
+    keys.chmod(0o600)
+    mapping = load_agent_keys(keys)
+    assert mapping == {
+        key_digest(secret): "billing-bot",
+        key_digest("sk-other-000000"): "other-bot",
+    }
+    running = Setup(FakeUpstream(api_key=secret), ProxyConfig("http://x/v1", agent_keys=mapping))
+    try:
+        caplog.set_level(logging.DEBUG)
+        client = running.client(key=secret, **{AGENT_HEADER: "someone-else"})
+        client.chat.completions.create(
+            model="echo-1", messages=[{"role": "user", "content": "bill me"}]
+        )
+        (event,) = running.events(1)
+        assert event.agent_id == "billing-bot"  # the key wins over the header
+        assert secret not in event.model_dump_json() and secret not in caplog.text
+        with pytest.raises(openai.AuthenticationError):  # the upstream still checks its key
+            running.client(key="sk-wrong-key").models.list()
+    finally:
+        running.stop()
+
+
+def test_feedback_is_recorded_for_a_trace_and_bad_feedback_refused(setup: Setup) -> None:
+    url = f"{setup.server.url}/v1/feedback"
+    ok = httpx.post(
+        url,
+        json={"trace_id": "t-1", "kind": "rating", "rating": 4},
+        headers={AGENT_HEADER: "shop-bot"},
+    )
+    assert ok.status_code == 202 and ok.json()["trace_id"] == "t-1"
+    (event,) = setup.events(1, FeedbackEvent)
+    assert (event.trace_id, event.kind, event.rating, event.agent_id) == (
+        "t-1",
+        "rating",
+        4,
+        "shop-bot",
+    )
+    for body, reason in [
+        ({"trace_id": "t", "kind": "like"}, "kind"),
+        ({"trace_id": "t", "kind": "edit"}, "needs edited_text"),
+        ({"trace_id": "t", "kind": "rating", "rating": 9}, "outside"),
+        ({"trace_id": "t", "kind": "rating", "rating": "NaN"}, "rating"),
+        ({"trace_id": " ", "kind": "approve"}, "trace_id"),
+        ({"trace_id": "t", "kind": "approve", "agent_id": "x"}, "unknown feedback field"),
+        ({"kind": "approve"}, "trace_id"),
+    ]:
+        refused = httpx.post(url, json=body)
+        assert refused.status_code == 400, body
+        assert reason in refused.json()["error"]["message"], (body, refused.text)
+    huge = httpx.post(url, content=b"x" * 100_000)
+    assert huge.status_code == 413
+    stats = httpx.get(f"{setup.server.url}/atlas/stats").json()
+    assert stats["feedback"] == 1 and stats["refused"] == 8
+
+
+def test_an_answer_that_is_no_completion_is_counted_not_recorded() -> None:
+    exchange = Exchange(
+        "t",
+        "a",
+        {"messages": [{"role": "user", "content": "x"}]},
+        b"{}",
+        streamed=False,
+        latency_ms=1.0,
+    )
+    produced = ListProducer()
+    recorder = Recorder(lambda: produced).start()
+    recorder.submit(exchange)
+    recorder.close()
+    assert produced.events == [] and recorder.stats()["unreadable"] == 1
+
+
+def test_a_long_conversation_and_tool_calls_become_the_events_text() -> None:
+    stream = (
+        b'data: {"model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,'
+        b' "function": {"name": "lookup", "arguments": "{\\"q\\""}}]}}]}\n\n'
+        b'data: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,'
+        b' "function": {"arguments": ": 1}"}}]}, "finish_reason": "tool_calls"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    answer, model, finish, _ = parse_sse_answer(stream)
+    assert json.loads(answer) == [{"name": "lookup", "arguments": '{"q": 1}'}]
+    assert (model, finish) == ("m", "tool_calls")
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": [{"type": "text", "text": "c" * 100_000}]},
+    ]
+    event = to_event(Exchange("t", "a", {"messages": messages}, stream, True, 1.0))
+    assert event.task_input.startswith("user: a\n\nassistant: b\n\nuser: ccc")
+    prefix = "user: a\n\nassistant: b\n\nuser: "
+    assert event.metadata["task_input_truncated_from"] == str(len(prefix) + 100_000)
+
+
+def test_kafka_unreachable_never_fails_a_call_and_the_event_is_spilled(tmp_path: Path) -> None:
+    from deploy.local.processes import free_port
+
+    spill = tmp_path / "spill" / "proxy.jsonl"
+    nowhere = {"bootstrap.servers": f"127.0.0.1:{free_port()}"}
+    recorder = open_recorder(nowhere, spill_path=spill, delivery_timeout_s=1.0)
+    fake = FakeUpstream()
+    upstream = ServerThread(fake.app)
+    _proxy, server = proxy_on_thread(ProxyConfig(f"{upstream.url}/v1"), recorder)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0)
+        started = time.monotonic()
+        for i in range(3):
+            answer = client.chat.completions.create(
+                model="echo-1", messages=[{"role": "user", "content": f"q{i}"}]
+            )
+            assert answer.choices[0].message.content == f"echo: q{i}"
+        assert time.monotonic() - started < 2.0
+        stats = wait_for(lambda: (s := recorder.stats())["spilled"] == 3 and s, timeout=20)
+        assert stats["recorded"] == 3 and stats["delivered"] == 0
+    finally:
+        server.stop()
+        upstream.stop()
+        recorder.close()
+    assert len(spill.read_text().splitlines()) == 3
+    assert not os.stat(spill).st_mode & 0o002
+
+
+def test_the_openai_client_through_the_proxy_gets_the_upstreams_answers_and_they_are_scored(
+    stack_settings: Any, kafka_config: dict[str, str], llama_server: Any, tmp_path: Path
+) -> None:
+    """llama.cpp's server (temperature 0) answers the stock client the same directly and
+    through the proxy, streamed and not; the proxy's interactions and a feedback arrive on
+    Kafka, and the reward worker and the sink put them scored into latest_traces."""
+    from schemas.codec import AvroCodec
+    from schemas.topics import FEEDBACK, INTERACTIONS
+    from store.client import connect
+    from tests.conftest import LLAMA_API_KEY
+    from tests.workers import WorkerProcess, eventually, reader_at_end
+
+    agent = f"proxied-{uuid.uuid4().hex[:8]}"
+    reader = reader_at_end(kafka_config, [INTERACTIONS, FEEDBACK])
+    workers = [WorkerProcess(stack_settings, k, tmp_path) for k in ("rewards", "sink")]
+    recorder = open_recorder(kafka_config, spill_path=tmp_path / "spill.jsonl")
+    _proxy, server = proxy_on_thread(ProxyConfig(llama_server.base_url), recorder)
+    try:
+        direct = openai.OpenAI(base_url=llama_server.base_url, api_key=LLAMA_API_KEY)
+        proxied = openai.OpenAI(
+            base_url=f"{server.url}/v1",
+            api_key=LLAMA_API_KEY,
+            default_headers={AGENT_HEADER: agent},
+        )
+        ask = {
+            "model": "SmolLM2-135M-Instruct",
+            "messages": [
+                {"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+            "temperature": 0,
+            "max_tokens": 12,
+        }
+        expected = direct.chat.completions.create(**ask).choices[0].message.content
+        raw = proxied.chat.completions.with_raw_response.create(**ask)
+        assert raw.parse().choices[0].message.content == expected
+        streamed_direct = "".join(
+            c.choices[0].delta.content or ""
+            for c in direct.chat.completions.create(**ask, stream=True)
+            if c.choices
+        )
+        raw_stream = proxied.chat.completions.with_raw_response.create(**ask, stream=True)
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in raw_stream.parse() if c.choices
+        )
+        assert streamed == streamed_direct and expected
+        traces = {raw.headers[TRACE_HEADER], raw_stream.headers[TRACE_HEADER]}
+        assert len(traces) == 2
+        rated = raw.headers[TRACE_HEADER]
+        feedback = httpx.post(
+            f"{server.url}/v1/feedback",
+            json={"trace_id": rated, "kind": "rating", "rating": 5},
+            headers={AGENT_HEADER: agent},
+        )
+        assert feedback.status_code == 202
+
+        codec, seen = AvroCodec(), {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 3:
+            message = reader.poll(1.0)
+            if message is None or message.error() or message.key() is None:
+                continue
+            if message.key().decode() not in traces:
+                continue
+            kind = InteractionEvent if message.topic() == INTERACTIONS else FeedbackEvent
+            event = codec.decode(message.value(), kind)
+            seen[(message.topic(), event.trace_id)] = event
+        assert set(seen) == {(INTERACTIONS, t) for t in traces} | {(FEEDBACK, rated)}
+        answers = {e.final_answer for (topic, _), e in seen.items() if topic == INTERACTIONS}
+        assert answers == {expected, streamed}
+
+        store = connect(stack_settings.store())
+
+        def scored() -> list[tuple[str, int, float]]:
+            return store.query(
+                "SELECT trace_id, feedback_count, reward FROM latest_traces"
+                " WHERE agent_id = {a:String} ORDER BY trace_id",
+                parameters={"a": agent},
+            ).result_rows
+
+        def both_scored() -> list[tuple[str, int, float]] | None:
+            rows = scored()
+            return rows if len(rows) == 2 and sum(row[1] for row in rows) == 1 else None
+
+        rows = eventually(
+            both_scored,
+            240,
+            "both proxied traces scored, one with its feedback",
+            2,
+        )
+        assert {r[0] for r in rows} == traces
+        assert {r[0]: r[1] for r in rows}[rated] == 1
+        stats = recorder.stats()
+        assert (stats["recorded"], stats["feedback"], stats["delivered"]) == (2, 1, 3)
+    finally:
+        reader.close()
+        server.stop()
+        recorder.close()
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_client_that_leaves_right_after_done_is_recorded_one_that_leaves_early_is_not() -> None:
+    running = Setup(FakeUpstream(delay=0.2))
+    try:
+        ask = {"stream": True, "messages": [{"role": "user", "content": "a b c d"}]}
+        url = f"{running.url}/chat/completions"
+        with httpx.stream("POST", url, json=ask) as answer:
+            for line in answer.iter_lines():
+                if line == "data: [DONE]":
+                    break  # and close the connection at once, as clients do
+        with httpx.stream("POST", url, json=ask) as answer:
+            next(answer.iter_raw())  # the first word, then gone
+        (event,) = running.events(1)
+        assert event.final_answer == "echo: a b c d"
+        wait_for(lambda: running.proxy.counts["incomplete"] == 1)
+        time.sleep(0.3)
+        assert len(running.produced.events) == 1
+    finally:
+        running.stop()
+
+
+class PublishedPrompts:
+    """Version 3 of the student prompt published for ``pirate-bot``, nothing for others."""
+
+    def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:
+        published = agent_id == "pirate-bot"
+        return {
+            role: PromptVersion(
+                agent_id=agent_id,
+                role=role,
+                version=3 if published else 0,
+                text="Talk like a pirate." if published else "",
+                source="gepa" if published else "seed",
+                demonstrations=[Demonstration(input="hi", output="arr")] if published else [],
+            )
+            for role in ("student", "teacher")
+        }
+
+    def canaries(self, agent_id: str) -> dict[str, PromptVersion]:
+        return {}
+
+
+def test_an_agent_that_opts_in_gets_its_managed_prompt_and_the_event_names_it() -> None:
+    from ingest.managed import MANAGED_HEADER, ManagedPrompts
+
+    running = Setup(FakeUpstream())
+    running.proxy.managed = ManagedPrompts(PublishedPrompts())
+    try:
+        ask = {
+            "messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]
+        }
+        opted = {AGENT_HEADER: "pirate-bot", MANAGED_HEADER: "on"}
+        assert httpx.post(f"{running.url}/chat/completions", json=ask, headers=opted).is_success
+        sent = json.loads(running.upstream.requests[-1][1])["messages"]
+        assert sent == [
+            {"role": "system", "content": "Talk like a pirate."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "arr"},
+            {"role": "user", "content": "q"},
+        ]
+        (event,) = running.events(1)
+        assert event.prompt_versions == [PromptRef(role="student", version=3)]
+        assert event.metadata["system_prompt"] == "Talk like a pirate."
+        others = {AGENT_HEADER: "plain-bot", MANAGED_HEADER: "on"}
+        httpx.post(f"{running.url}/chat/completions", json=ask, headers=others)
+        assert json.loads(running.upstream.requests[-1][1]) == ask  # nothing published
+        httpx.post(
+            f"{running.url}/chat/completions", json=ask, headers={AGENT_HEADER: "pirate-bot"}
+        )
+        assert json.loads(running.upstream.requests[-1][1]) == ask  # not opted in
+        running.proxy.managed = None
+        refused = httpx.post(f"{running.url}/chat/completions", json=ask, headers=opted)
+        assert refused.status_code == 400 and "--managed-prompts" in refused.text
+    finally:
+        running.stop()
