@@ -4,6 +4,7 @@ which are proven against the real broker, store and model)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from runtime.backends.base import ChatResult, GenerationParams, Message
 
@@ -85,3 +86,29 @@ class ScriptedTaskWorld:
         if self.keyword in system:
             return str(int(reference) + 1) if self.fails_with_keyword(task) else reference
         return reference if int(reference) % 3 == 0 else str(int(reference) + 1)
+
+
+@dataclass
+class Msg:
+    """Enough of confluent-kafka's Message for a handler: a value, a key, an offset, on
+    ``topic_`` partition 0."""
+
+    value_: bytes | None
+    key_: bytes | None
+    offset_: int = 0
+    topic_: str = "atlas-rewards-memory-candidates"
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def value(self) -> bytes | None:
+        return self.value_

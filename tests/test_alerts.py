@@ -9,7 +9,6 @@ import math
 import random
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from streams.alerts_config import AlertsConfig, load_alerts_config
 from streams.alerts_stream import alerts_stream
 from streams.engine import Batch
 from streams.retrain_policy import RetrainPolicyConfig
+from tests.fakes import Msg
 
 AGENT = "agent-a"
 LENGTH = 400  # traces in every run, steady or not
@@ -204,28 +204,6 @@ def test_observations_round_trip_and_bad_ones_are_refused() -> None:
             observation_of(AGENT.encode(), bad)
 
 
-@dataclass
-class Msg:
-    value_: bytes
-    key_: bytes
-    offset_: int
-
-    def topic(self) -> str:
-        return ALERT_OBSERVATIONS
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-
 def test_the_stream_sends_one_firing_across_batches_a_trigger_and_dead_letters_bad_input() -> None:
     codec = AvroCodec()
     config = AlertsConfig(retrain_on_reward_drop=True)
@@ -235,11 +213,16 @@ def test_the_stream_sends_one_firing_across_batches_a_trigger_and_dead_letters_b
     sent = []
     for start in range(0, len(rewards), 7):  # many batches: the state persists between them
         messages = [
-            Msg(observation_bytes(TraceSeen(AGENT, f"t-{i}", 1, r)), AGENT.encode(), i)
+            Msg(
+                observation_bytes(TraceSeen(AGENT, f"t-{i}", 1, r)),
+                AGENT.encode(),
+                i,
+                ALERT_OBSERVATIONS,
+            )
             for i, r in enumerate(rewards[start : start + 7], start)
         ]
         if start == 0:
-            messages.insert(1, Msg(b"garbage", AGENT.encode(), 999))
+            messages.insert(1, Msg(b"garbage", AGENT.encode(), 999, ALERT_OBSERVATIONS))
         batch = Batch()
         handle(messages, batch)  # type: ignore[arg-type]
         sent += [(o.topic, o.key, o.value) for o in batch.outputs if o.topic != table.changelog]

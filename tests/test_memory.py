@@ -30,6 +30,7 @@ from streams.memory import (
 from streams.memory_config import MemoryConfig
 from streams.memory_stream import memory_stream
 from tests.factories import interaction, scored
+from tests.fakes import Msg
 
 AGENT = "agent-m"
 
@@ -211,30 +212,6 @@ def test_a_candidate_is_the_latest_human_verdict_of_a_scored_trace() -> None:
     withdrawn = candidate_of(trace, [feedback("edit", "41"), feedback("reject")])
     assert withdrawn is not None and withdrawn.verdict == "reject"
     assert MemoryCandidate.from_bytes(edit.to_bytes()) == edit
-
-
-@dataclass
-class Msg:
-    """Enough of confluent-kafka's Message for a handler."""
-
-    value_: bytes | None
-    key_: bytes | None
-    offset_: int = 0
-
-    def topic(self) -> str:
-        return MEMORY_CANDIDATES
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
 
 
 def test_the_stream_publishes_entries_and_tombstones_and_dead_letters_bad_candidates() -> None:

@@ -38,7 +38,7 @@ from streams.memory_retirement import (
 from streams.memory_stream import memory_stream
 from streams.processor import RewardProcessor
 from tests.factories import interaction
-from tests.test_memory import Msg
+from tests.fakes import Msg
 
 AGENT = "agent-r"
 V1_FINGERPRINT = "6b51fd48a67c14f4"  # MemoryEntry before retirement (CRC-64-AVRO, spec order)

@@ -20,7 +20,7 @@ from streams.rollout import RolloutBook, RolloutObservation, ended_by_operator, 
 from streams.rollout_config import RolloutConfig
 from streams.rollout_stats import RolloutTestConfig
 from streams.rollout_stream import CanaryFollower, CanaryNotFollowed, rollout_stream
-from tests.test_memory import Msg
+from tests.fakes import Msg
 
 AGENT = "agent-c"
 CONFIG = RolloutConfig(
