@@ -43,7 +43,6 @@ trace that named the earlier output moves the new output's sums by that trace's 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.models import Id, ScoredTrace
 from streams.memory import EntryFacts, MemoryCandidate, MemoryState
 from streams.memory_config import MemoryConfig
-from streams.rollout_stats import ArmStats, RolloutState, RolloutTestConfig, decide
+from streams.rollout_stats import ArmStats, RolloutState, RolloutTestConfig, decide, unusable
 
 
 class MemoryUse(BaseModel):
@@ -119,14 +118,6 @@ class Retirement:
         )
 
 
-def _valid(reward: float | None) -> bool:
-    return reward is not None and math.isfinite(reward) and 0.0 <= reward <= 1.0
-
-
-def _clamped(total: float, count: int) -> float:
-    return min(max(total, 0.0), float(count))
-
-
 def retirement_test(config: MemoryConfig) -> RolloutTestConfig:
     """The sequential test's settings for entries: no maximum (an entry that is never shown
     worse stays)."""
@@ -161,26 +152,14 @@ def retirement_of(entry_id: str, facts: EntryFacts, test: RolloutTestConfig) -> 
     )
 
 
-def _counted(facts: EntryFacts, shown: bool, reward: float, delta: float | None) -> EntryFacts:
-    """``facts`` with one task (``delta`` None) or a re-score by ``delta`` on the shown or
-    held-back arm; unchanged for a re-score of an arm that has no task yet (its count started
-    after that trace)."""
-    count, total = (
-        (facts.uses, facts.reward_sum) if shown else (facts.held_back, facts.held_back_sum)
-    )
-    if delta is None:
-        count, total = count + 1, total + reward
-    elif count == 0:
-        return facts
-    else:
-        total += delta
-    total = _clamped(total, count)
-    update = (
-        {"uses": count, "reward_sum": total}
-        if shown
-        else {"held_back": count, "held_back_sum": total}
-    )
-    return facts.model_copy(update=update)
+def _counted(facts: EntryFacts, shown: bool, reward: float, previous: float | None) -> EntryFacts:
+    """``facts`` with a trace's revision counted on the shown or the held-back arm
+    (:meth:`ArmStats.counted`: a first revision adds one, a re-score replaces its reward)."""
+    if shown:
+        arm = ArmStats(count=facts.uses, total=facts.reward_sum).counted(reward, previous)
+        return facts.model_copy(update={"uses": arm.count, "reward_sum": arm.total})
+    arm = ArmStats(count=facts.held_back, total=facts.held_back_sum).counted(reward, previous)
+    return facts.model_copy(update={"held_back": arm.count, "held_back_sum": arm.total})
 
 
 def record_use(
@@ -188,21 +167,16 @@ def record_use(
 ) -> tuple[MemoryState, list[Retirement], str]:
     """The state with ``use`` counted, the entries it retires and why (for logs); ``state``
     is not changed, and an ignored use returns it as it is."""
-    if not _valid(use.reward) or (
-        use.previous_reward is not None and not _valid(use.previous_reward)
-    ):
-        return state, [], f"reward {use.reward!r} (previous {use.previous_reward!r}) ignored"
-    replacing = use.previous_reward is not None
-    if not replacing and use.revision > 1:
-        return state, [], f"revision {use.revision} without its previous reward: ignored"
-    delta = use.reward - use.previous_reward if use.previous_reward is not None else None
+    refused = unusable(use.reward, use.previous_reward, use.revision)
+    if refused is not None:
+        return state, [], refused
     named = dict.fromkeys(use.used, True)  # entry id -> shown (True) or held back
     for entry_id in use.held_back:
         named.setdefault(entry_id, False)
     entries = dict(state.entries)
     for entry_id, shown in named.items():
         if entry_id in entries:
-            entries[entry_id] = _counted(entries[entry_id], shown, use.reward, delta)
+            entries[entry_id] = _counted(entries[entry_id], shown, use.reward, use.previous_reward)
     test = retirement_test(config)
     retirements = [
         retired

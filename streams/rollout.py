@@ -29,7 +29,6 @@ figures. ``running`` statuses are emitted every ``report_every`` observations, f
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -38,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.models import Id, RolloutArm, ScoredTrace
 from schemas.rollouts import RolloutStateName, RolloutStatus
 from streams.rollout_config import RolloutConfig
-from streams.rollout_stats import ArmStats, Decision, RolloutState, decide
+from streams.rollout_stats import ArmStats, Decision, RolloutState, decide, unusable
 
 DECIDED_KEPT = 100  # decided rollouts remembered per agent, so none is decided twice
 VERDICT_STATE: dict[str, RolloutStateName] = {
@@ -113,19 +112,6 @@ class RolloutBook(BaseModel):
     decided: dict[str, RolloutStateName] = Field(default_factory=dict)  # oldest first
 
 
-def _valid(reward: float | None) -> bool:
-    return reward is not None and math.isfinite(reward) and 0.0 <= reward <= 1.0
-
-
-def _moved(stats: ArmStats, reward: float, previous: float | None) -> ArmStats:
-    if previous is None:
-        return ArmStats(count=stats.count + 1, total=stats.total + reward)
-    if stats.count == 0:
-        return stats  # its first revision came before the rollout was counted here
-    total = min(max(stats.total + reward - previous, 0.0), float(stats.count))
-    return ArmStats(count=stats.count, total=total)
-
-
 def status_of(
     agent_id: str, rollout_id: str, rollout: Rollout, decision: Decision, state: RolloutStateName,
     reason: str, alpha: float, at: float,
@@ -157,12 +143,9 @@ def observe(
     """The book with ``seen`` counted, the statuses to publish (decisions, and ``running``
     reports every ``config.report_every`` observations) and why (for logs); ``book`` is not
     changed, and an ignored observation returns it as it is."""
-    if not _valid(seen.reward) or (
-        seen.previous_reward is not None and not _valid(seen.previous_reward)
-    ):
-        return book, [], f"reward {seen.reward!r} (previous {seen.previous_reward!r}) ignored"
-    if seen.previous_reward is None and seen.revision > 1:
-        return book, [], f"revision {seen.revision} without its previous reward: ignored"
+    refused = unusable(seen.reward, seen.previous_reward, seen.revision)
+    if refused is not None:
+        return book, [], refused
     running, decided = dict(book.running), dict(book.decided)
     statuses: list[RolloutStatus] = []
     test = config.test
@@ -177,7 +160,7 @@ def observe(
         )
         stats: ArmStats = getattr(rollout.arms, arm.arm)
         arms = rollout.arms.model_copy(
-            update={arm.arm: _moved(stats, seen.reward, seen.previous_reward)}
+            update={arm.arm: stats.counted(seen.reward, seen.previous_reward)}
         )
         rollout = rollout.model_copy(
             update={

@@ -139,6 +139,36 @@ class ArmStats(BaseModel):
     def merged(self, other: ArmStats) -> ArmStats:
         return ArmStats(count=self.count + other.count, total=self.total + other.total)
 
+    def counted(self, reward: float, previous: float | None) -> ArmStats:
+        """These stats with a scored trace's revision: a first one (``previous`` None) adds
+        one reward; a later one replaces its ``previous`` reward (the total moves by the
+        difference, kept within [0, count]; no count changes), so each trace counts once, at
+        its latest reward. Unchanged for a re-score on an arm with no reward yet (its first
+        revision came before this arm was counted). Callers pass rewards that
+        :func:`unusable` accepted."""
+        if previous is None:
+            return ArmStats(count=self.count + 1, total=min(self.total + reward, self.count + 1))
+        if self.count == 0:
+            return self
+        total = min(max(self.total + reward - previous, 0.0), float(self.count))
+        return ArmStats(count=self.count, total=total)
+
+
+def unusable(reward: float | None, previous: float | None, revision: int) -> str | None:
+    """Why a scored trace's revision cannot be counted (for logs), or None: a reward or
+    previous reward that is not a finite number in [0, 1], or a revision after the first
+    without its previous reward (a state kept before that was: counting it would count the
+    trace twice)."""
+    if not _in_unit(reward) or (previous is not None and not _in_unit(previous)):
+        return f"reward {reward!r} (previous {previous!r}) ignored"
+    if previous is None and revision > 1:
+        return f"revision {revision} without its previous reward: ignored"
+    return None
+
+
+def _in_unit(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and 0.0 <= value <= 1.0
+
 
 class RolloutState(BaseModel):
     """Both arms of one rollout; JSON through pydantic, for the controller's changelog."""
@@ -190,7 +220,7 @@ def observe(state: RolloutState, arm: str, reward: object) -> tuple[RolloutState
     if not isinstance(reward, numbers.Real) or isinstance(reward, bool):
         return state, f"reward {reward!r} is not a number"
     value = float(reward)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+    if not _in_unit(value):
         return state, f"reward {value!r} is not a finite number in [0, 1]"
     stats: ArmStats = getattr(state, arm)
     updated = ArmStats(count=stats.count + 1, total=stats.total + value)
