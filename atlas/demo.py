@@ -4,9 +4,11 @@ An agent runs the closed loop with the offline model on a built-in task; simulat
 approve bare right answers and edit the rest (with noise); the reward worker scores and the
 sink stores every trace; the automatic retrain policy fires a GEPA job once enough traces are
 in; the job's demonstrations (distilled from the users' edits) face the held-out gate; a
-published version is hot-swapped into the running agent, and traffic goes on. Everything the
-demo starts (workers, and the stack if it was not running) is stopped by PID at the end or on
-Ctrl-C.
+passed candidate goes out as a canary on a share of the afternoon's tasks, and the rollout
+controller promotes it from live rewards; then a deliberately worse candidate goes out as a
+canary and is rolled back (atlas/demo_rollout.py), and evening traffic runs on what production
+became. Everything the demo starts (workers, and the stack if it was not running) is stopped
+by PID at the end or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +32,27 @@ from rich.progress import Progress
 
 from atlas import stack
 from atlas.demo_report import report
+from atlas.demo_rollout import publish_canary, run_rollout, worse_candidate
 from atlas.settings import Settings
 from deploy.local.processes import StackError, pid_alive, stop_pid
 from schemas.configfile import read_yaml
+from schemas.models import CANARY
 
 
 @dataclass(frozen=True)
 class DemoPlan:
     task: str
     before: int  # tasks before the retrain
-    after: int  # tasks after it
+    after: int  # tasks after the rollouts
     budget: int  # GEPA metric calls
     train: int
     validation: int
     heldout: int
     answer_tokens: int
     min_samples: int  # per mode, before the mode policy trusts recent rewards
+    canary_share: float  # of tasks, for each canary
+    rollout_tasks: int  # at most, per rollout, before the demo ends it undecided
+    rollout_min_samples: int  # per arm, before the controller decides
 
     def configs(self) -> dict[str, dict[str, Any]]:
         """Overrides of configs/*.yaml for the demo's workers and agent."""
@@ -70,8 +78,17 @@ class DemoPlan:
                 # -> 93% accuracy) while making most answers bare; the demo accepts that trade
                 # at up to 10% of held-out examples, and says so in its report.
                 "gate": {"min_non_degradation": DEMO_NON_DEGRADATION},
-                # Straight to production: the demo does not run a rollout yet (issue 17, 4).
-                "canary_share": 0.0,
+                "canary_share": self.canary_share,
+                "when_canary_runs": "replace",
+            },
+            "rollout": {
+                # The demo's differences are large (CALIBRATION.md: bare answers), so its test
+                # is tuned to decide early; any tuning keeps the test's alpha.
+                "test": {
+                    "min_samples": self.rollout_min_samples,
+                    "tuned_samples": self.rollout_min_samples,
+                },
+                "report_every": 4,  # a point of the chart's line every 4 scored tasks
             },
             "agent": {
                 "policy": {
@@ -85,9 +102,9 @@ class DemoPlan:
 
 
 DEMO_NON_DEGRADATION = 0.9
-FULL = DemoPlan("extraction", 48, 32, 60, 24, 12, 60, 64, 6)
-QUICK = DemoPlan("extraction", 16, 8, 18, 8, 6, 12, 40, 4)
-WORKERS = ("rewards", "sink", "gepa")
+FULL = DemoPlan("extraction", 48, 16, 60, 24, 12, 60, 64, 6, 0.5, 160, 30)
+QUICK = DemoPlan("extraction", 16, 8, 18, 8, 6, 12, 40, 4, 0.5, 120, 20)
+WORKERS = ("rewards", "sink", "gepa", "rollouts")
 
 
 def write_configs(source: Path, target: Path, overrides: dict[str, dict[str, Any]]) -> Path:
@@ -201,27 +218,42 @@ def run_demo(
         )
         users = SimulatedUser(noise=0.1, seed=7)
 
-        def traffic(label: str, split: str, n: int) -> None:
-            tasks = generate(plan.task, split, n, seed=11)  # type: ignore[arg-type]
+        supply = {
+            "train": iter(generate(plan.task, "train", plan.before, seed=11)),
+            "validation": iter(
+                generate(plan.task, "validation", plan.after + 2 * plan.rollout_tasks, seed=11)
+            ),
+        }
+        ran = 0
+
+        def traffic(label: str, n: int, stop: Callable[[], bool] = lambda: False) -> int:
+            """``n`` tasks (the morning's from train, later ones from validation), in chunks
+            of 8 until ``stop``; how many ran."""
+            nonlocal ran
+            tasks = list(islice(supply["train" if ran < plan.before else "validation"], n))
+            done = 0
             with (
                 EventProducer(kafka, codec=codec) as producer,
                 Progress(console=console) as progress,
             ):
-                bar = progress.add_task(f"{label}: {agent} on {plan.task}", total=n)
-                for start in range(0, n, 8):
-                    chunk = tasks[start : start + 8]
+                bar = progress.add_task(f"{label}: {agent} on {plan.task}", total=len(tasks))
+                while done < len(tasks) and not stop():
+                    chunk = tasks[done : done + 8]
                     for task, event in zip(chunk, runtime.run_many(chunk), strict=True):
                         producer.record_interaction(event)
                         users.react(task, event, producer)
+                    done += len(chunk)
                     progress.advance(bar, len(chunk))
                     check_workers()
+            ran += done
+            return done
 
         def check_workers() -> None:
             for name, process in started.workers:
                 if not pid_alive(process.pid, "atlas.cli"):
                     raise RuntimeError(f"the {name} worker died; see {home / 'logs' / name}.log")
 
-        traffic("morning traffic", "train", plan.before)
+        traffic("morning traffic", plan.before)
         job = None
         deadline = time.monotonic() + job_timeout
         with console.status("waiting for the retrain policy's trigger") as waiting:
@@ -246,11 +278,41 @@ def run_demo(
                 " a machine busy with other work is slower: rerun with a larger --job-timeout"
             )
         console.print(f"job {job.job_id} ended [bold]{job.state}[/]: {job.message}")
+        rollouts = []
         if job.state == "SUCCEEDED" and job.result_version is not None:
-            prompts.wait_for(agent, "student", job.result_version, timeout=60)
-            console.print(f"hot-swapped: {agent} now uses student prompt v{job.result_version}")
-        traffic("afternoon traffic", "validation", plan.after)
-        total = plan.before + plan.after
+            version = job.result_version
+            if plan.canary_share and prompts.wait_for(agent, "student", version, 60, CANARY):
+                learned = prompts.labelled(agent, CANARY)["student"]
+                rollouts.append(
+                    run_rollout(
+                        "learned prompt",
+                        learned,
+                        prompts,
+                        traffic,
+                        plan.rollout_tasks,
+                        settings,
+                        store,
+                    )
+                )
+                console.print(f"rollout of the learned prompt: {rollouts[-1].outcome}")
+            else:
+                prompts.wait_for(agent, "student", version, timeout=60)
+                console.print(f"hot-swapped: {agent} uses student prompt v{version}")
+        if plan.canary_share:
+            worse = worse_candidate(prompts, agent, plan.task, plan.canary_share)
+            publish_canary(settings, worse)
+            console.print(
+                f"published student v{worse.version} (wrong demonstrations, past no gate) as a"
+                f" canary on {plan.canary_share:.0%} of tasks"
+            )
+            rollouts.append(
+                run_rollout(
+                    "worse candidate", worse, prompts, traffic, plan.rollout_tasks, settings, store
+                )
+            )
+            console.print(f"rollout of the worse candidate: {rollouts[-1].outcome}")
+        traffic("evening traffic", plan.after)
+        total = ran
         deadline = time.monotonic() + 120
         with console.status("waiting for the sink to store every trace"):
             while time.monotonic() < deadline:
@@ -261,7 +323,7 @@ def run_demo(
                 if stored >= total:
                     break
                 time.sleep(2)
-        report(console, store, agent, since, job, home, DEMO_NON_DEGRADATION)
+        report(console, store, agent, since, job, home, DEMO_NON_DEGRADATION, rollouts)
         return 0
     finally:
         if prompts is not None:

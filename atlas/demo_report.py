@@ -2,21 +2,27 @@
 
 Everything here reads, nothing writes but the chart: the traces, modes and dead letters the
 store holds since the demo began, the job's held-out gate figures, the lineage from trigger
-to published prompt version, and a PNG of the reward per task with each prompt swap marked.
+to published prompt version, each canary rollout's arms and decision, and a PNG of the reward
+per task (each rollout's decision marked) over the rollouts' always-valid bounds on canary
+minus production as the scored tasks came in.
 Figures come from the store's ``latest_traces`` view, so a trace re-scored by feedback counts
 once, at its latest reward.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from trainer.evaluation import GateConfig
+
+if TYPE_CHECKING:
+    from atlas.demo_rollout import RolloutRun
+    from schemas.rollouts import RolloutStatus
 
 
 def demo_report_rows(client: Any, agent: str, since: datetime) -> dict[str, Any]:
@@ -69,13 +75,17 @@ def demo_report_rows(client: Any, agent: str, since: datetime) -> dict[str, Any]
     }
 
 
-def plot_demo(timeline: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_demo(
+    timeline: list[dict[str, Any]], path: Path, title: str, history: list[RolloutStatus]
+) -> Path:
+    """The reward per task, with each rollout's decision marked, above each rollout's bounds
+    on canary minus production over its scored tasks (``history``: every stored status)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, (ax, bounds) = plt.subplots(2, 1, figsize=(10, 7.5), gridspec_kw={"height_ratios": [3, 2]})
     rewards = [r["reward"] for r in timeline]
     rolling = [
         sum(rewards[max(0, i - 7) : i + 1]) / len(rewards[max(0, i - 7) : i + 1])
@@ -88,23 +98,80 @@ def plot_demo(timeline: list[dict[str, Any]], path: Path, title: str) -> Path:
             xs, [rewards[i] for i in xs], s=14, alpha=0.5, label=f"student prompt v{version}"
         )
     ax.plot(range(len(rolling)), rolling, color="black", label="rolling mean (8 tasks)")
-    swaps = [
-        i
-        for i in range(1, len(timeline))
-        if timeline[i]["student_version"] != timeline[i - 1]["student_version"]
-    ]
-    for i in swaps:
-        ax.axvline(i - 0.5, color="tab:red", linestyle="--")
+    plot_rollouts(ax, bounds, timeline, history)
     ax.set_xlabel("task (in production order)")
     ax.set_ylabel("reward")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
+    bounds.set_xlabel("scored tasks in the rollout (both arms)")
+    bounds.set_ylabel("canary - production")
+    bounds.set_title("always-valid bounds on the difference in mean reward (alpha 0.05)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_rollouts(
+    rewards: Any, bounds: Any, timeline: list[dict[str, Any]], history: list[RolloutStatus]
+) -> None:
+    """Each rollout's bounds over its scored tasks (a band), and its decision as a dashed line
+    at the first task created after it."""
+    rollouts: dict[str, list[RolloutStatus]] = {}
+    for status in sorted(history, key=lambda s: s.updated_at):
+        rollouts.setdefault(status.rollout_id, []).append(status)
+    bounds.axhline(0, color="black", linewidth=0.8)
+    for statuses in rollouts.values():
+        last = statuses[-1]
+        name = f"v{last.canary_version} vs v{last.production_version}"
+        xs = [s.canary_count + s.production_count for s in statuses]
+        bounds.fill_between(
+            xs, [s.lower for s in statuses], [s.upper for s in statuses], alpha=0.3, label=name
+        )
+        bounds.plot(xs, [(s.lower + s.upper) / 2 for s in statuses], linewidth=1)
+        if last.state != "running":
+            bounds.annotate(f"{last.state}", (xs[-1], last.upper), fontsize=8)
+            decided = _utc(last.updated_at)
+            after = [i for i, r in enumerate(timeline) if _utc(r["created_at"]) >= decided]
+            if after:
+                rewards.axvline(after[0] - 0.5, color="tab:red", linestyle="--")
+                rewards.annotate(
+                    f"v{last.canary_version} {last.state}", (after[0], 1.0), fontsize=8
+                )
+    if rollouts:
+        bounds.legend(fontsize=8, loc="upper right")
+
+
+def _utc(moment: datetime) -> datetime:
+    # The store's DateTime64 columns come back naive; contracts' instants are aware (UTC).
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def rollout_table(runs: list[RolloutRun], stored: list[RolloutStatus]) -> Table:
+    """Each rollout the demo ran: its arms and what ended it (the stored figures)."""
+    table = Table(
+        "rollout", "canary", "tasks", "canary n", "canary mean", "prod.", "prod. n",
+        "prod. mean", "difference", "decision", title="Canary rollouts",
+    )  # fmt: skip
+    latest = {s.rollout_id: s for s in stored}
+    for run in runs:
+        s = run.decision or latest.get(run.canary.rollout_id or "")
+        figures = (
+            ["", "", "", "", "", ""]
+            if s is None
+            else [
+                str(s.canary_count),
+                "" if s.canary_mean is None else f"{s.canary_mean:.3f}",
+                f"v{s.production_version}",
+                str(s.production_count),
+                "" if s.production_mean is None else f"{s.production_mean:.3f}",
+                f"[{s.lower:+.3f}, {s.upper:+.3f}]",
+            ]
+        )
+        table.add_row(run.name, f"v{run.canary.version}", str(run.tasks), *figures, run.outcome)
+    return table
 
 
 def report(
@@ -115,10 +182,12 @@ def report(
     job: Any,
     home: Path,
     min_non_degradation: float,
+    rollouts: list[RolloutRun],
 ) -> None:
     """Print the demo's tables and lineage, and write its chart under ``home``;
-    ``min_non_degradation`` is the gate threshold the demo's GEPA job ran with."""
-    from store.queries import prompt_history, stored_trigger
+    ``min_non_degradation`` is the gate threshold the demo's GEPA job ran with, ``rollouts``
+    the canaries it ran."""
+    from store.queries import prompt_history, rollout_statuses, stored_trigger
 
     rows = demo_report_rows(store, agent, since)
     versions = Table(
@@ -200,6 +269,12 @@ def report(
             f" {len(version.demonstrations)} demonstrations"
             + ("" if version.heldout_reward is None else f", held-out {version.heldout_reward:.3f}")
         )
+    history = rollout_statuses(store, agent, "student", latest=False)
+    if rollouts:
+        console.print(rollout_table(rollouts, rollout_statuses(store, agent, "student")))
+        for run in rollouts:
+            if run.decision is not None:
+                console.print(f"  {run.name}: {run.decision.reason}", highlight=False)
     console.print(f"dead letters during the demo: {rows['dead_letters']}")
-    chart = plot_demo(rows["timeline"], home / "demo.png", f"{agent}: reward per task")
+    chart = plot_demo(rows["timeline"], home / "demo.png", f"{agent}: reward per task", history)
     console.print(f"chart: {chart}")

@@ -204,12 +204,19 @@ class RoleVersionFollower(TopicFollower[E]):
         with self._lock:
             return self._current.get((agent_id, role))
 
-    def wait_for(self, agent_id: str, role: str, version: int, timeout: float = 30.0) -> bool:
-        """Block until the agent's ``role`` is at ``version`` (tests, CLIs)."""
+    def wait_for(
+        self,
+        agent_id: str,
+        role: str,
+        version: int,
+        timeout: float = 30.0,
+        label: str = PRODUCTION,
+    ) -> bool:
+        """Block until the agent's ``role`` is at ``version`` under ``label`` (tests, CLIs)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                current = self._current.get((agent_id, role))
+                current = self._slot(label).get((agent_id, role))
                 if current is not None and current.version == version:
                     return True
                 remaining = deadline - time.monotonic()

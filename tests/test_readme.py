@@ -236,5 +236,10 @@ def test_the_quick_demo_runs_to_its_report(stack_settings: Settings) -> None:
     chart = Path(re.search(r"chart: (\S+)", out).group(1))  # type: ignore[union-attr]
     assert chart.exists() and chart.stat().st_size > 10_000
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out.split("workers:")[1].splitlines()[0])]
-    assert len(pids) == 3 and not any(pid_alive(pid, "atlas.cli") for pid in pids)
+    assert len(pids) == 4 and not any(pid_alive(pid, "atlas.cli") for pid in pids)
+    # The deliberately worse candidate ran as a canary and was never promoted; whatever
+    # decided it is in the report's table with its figures.
+    worse = re.search(r"rollout of the worse candidate: (.+)", out)
+    assert worse is not None and worse.group(1).strip() != "promoted", out[-3000:]
+    assert "Canary rollouts" in out and "worse candidate" in out.split("Canary rollouts")[1]
     assert "stopped store" not in out  # the stack was already up: the demo leaves it running

@@ -44,6 +44,15 @@ def _running_canary(settings: Settings, agent: str, role: str) -> PromptVersion:
     return canary
 
 
+def end_canary(settings: Settings, agent: str, role: str) -> None:
+    """Remove the agent/role's canary label (a tombstone, as the learner): its rollout ends
+    unpromoted, and agents run every task on production from their next one."""
+    from schemas.models import CANARY
+    from schemas.topics import PROMPTS, version_key
+
+    publish_as_learner(settings, [], [(PROMPTS, version_key(agent, role, CANARY).encode())])
+
+
 @app.command("status")
 @clear_errors
 def rollout_status(
@@ -110,13 +119,10 @@ def rollout_promote(ctx: typer.Context, agent: AgentOption, role: RoleOption = "
 def rollout_abort(ctx: typer.Context, agent: AgentOption, role: RoleOption = "student") -> None:
     """End the running canary without promoting it: its label is removed, and agents run
     every task on production again from their next one."""
-    from schemas.models import CANARY
-    from schemas.topics import PROMPTS, version_key
-
     check_role(role)
     settings = get_settings(ctx)
     canary = _running_canary(settings, agent, role)
-    publish_as_learner(settings, [], [(PROMPTS, version_key(agent, role, CANARY).encode())])
+    end_canary(settings, agent, role)
     console.print(
         f"aborted the rollout {canary.rollout_id} of {agent}/{role} v{canary.version}",
         highlight=False,
