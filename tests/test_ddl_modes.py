@@ -111,3 +111,32 @@ def test_the_documented_example_is_the_generated_ddl() -> None:
     doc = (Path(__file__).parents[1] / "deploy" / "clickhouse-cluster.md").read_text()
     example = re.search(r"```sql\n(.*?)```", doc, re.S)
     assert example and example[1] in snapshot(CLUSTER)
+
+
+class RecordingClient:
+    """Records what the runner sends; an empty ledger (a store never migrated)."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.inserts: list[tuple[str, list[list[object]]]] = []
+
+    def command(self, statement: str) -> None:
+        self.commands.append(statement)
+
+    def query(self, sql: str) -> object:
+        return type("Result", (), {"result_rows": []})()
+
+    def insert(self, table: str, rows: list[list[object]], column_names: list[str]) -> None:
+        self.inserts.append((table, rows))
+
+
+def test_migrate_on_a_cluster_runs_the_cluster_ddl_and_records_each_migration() -> None:
+    client = RecordingClient()
+    applied = migrate(client, CLUSTER)  # type: ignore[arg-type]
+    assert applied == list(MIGRATIONS)
+    assert client.commands == cluster_statements()
+    assert [(table, rows[0][0]) for table, rows in client.inserts] == [
+        ("atlas_migrations", m.version) for m in MIGRATIONS
+    ]
+    with pytest.raises(ValueError, match="invalid ClickHouse cluster name"):
+        migrate(RecordingClient(), "bad name")  # type: ignore[arg-type]
