@@ -19,6 +19,7 @@ from schemas.limits import EventLimits
 from schemas.secrets import read_secret, remember
 from schemas.signing import Signer, Verifier, load_signer, load_verifier
 from store.client import StoreTarget
+from store.ddl import CLUSTER_NAME
 
 PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
     )
     clickhouse_verify: bool = Field(
         default=True, description="Verify the server's certificate (https); never off in prod."
+    )
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        pattern=f"^{CLUSTER_NAME.pattern}$",
+        description="A ClickHouse cluster (remote_servers) name: migrations run ON CLUSTER with "
+        "replicated tables and Distributed tables under the usual names; unset = one server.",
     )
     max_field_bytes: int = Field(
         default=EventLimits().max_field_bytes,

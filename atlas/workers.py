@@ -165,6 +165,7 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
     sink = ClickHouseSink(
         settings.kafka_config("sink"),
         lambda: connect(url),
+        cluster=settings.clickhouse_cluster,
         group_id=SINK_GROUP,
         batch_size=settings.sink_batch_size,
         linger_s=settings.sink_linger_s,

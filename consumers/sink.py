@@ -148,6 +148,7 @@ class ClickHouseSink:
         max_backoff_s: float = 30.0,
         codec: AvroCodec | None = None,
         redactor: Redactor | None = None,
+        cluster: str | None = None,
     ):
         unknown = [t for t in topics if t not in TOPICS]
         if unknown:
@@ -155,6 +156,7 @@ class ClickHouseSink:
         self.kafka_config = kafka_config
         self.connect_store = connect_store
         self.topics = list(topics)
+        self.cluster = cluster
         self.group_id = group_id
         self.batch_size = batch_size
         self.linger_s = linger_s
@@ -184,7 +186,7 @@ class ClickHouseSink:
     def _writer(self) -> StoreWriter:
         if self._client is None:
             self._client = self.connect_store()
-            migrate(self._client)
+            migrate(self._client, self.cluster)
             self._store_writer = StoreWriter(self._client)
         assert self._store_writer is not None
         return self._store_writer

@@ -32,7 +32,8 @@ MONITOR_QUERIES = (
 # and kappa of `human_agreement`, unless the caller says otherwise.
 DEFAULT_THRESHOLD = 0.5
 
-_PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
+# A ClickHouse query parameter, {name:Type}; group 1 is the name.
+PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
 
 
 @cache
@@ -43,7 +44,7 @@ def load_sql(name: str) -> str:
 
 def sql_parameters(sql: str) -> set[str]:
     """The names of the query parameters (``{name:Type}``) that ``sql`` uses."""
-    return set(_PARAMETER.findall(sql))
+    return set(PARAMETER.findall(sql))
 
 
 def monitor(

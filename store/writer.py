@@ -267,7 +267,9 @@ class StoreWriter:
             context = self._context(table_batch)
             for start in range(0, len(table_batch.rows), self.batch_size):
                 chunk = table_batch.rows[start : start + self.batch_size]
-                context.settings = {}
+                # On a cluster the tables written are Distributed: return only once the shards
+                # hold the rows (the sink commits offsets after this); one server ignores it.
+                context.settings = {"insert_distributed_sync": 1}
                 if dedup_token is not None:
                     context.settings["insert_deduplication_token"] = (
                         f"{dedup_token}:{table_batch.table}:{start}"
