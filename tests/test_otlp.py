@@ -1,0 +1,455 @@
+"""The OTLP receiver (ingest/otlp.py) with a fake producer: the real OpenTelemetry SDK,
+its OTLP/HTTP exporters and the official OpenAI instrumentation in front of a fake upstream;
+each span layout the receiver reads; grouping, feedback and ids; hostile payloads; Kafka away
+(the fake, and the real producer with no broker)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from google.rpc.status_pb2 import Status
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from ingest.otlp import AckedSender, OtlpConfig, OtlpReceiver
+from ingest.serving import ServerThread, open_sender
+from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
+from tests.otlp_payloads import (
+    FakeKafka,
+    as_json,
+    as_protobuf,
+    chat_attrs,
+    new_ids,
+    request,
+    span,
+)
+
+
+class Receiver:
+    def __init__(self, kafka: Any = None, **config: Any) -> None:
+        self.kafka = kafka or FakeKafka()
+        self.sender = kafka if isinstance(kafka, AckedSender) else AckedSender(self.kafka)
+        self.receiver = OtlpReceiver(OtlpConfig(**config), self.sender)
+        self.server = ServerThread(self.receiver.app)
+        self.url = self.server.url
+
+    def post(
+        self, body: bytes, headers: dict[str, str], path: str = "/v1/traces"
+    ) -> httpx.Response:
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.sender.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+def instrumented_calls(receiver: Receiver, monkeypatch: pytest.MonkeyPatch, mode: str) -> Any:
+    """Two chat completions (one streamed) by the stock openai client, instrumented by
+    opentelemetry-instrumentation-openai-v2, exported by the SDK's OTLP/HTTP exporters."""
+    import openai
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from tests.fake_openai import FakeUpstream
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
+    resource = Resource.create({"service.name": "shop", "atlas.agent_id": "otel-agent"})
+    tracing = TracerProvider(resource=resource)
+    tracing.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{receiver.url}/v1/traces")))
+    logging = LoggerProvider(resource=resource)
+    logging.add_log_record_processor(
+        SimpleLogRecordProcessor(OTLPLogExporter(f"{receiver.url}/v1/logs"))
+    )
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=tracing, logger_provider=logging)
+    upstream = ServerThread(FakeUpstream().app)
+    try:
+        client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="k")
+        client.chat.completions.create(
+            model="echo-1",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "ship to Lisbon"},
+            ],
+        )
+        stream = client.chat.completions.create(
+            model="echo-1", messages=[{"role": "user", "content": "and Porto"}], stream=True
+        )
+        for _ in stream:
+            pass
+        tracing.force_flush()
+        logging.force_flush()
+    finally:
+        instrumentor.uninstrument()
+        upstream.stop()
+        tracing.shutdown()
+        logging.shutdown()
+    return receiver.kafka.of(InteractionEvent)
+
+
+@pytest.mark.parametrize("mode", ["span_only", "event_only", "span_and_event"])
+def test_the_official_openai_instrumentation_becomes_interactions(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    events = instrumented_calls(receiver, monkeypatch, mode)
+    # span_and_event: each call arrives twice (span and log event) with one event id
+    assert len(events) == (4 if mode == "span_and_event" else 2)
+    by_id = {e.event_id: e for e in events}
+    assert len(by_id) == 2
+    first, second = sorted(by_id.values(), key=lambda e: e.task_input)
+    assert (first.task_input, first.final_answer) == ("and Porto", "echo: and Porto")
+    assert (second.task_input, second.final_answer) == ("ship to Lisbon", "echo: ship to Lisbon")
+    assert second.metadata["system_prompt"] == "Be brief."
+    assert {e.agent_id for e in events} == {"otel-agent"}
+    assert second.models == {"student": "echo-1"} and second.usage.prompt_tokens > 0
+    assert all(len(e.trace_id) == 49 and e.trace_id[32] == "-" for e in events)
+    assert receiver.receiver.counts["rejected"] == 0
+
+
+def test_without_content_capture_calls_are_counted_not_recorded(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert instrumented_calls(receiver, monkeypatch, "") == []
+    assert receiver.receiver.counts["no_content"] == 2
+
+
+LAYOUTS = {
+    "openllmetry": {
+        "gen_ai.system": "openai",
+        "llm.request.type": "chat",
+        "gen_ai.request.model": "m-1",
+        "gen_ai.prompt.0.role": "system",
+        "gen_ai.prompt.0.content": "Be brief.",
+        "gen_ai.prompt.1.role": "user",
+        "gen_ai.prompt.1.content": "q?",
+        "gen_ai.completion.0.role": "assistant",
+        "gen_ai.completion.0.content": "a.",
+        "gen_ai.usage.prompt_tokens": 5,
+        "gen_ai.usage.completion_tokens": 2,
+    },
+    "openinference": {
+        "openinference.span.kind": "LLM",
+        "llm.model_name": "m-1",
+        "llm.input_messages.0.message.role": "system",
+        "llm.input_messages.0.message.content": "Be brief.",
+        "llm.input_messages.1.message.role": "user",
+        "llm.input_messages.1.message.content": "q?",
+        "llm.output_messages.0.message.role": "assistant",
+        "llm.output_messages.0.message.content": "a.",
+        "llm.token_count.prompt": 5,
+        "llm.token_count.completion": 2,
+    },
+    "current": {
+        **chat_attrs("q?", "a."),
+        "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
+        "gen_ai.usage.input_tokens": 5,
+        "gen_ai.usage.output_tokens": 2,
+    },
+}
+LEGACY_EVENTS = [
+    ("gen_ai.system.message", {"content": "Be brief."}),
+    ("gen_ai.user.message", {"content": "q?"}),
+    ("gen_ai.choice", {"message": json.dumps({"content": "a."}), "finish_reason": "stop"}),
+]
+OLDEST_EVENTS = [
+    (
+        "gen_ai.content.prompt",
+        {
+            "gen_ai.prompt": json.dumps(
+                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q?"}]
+            )
+        },
+    ),
+    (
+        "gen_ai.content.completion",
+        {"gen_ai.completion": json.dumps([{"role": "assistant", "content": "a."}])},
+    ),
+]
+
+
+@pytest.mark.parametrize("layout", [*LAYOUTS, "events 1.28-1.30", "content events"])
+@pytest.mark.parametrize("encoding", ["json", "protobuf+gzip"])
+def test_each_layout_gives_the_same_interaction(
+    receiver: Receiver, layout: str, encoding: str
+) -> None:
+    trace, span_id = new_ids()
+    base = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "m-1",
+        "gen_ai.usage.input_tokens": 5,
+        "gen_ai.usage.output_tokens": 2,
+    }
+    attrs, events = (
+        LAYOUTS.get(layout, base),
+        {"events 1.28-1.30": LEGACY_EVENTS, "content events": OLDEST_EVENTS}.get(layout, []),
+    )
+    payload = request([span(trace, span_id, attrs, events=events)], {"atlas.agent_id": "a-1"})
+    body, headers = as_json(payload) if encoding == "json" else as_protobuf(payload, compress=True)
+    answer = receiver.post(body, headers)
+    assert answer.status_code == 200, answer.text
+    [event] = receiver.kafka.of(InteractionEvent)
+    assert (event.task_input, event.final_answer, event.metadata["system_prompt"]) == (
+        "q?",
+        "a.",
+        "Be brief.",
+    )
+    assert (event.usage.prompt_tokens, event.usage.completion_tokens) == (5, 2)
+    assert (event.agent_id, event.models["student"], event.trace_id) == (
+        "a-1",
+        "m-1",
+        f"{trace}-{span_id}",
+    )
+
+
+def test_an_agent_span_groups_its_calls_and_other_spans_are_ignored(receiver: Receiver) -> None:
+    trace, agent_span = new_ids()
+    calls = [os.urandom(8).hex() for _ in range(2)]
+    tool = os.urandom(8).hex()
+    spans = [
+        span(
+            trace,
+            agent_span,
+            {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"},
+            name="invoke_agent a",
+        ),
+        span(trace, tool, {"http.method": "GET"}, parent=agent_span, name="GET /stock"),
+        span(
+            trace,
+            calls[0],
+            chat_attrs("plan it", "step 1"),
+            parent=agent_span,
+            start=1_795_000_000_000_000_100,
+        ),
+        span(
+            trace,
+            calls[1],
+            chat_attrs("do it", "done"),
+            parent=tool,
+            start=1_795_000_000_000_000_200,
+        ),
+    ]
+    answer = receiver.post(*as_json(request(spans)))
+    assert answer.status_code == 200
+    [event] = receiver.kafka.of(InteractionEvent)
+    assert event.trace_id == f"{trace}-{agent_span}"
+    assert (event.task_input, event.final_answer) == ("plan it", "done")
+    assert [s.content for s in event.steps] == ["step 1", "done"]
+    assert event.usage.prompt_tokens == 14 and event.metadata["calls"] == "2"
+    assert event.agent_id == "otlp"  # the receiver's default
+    counts = receiver.receiver.counts
+    assert (counts["ignored"], counts["grouped"], counts["interactions"]) == (1, 2, 1)
+
+
+def test_feedback_span_events_and_retries_make_the_same_ids(receiver: Receiver) -> None:
+    trace, call = new_ids()
+    _, other = new_ids()
+    spans = [
+        span(
+            trace,
+            call,
+            chat_attrs("q", "a"),
+            events=[
+                ("atlas.feedback", {"atlas.feedback.kind": "rating", "atlas.feedback.rating": 4.0})
+            ],
+        ),
+        span(
+            trace,
+            other,
+            {"app": "ui"},
+            name="thumbs",
+            events=[
+                (
+                    "atlas.feedback",
+                    {"atlas.feedback.kind": "approve", "atlas.trace_id": f"{trace}-{call}"},
+                )
+            ],
+        ),
+    ]
+    body, headers = as_protobuf(request(spans, {"atlas.agent_id": "fb"}))
+    for _ in range(2):  # an exporter's retry of a request whose answer it did not get
+        answer = receiver.post(body, headers)
+        assert answer.status_code == 200
+        assert not ExportTraceServiceResponse.FromString(answer.content).HasField("partial_success")
+    interactions, feedback = receiver.kafka.of(InteractionEvent), receiver.kafka.of(FeedbackEvent)
+    assert len(interactions) == 2 and len({e.event_id for e in interactions}) == 1
+    assert len(feedback) == 4 and len({e.event_id for e in feedback}) == 2
+    assert {(f.kind, f.trace_id, f.agent_id) for f in feedback} == {
+        ("rating", f"{trace}-{call}", "fb"),
+        ("approve", f"{trace}-{call}", "fb"),
+    }
+
+
+def hostile_payloads() -> dict[str, tuple[bytes, dict[str, str], int, str]]:
+    trace, span_id = new_ids()
+
+    def one(attrs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        return as_protobuf(request([span(trace, span_id, attrs)]))
+
+    proto = {"content-type": "application/x-protobuf"}
+    bomb = gzip.compress(b"\0" * (40 * 1024 * 1024))
+    return {
+        "garbage protobuf": (os.urandom(3000) + b"\xff\xff", proto, 400, "no OTLP traces protobuf"),
+        "invalid JSON": (
+            b'{"resourceSpans": [',
+            {"content-type": "application/json"},
+            400,
+            "not valid JSON",
+        ),
+        "JSON of the wrong shape": (
+            b'{"resourceSpans": 7}',
+            {"content-type": "application/json"},
+            400,
+            "no OTLP traces JSON",
+        ),
+        "ids that are not hex": (
+            json.dumps(request([span("zz", "yy", {})])).encode(),
+            {"content-type": "application/json"},
+            400,
+            "not hex",
+        ),
+        "text/plain": (b"hello", {"content-type": "text/plain"}, 400, "is not OTLP"),
+        "truncated gzip": (
+            gzip.compress(b"x" * 1000)[:20],
+            {**proto, "content-encoding": "gzip"},
+            400,
+            "truncated",
+        ),
+        "gzip bomb": (bomb, {**proto, "content-encoding": "gzip"}, 413, "decompresses to over"),
+        "NaN token count": (
+            *one(chat_attrs("q", "a", **{"gen_ai.usage.input_tokens": float("nan")})),
+            400,
+            "gen_ai.usage.input_tokens is nan",
+        ),
+        "negative token count": (
+            *one(chat_attrs("q", "a", **{"gen_ai.usage.output_tokens": -3})),
+            400,
+            "outside [0",
+        ),
+        "token count as text": (
+            *one(chat_attrs("q", "a", **{"gen_ai.usage.input_tokens": "many"})),
+            400,
+            "must be a whole number, not str",
+        ),
+        "messages not JSON": (
+            *one(chat_attrs("q", "a", **{"gen_ai.input.messages": "[{"})),
+            400,
+            "gen_ai.input.messages is not JSON",
+        ),
+        "messages not a list": (
+            *one(chat_attrs("q", "a", **{"gen_ai.input.messages": "42"})),
+            400,
+            "must be a list",
+        ),
+        "model not text": (
+            *one(chat_attrs("q", "a", **{"gen_ai.response.model": 12})),
+            400,
+            "gen_ai.response.model must be a string",
+        ),
+        "huge attribute": (
+            *one(chat_attrs("q" * (2 * 1024 * 1024), "a")),
+            400,
+            "over the 1,048,576-character limit",
+        ),
+        "agent id with a slash": (
+            *one(chat_attrs("q", "a", **{"atlas.agent_id": "../etc"})),
+            400,
+            "cannot name a file",
+        ),
+        "feedback with no trace": (
+            *as_protobuf(
+                request(
+                    [
+                        span(
+                            trace,
+                            span_id,
+                            {},
+                            events=[("atlas.feedback", {"atlas.feedback.kind": "approve"})],
+                        )
+                    ]
+                )
+            ),
+            400,
+            "needs atlas.trace_id",
+        ),
+    }
+
+
+def test_hostile_payloads_get_400_and_a_dead_letter_and_the_receiver_keeps_serving(
+    receiver: Receiver,
+) -> None:
+    for name, (body, headers, status, reason) in hostile_payloads().items():
+        before = len(receiver.kafka.of(DeadLetter))
+        answer = receiver.post(body, headers)
+        assert answer.status_code == status, (name, answer.status_code, answer.content[:300])
+        json_answer = answer.headers["content-type"].startswith("application/json")
+        message = (
+            answer.json()["message"] if json_answer else Status.FromString(answer.content).message
+        )
+        assert reason in message, (name, message)
+        letters = receiver.kafka.of(DeadLetter)
+        if status == 400:
+            assert len(letters) == before + 1, name
+            assert reason in letters[-1].reason and letters[-1].processor == "otlp-receiver"
+            if name in ("garbage protobuf", "invalid JSON"):
+                assert letters[-1].original == body
+    assert (
+        receiver.post(*as_json(request([span(*new_ids(), chat_attrs("q", "a"))]))).status_code
+        == 200
+    )
+    assert len(receiver.kafka.of(InteractionEvent)) == 1
+
+
+def test_a_batch_with_one_bad_span_keeps_the_good_ones_as_a_partial_success(
+    receiver: Receiver,
+) -> None:
+    trace, good, bad = new_ids()[0], os.urandom(8).hex(), os.urandom(8).hex()
+    spans = [
+        span(trace, good, chat_attrs("q", "a")),
+        span(trace, bad, chat_attrs("q", "a", **{"gen_ai.usage.input_tokens": float("inf")})),
+    ]
+    answer = receiver.post(*as_json(request(spans)))
+    assert answer.status_code == 200
+    partial = answer.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and bad in partial["errorMessage"]
+    assert [e.trace_id for e in receiver.kafka.of(InteractionEvent)] == [f"{trace}-{good}"]
+    [letter] = receiver.kafka.of(DeadLetter)
+    assert bad in letter.reason and letter.source_topic == "otlp:/v1/traces"
+
+
+def test_kafka_away_is_a_503_with_retry_after() -> None:
+    from deploy.local.processes import free_port
+
+    fake = FakeKafka()
+    fake.down = True
+    nowhere = open_sender({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, delivery_timeout_s=2)
+    for kafka in (fake, nowhere):
+        running = Receiver(kafka, ack_timeout_s=1.0, retry_after_s=3)
+        try:
+            answer = running.post(*as_protobuf(request([span(*new_ids(), chat_attrs("q", "a"))])))
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
+            assert "Kafka is unavailable" in Status.FromString(answer.content).message
+            assert (
+                running.post(b"junk", {"content-type": "application/x-protobuf"}).status_code == 503
+            )
+        finally:
+            running.stop()
+    assert nowhere.producer.failed == []  # the exporter keeps what was not acknowledged
