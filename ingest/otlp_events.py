@@ -32,7 +32,6 @@ so a 200 means all of a request is on Kafka):
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from ingest.genai import (
     InvalidSpan,
     check_sizes,
     conversation_of,
-    legacy_conversation,
     model_of,
     role_of,
     usage_of,
@@ -155,9 +153,8 @@ def read_call(
     name: str = "",
 ) -> Call:
     check_sizes(attrs, "span")
-    for _name, payload in events:
-        if isinstance(payload, dict):
-            check_sizes(payload, "event")
+    for name, payload in events:
+        check_sizes(payload if isinstance(payload, dict) else {"body": payload}, name[:80])
     return Call(
         trace_id_of(otel_trace_id, span_id),
         otel_trace_id,
@@ -344,72 +341,31 @@ def _span_feedback(
 
 def from_logs(records: list[LogView], default_agent: str | None) -> Converted:
     """Details events (``gen_ai.client.inference.operation.details``: a whole call in its
-    attributes) and legacy message events, joined per (trace, span) within the request."""
+    attributes), each on its own, and legacy message events joined per (trace, span) within
+    the request; other records are ignored."""
     out = Converted()
-    legacy: dict[tuple[str, str], list[LogView]] = {}
-    for record in records:
-        details = (
-            record.event_name == DETAILS_EVENT or "gen_ai.output.messages" in record.attributes
-        )
+    groups: dict[tuple[str, str, int], list[LogView]] = {}
+    for i, record in enumerate(records):
         if record.event_name in LEGACY_EVENTS:
-            legacy.setdefault((record.trace_id, record.span_id), []).append(record)
-            continue
-        if not details:
+            key = (record.trace_id, record.span_id, -1)
+        elif record.event_name == DETAILS_EVENT or "gen_ai.output.messages" in record.attributes:
+            key = (record.trace_id, record.span_id, i)
+        else:
             out.ignored += 1
             continue
+        groups.setdefault(key, []).append(record)
+    for (trace, span_id, _), group in groups.items():
         try:
-            if not record.span_id:
+            if not span_id:
                 raise InvalidSpan("a GenAI log event needs the trace and span ids of its call")
-            call = read_call(
-                record.trace_id,
-                record.span_id,
-                0,
-                record.time_ns,
-                record.attributes,
-                record.resource,
-                [],
-            )
+            legacy = [(r.event_name, r.body) for r in group if r.event_name in LEGACY_EVENTS]
+            first, end = group[0], max(r.time_ns for r in group)
+            call = read_call(trace, span_id, 0, end, first.attributes, first.resource, legacy)
             if call.conversation.empty:
                 out.no_content += 1
                 continue
             out.events.append(interaction(call, default_agent))
         except (InvalidSpan, ValueError) as exc:
-            out.rejected.append(Rejected(f"log event: {exc}", record.proto.SerializeToString()))
-    for (trace, span_id), group in legacy.items():
-        first = group[0]
-        try:
-            if not span_id:
-                raise InvalidSpan("a GenAI log event needs the trace and span ids of its call")
-            for record in group:
-                if isinstance(record.body, str) and len(record.body) > 1024 * 1024:
-                    raise InvalidSpan("a log event's body is over 1 MiB")
-            conversation = legacy_conversation([(r.event_name, r.body) for r in group])
-            assert conversation is not None
-            attrs = {**first.attributes}
-            call = Call(
-                trace_id_of(trace, span_id),
-                trace,
-                span_id,
-                0,
-                max(r.time_ns for r in group),
-                attrs,
-                first.resource,
-                conversation,
-                model_of(attrs),
-                usage_of(attrs),
-            )
-            if conversation.empty:
-                out.no_content += 1
-                continue
-            out.events.append(interaction(call, default_agent))
-        except (InvalidSpan, ValueError) as exc:
-            digest = hashlib.sha256(
-                b"".join(r.proto.SerializeToString() for r in group)
-            ).hexdigest()[:12]
-            out.rejected.append(
-                Rejected(
-                    f"log events {digest}: {exc}",
-                    b"".join(r.proto.SerializeToString() for r in group),
-                )
-            )
+            original = b"".join(r.proto.SerializeToString() for r in group)
+            out.rejected.append(Rejected(f"log event(s) of {trace}-{span_id}: {exc}", original))
     return out

@@ -24,6 +24,7 @@ from tests.otlp_payloads import (
     as_json,
     as_protobuf,
     chat_attrs,
+    kvs,
     new_ids,
     request,
     span,
@@ -453,3 +454,50 @@ def test_kafka_away_is_a_503_with_retry_after() -> None:
         finally:
             running.stop()
     assert nowhere.producer.failed == []  # the exporter keeps what was not acknowledged
+
+
+def test_legacy_log_events_of_one_call_are_joined_into_one_interaction(receiver: Receiver) -> None:
+    """The 1.28-1.30 layout as log records (older openai-v2 releases' default with
+    capture=true): one record per message, joined by their span id within the request."""
+    trace, span_id = new_ids()
+
+    def record(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "timeUnixNano": "1795000000000000000",
+            "traceId": trace,
+            "spanId": span_id,
+            "eventName": name,
+            "attributes": kvs({"gen_ai.system": "openai"}),
+            "body": {"kvlistValue": {"values": kvs(body)}},
+        }
+
+    records = [
+        record("gen_ai.system.message", {"content": "Be brief."}),
+        record("gen_ai.user.message", {"content": "q?"}),
+        record("gen_ai.choice", {"index": 0, "finish_reason": "stop"}),
+        {"timeUnixNano": "1", "body": {"stringValue": "an ordinary log line"}},
+    ]
+    records[2]["body"]["kvlistValue"]["values"].append(
+        {
+            "key": "message",
+            "value": {"kvlistValue": {"values": kvs({"role": "assistant", "content": "a."})}},
+        }
+    )
+    payload = {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": kvs({"atlas.agent_id": "logs-agent"})},
+                "scopeLogs": [{"logRecords": records}],
+            }
+        ]
+    }
+    answer = receiver.post(*as_json(payload, compress=True), path="/v1/logs")
+    assert answer.status_code == 200, answer.text
+    [event] = receiver.kafka.of(InteractionEvent)
+    assert (event.task_input, event.final_answer) == ("q?", "a.")
+    assert (event.metadata["system_prompt"], event.metadata["finish_reason"]) == (
+        "Be brief.",
+        "stop",
+    )
+    assert (event.trace_id, event.agent_id) == (f"{trace}-{span_id}", "logs-agent")
+    assert receiver.receiver.counts["ignored"] == 1

@@ -138,6 +138,7 @@ def worker_otlp(
     OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=span_only (or event_only with the logs
     exporter) so spans carry the messages. GET /atlas/stats shows the counters.
     """
+    from atlas import registry
     from ingest.otlp import MIB, OtlpConfig, OtlpReceiver
     from ingest.serving import open_sender, serve
 
@@ -146,8 +147,14 @@ def worker_otlp(
         config = OtlpConfig(agent, max_body_mib * MIB, ack_timeout)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    lease = registry.claim(settings.home, "otlp", "-", settings.worker_id)
     sender = open_sender(settings.kafka_config("agent"), settings.codec())
     receiver = OtlpReceiver(config, sender)
-    logging.getLogger(__name__).info("OTLP receiver on http://%s:%d (Ctrl-C stops)", host, port)
-    serve(receiver.app, host, port, sender.close)
+    logging.getLogger(__name__).info(
+        "OTLP receiver %s (pid %d) on http://%s:%d", lease.worker_id, lease.record.pid, host, port
+    )
+    try:
+        serve(receiver.app, host, port, sender.close)
+    finally:
+        lease.release()
     console.print(f"otlp receiver stopped: {receiver.counts}", highlight=False)
