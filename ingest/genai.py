@@ -266,7 +266,8 @@ def _indexed(attrs: dict[str, Any]) -> Conversation | None:
 def conversation_of(attrs: dict[str, Any], events: list[tuple[str, Any]]) -> Conversation:
     """The messages of a span (or of a log event's attributes) by the layouts above; an empty
     conversation when it carries no content."""
-    for found in (_current(attrs), legacy_conversation(events), _indexed(attrs)):
+    for layout in (_current, lambda _: legacy_conversation(events), _indexed):
+        found = layout(attrs)  # in turn: a later layout's faults never reject an earlier one
         if found is not None:
             return found
     value_in, value_out = attrs.get("input.value"), attrs.get("output.value")

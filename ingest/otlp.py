@@ -204,7 +204,7 @@ class OtlpReceiver:
             ]
             await self._deliver(converted.events + dead)
         except Answer as answer:
-            code = 14 if answer.status == 503 else 3
+            code = {503: 14, 500: 13}.get(answer.status, 3)  # gRPC: UNAVAILABLE, INTERNAL
             body, media = status_body(kind, code, answer.reason)
             return Response(body, answer.status, answer.headers, media_type=media)
         self._count(converted)
@@ -223,7 +223,9 @@ class OtlpReceiver:
             self.counts["too_large"] += 1
             raise Answer(413, str(exc)) from None
         try:
-            return await asyncio.to_thread(self._parse, raw, request.headers, signal)
+            converted = await asyncio.to_thread(self._parse, raw, request.headers, signal)
+            self.counts["spans" if signal == "traces" else "log_records"] += converted.items
+            return converted
         except TooLarge as exc:
             self.counts["too_large"] += 1
             await self._deliver([self._dead_letter(signal, raw, str(exc), "TooLarge")])
@@ -233,18 +235,19 @@ class OtlpReceiver:
             log.warning("malformed OTLP %s request (%d bytes): %s", signal, len(raw), exc)
             await self._deliver([self._dead_letter(signal, raw, str(exc), "Malformed")])
             raise Answer(400, str(exc)) from None
+        except Exception as exc:  # a fault of ours: the request is kept as a dead letter
+            log.exception("OTLP %s request (%d bytes) not converted", signal, len(raw))
+            reason = f"the receiver failed on this request: {type(exc).__name__}"
+            await self._deliver([self._dead_letter(signal, raw, reason, type(exc).__name__)])
+            raise Answer(500, reason) from None
 
     def _parse(self, raw: bytes, headers: Any, signal: Signal) -> Converted:
         kind = media_type(headers.get("content-type", ""))
         body = decompress(raw, headers.get("content-encoding", ""), self.config.max_body_bytes)
         request = parse_request(body, kind, signal)
         if signal == "traces":
-            spans = list(spans_of(request))  # type: ignore[arg-type]
-            self.counts["spans"] += len(spans)
-            return from_spans(spans, self.config.default_agent)
-        records = list(logs_of(request))  # type: ignore[arg-type]
-        self.counts["log_records"] += len(records)
-        return from_logs(records, self.config.default_agent)
+            return from_spans(list(spans_of(request)), self.config.default_agent)  # type: ignore[arg-type]
+        return from_logs(list(logs_of(request)), self.config.default_agent)  # type: ignore[arg-type]
 
     async def _deliver(self, events: list[Event]) -> None:
         try:

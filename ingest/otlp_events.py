@@ -51,7 +51,16 @@ from ingest.genai import (
     usage_of,
 )
 from ingest.otlp_decode import LogView, SpanView
-from schemas.models import EARLIEST, LATEST, Event, Step, Usage, path_component, utcnow
+from schemas.models import (
+    EARLIEST,
+    LATEST,
+    Event,
+    InteractionEvent,
+    Step,
+    Usage,
+    path_component,
+    utcnow,
+)
 
 NAMESPACE = uuid.UUID("5b0f6c53-6a4e-4f0e-9a63-0c7d1e2f7a11")  # ids of OTLP-made events
 SOURCE = "otlp"
@@ -77,13 +86,14 @@ class Converted:
 
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    items: int = 0  # spans or log records read
     ignored: int = 0  # spans or records that are no GenAI call or agent run
     no_content: int = 0
     grouped: int = 0  # GenAI spans inside a top-level one
 
     @property
     def interactions(self) -> int:
-        return sum(1 for e in self.events if type(e).__name__ == "InteractionEvent")
+        return sum(1 for e in self.events if isinstance(e, InteractionEvent))
 
 
 def trace_id_of(otel_trace_id: str, span_id: str) -> str:
@@ -111,8 +121,14 @@ def _text(attrs: dict[str, Any], key: str) -> str | None:
     return value[:128] if isinstance(value, str) and value else None
 
 
-def agent_of(attrs: dict[str, Any], resource: dict[str, Any], default: str | None) -> str:
+def agent_of(
+    attrs: dict[str, Any], resource: dict[str, Any], default: str | None, required: bool = True
+) -> str | None:
+    """The span's ``atlas.agent_id``, else its resource's, else ``default``; InvalidSpan if it
+    cannot name a file, or if there is none and ``required``."""
     agent = attrs.get(AGENT_KEY, resource.get(AGENT_KEY, default))
+    if agent is None and not required:
+        return None
     if agent is None:
         raise InvalidSpan(f"no agent: set the {AGENT_KEY} resource or span attribute")
     try:
@@ -211,7 +227,7 @@ def interaction(call: Call, default_agent: str | None, members: list[Call] | Non
         metadata["finish_reason"] = conversation.finish_reason[:META_CAP]
     return chat_event(
         trace_id=call.trace_id,
-        agent_id=agent_of(call.attrs, call.resource, default_agent),
+        agent_id=str(agent_of(call.attrs, call.resource, default_agent)),
         messages=conversation.messages,
         answer=conversation.answer,
         model=model or "unknown",
@@ -264,7 +280,7 @@ def _top_of(
 
 
 def from_spans(spans: list[SpanView], default_agent: str | None) -> Converted:
-    out = Converted()
+    out = Converted(items=len(spans))
     by_id = {(s.trace_id, s.span_id): s for s in spans}
     roles = {key: role_of(s.attributes) for key, s in by_id.items()}
     groups: dict[tuple[str, str], list[SpanView]] = {}
@@ -312,7 +328,11 @@ def from_spans(spans: list[SpanView], default_agent: str | None) -> Converted:
 
 
 def _span_feedback(
-    span: SpanView, by_id: dict, roles: dict, default_agent: str | None, out: Converted
+    span: SpanView,
+    by_id: dict[tuple[str, str], SpanView],
+    roles: dict[tuple[str, str], Any],
+    default_agent: str | None,
+    out: Converted,
 ) -> Iterable[Event]:
     for index, (name, _time, attrs) in enumerate(span.events):
         if name != FEEDBACK_EVENT:
@@ -320,16 +340,7 @@ def _span_feedback(
         top = _top_of(span, by_id, roles)
         target = trace_id_of(top.trace_id, top.span_id) if top is not None else None
         try:
-            agent = (
-                str(
-                    attrs.get(AGENT_KEY)
-                    or span.attributes.get(AGENT_KEY)
-                    or span.resource.get(AGENT_KEY)
-                    or default_agent
-                    or ""
-                )
-                or None
-            )
+            agent = agent_of({**span.attributes, **attrs}, span.resource, default_agent, False)
             yield _feedback(span, index, attrs, target, agent)
         except InvalidSpan as exc:
             out.rejected.append(
@@ -343,7 +354,7 @@ def from_logs(records: list[LogView], default_agent: str | None) -> Converted:
     """Details events (``gen_ai.client.inference.operation.details``: a whole call in its
     attributes), each on its own, and legacy message events joined per (trace, span) within
     the request; other records are ignored."""
-    out = Converted()
+    out = Converted(items=len(records))
     groups: dict[tuple[str, str, int], list[LogView]] = {}
     for i, record in enumerate(records):
         if record.event_name in LEGACY_EVENTS:

@@ -205,3 +205,27 @@ def test_a_broker_killed_mid_export_loses_nothing_and_duplicates_collapse(
     assert otlp.counts["unavailable"] >= 1  # the outage was seen
     assert lost == 0 and rows == (total, total)
     assert len(set(on_kafka)) == total
+
+
+def test_atlas_up_otlp_runs_the_receiver_as_a_service_and_down_stops_it(
+    stack_settings: Settings,
+) -> None:
+    import httpx
+
+    from atlas import otlp_service, registry
+    from deploy.local.processes import free_port
+    from tests.otlp_payloads import as_protobuf, new_ids, request, span
+
+    receiver = otlp_service.start(stack_settings, free_port())
+    try:
+        assert otlp_service.running(stack_settings) == receiver
+        assert "otlp" in {w.kind for w in registry.running(stack_settings.home)}
+        body, headers = as_protobuf(request([span(*new_ids(), chat_attrs("q", "a"))]))
+        answer = httpx.post(f"{receiver.url}/v1/traces", content=body, headers=headers, timeout=30)
+        assert answer.status_code == 200
+        stats = httpx.get(f"{receiver.url}/atlas/stats").json()
+        assert (stats["spans"], stats["interactions"]) == (1, 1)
+    finally:
+        stopped = otlp_service.stop(stack_settings)
+    assert stopped == f"OTLP receiver (pid {receiver.pid})"
+    assert otlp_service.running(stack_settings) is None
