@@ -1,5 +1,6 @@
 """OTLP export requests built by hand (OTLP/JSON, hex ids), for the receiver's tests and
-benchmark: GenAI spans in each layout the receiver reads, and a fake producer."""
+benchmark: GenAI spans in each layout the receiver reads, a fake producer, and a receiver on a
+thread (the ``receiver`` fixture)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import gzip
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import pytest
 from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from ingest.otlp import AckedSender, OtlpConfig, OtlpReceiver
 from ingest.otlp_decode import _hex_ids_to_base64
+from ingest.serving import ServerThread
 from schemas.codec import AvroCodec
 from schemas.models import Event
 
@@ -144,3 +149,28 @@ class FakeKafka:
     def of(self, kind: type[Event]) -> list[Any]:
         with self._lock:
             return [e for e in self.events if isinstance(e, kind)]
+
+
+class Receiver:
+    def __init__(self, kafka: Any = None, **config: Any) -> None:
+        self.kafka = kafka or FakeKafka()
+        self.sender = kafka if isinstance(kafka, AckedSender) else AckedSender(self.kafka)
+        self.receiver = OtlpReceiver(OtlpConfig(**config), self.sender)
+        self.server = ServerThread(self.receiver.app)
+        self.url = self.server.url
+
+    def post(
+        self, body: bytes, headers: dict[str, str], path: str = "/v1/traces"
+    ) -> httpx.Response:
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.sender.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.stop()
