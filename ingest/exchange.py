@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from schemas.models import InteractionEvent, PromptRef, RolloutArm, Step, Usage, utcnow
+from schemas.models import (
+    InteractionEvent,
+    PromptRef,
+    RolloutArm,
+    Step,
+    Usage,
+    new_id,
+    utcnow,
+)
 
 TEXT_CAP = 64 * 1024  # characters of the task input and of the answer kept in the event
 SYSTEM_CAP = 16 * 1024  # characters of the system prompt kept in metadata
@@ -60,7 +69,9 @@ def content_text(content: Any) -> str:
     return json.dumps(content, ensure_ascii=False)
 
 
-def _cut(text: str, cap: int, name: str, metadata: dict[str, str]) -> str:
+def cut_text(text: str, cap: int, name: str, metadata: dict[str, str]) -> str:
+    """``text`` cut to ``cap`` characters; a cut is noted in ``metadata`` as
+    ``<name>_truncated_from`` (the original length)."""
     if len(text) <= cap:
         return text
     metadata[f"{name}_truncated_from"] = str(len(text))
@@ -159,7 +170,6 @@ def to_event(exchange: Exchange) -> InteractionEvent:
     parse = parse_sse_answer if exchange.streamed else parse_json_answer
     answer, model, finish, usage = parse(exchange.body)
     request = exchange.request
-    model = model or str(request.get("model") or "unknown")
     metadata = {"source": SOURCE, "streamed": str(exchange.streamed).lower(), **exchange.extra}
     if finish:
         metadata["finish_reason"] = str(finish)
@@ -168,22 +178,53 @@ def to_event(exchange: Exchange) -> InteractionEvent:
     for name in ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed"):
         if isinstance(request.get(name), int | float) and not isinstance(request[name], bool):
             metadata[f"request_{name}"] = str(request[name])
-    task_input, system = task_input_of(request["messages"])
-    if system:
-        metadata["system_prompt"] = _cut(system, SYSTEM_CAP, "system_prompt", metadata)
-    task_input = _cut(task_input, TEXT_CAP, "task_input", metadata)
-    answer = _cut(answer, TEXT_CAP, "answer", metadata)
-    return InteractionEvent(
+    return chat_event(
         trace_id=exchange.trace_id,
         agent_id=exchange.agent_id,
-        created_at=utcnow(),
+        messages=request["messages"],
+        answer=answer,
+        model=model or str(request.get("model") or "unknown"),
+        usage=usage,
+        latency_ms=exchange.latency_ms,
+        metadata=metadata,
         task_id=exchange.task_id,
         task_family=exchange.task_family,
-        task_input=task_input,
-        mode="auto",
         prompt_versions=exchange.prompt_versions,
-        models={"student": model},
-        steps=[
+        rollouts=exchange.rollouts,
+    )
+
+
+def chat_event(
+    *,
+    trace_id: str,
+    agent_id: str,
+    messages: list[dict[str, Any]],
+    answer: str,
+    model: str,
+    usage: Usage,
+    latency_ms: float,
+    metadata: dict[str, str],
+    task_id: str,
+    task_family: str | None = None,
+    steps: list[Step] | None = None,
+    event_id: str | None = None,
+    created_at: datetime | None = None,
+    prompt_versions: list[PromptRef] | None = None,
+    rollouts: list[RolloutArm] | None = None,
+) -> InteractionEvent:
+    """A chat (OpenAI-shaped ``messages`` and the ``answer`` they got) as an
+    ``InteractionEvent`` in mode ``auto``: the task input from the non-system turns, the system
+    prompt in ``metadata``, texts cut to fixed caps (the cut marked in ``metadata``), and one
+    student step with the answer unless ``steps`` are given. ``event_id`` and ``created_at``
+    default to new ones."""
+    metadata = dict(metadata)
+    task_input, system = task_input_of(messages)
+    if system:
+        metadata["system_prompt"] = cut_text(system, SYSTEM_CAP, "system_prompt", metadata)
+    task_input = cut_text(task_input, TEXT_CAP, "task_input", metadata)
+    answer = cut_text(answer, TEXT_CAP, "answer", metadata)
+    if steps is None:
+        steps = [
             Step(
                 index=0,
                 role="student",
@@ -192,12 +233,24 @@ def to_event(exchange: Exchange) -> InteractionEvent:
                 model=model,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                latency_ms=exchange.latency_ms,
+                latency_ms=latency_ms,
             )
-        ],
+        ]
+    return InteractionEvent(
+        event_id=event_id or new_id(),
+        trace_id=trace_id,
+        agent_id=agent_id,
+        created_at=created_at or utcnow(),
+        task_id=task_id,
+        task_family=task_family,
+        task_input=task_input,
+        mode="auto",
+        prompt_versions=prompt_versions or [],
+        models={"student": model},
+        steps=steps,
         final_answer=answer,
         usage=usage,
-        latency_ms=exchange.latency_ms,
+        latency_ms=latency_ms,
         metadata=metadata,
-        rollouts=exchange.rollouts,
+        rollouts=rollouts or [],
     )

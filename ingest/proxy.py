@@ -53,6 +53,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ingest.exchange import Exchange
+from ingest.feedback import BodyTooLarge, feedback_from, read_capped
 from ingest.managed import MANAGED_HEADER, OPT_IN, ManagedPrompts
 from ingest.recorder import Recorder
 from ingest.relay import StreamRelay
@@ -81,7 +82,6 @@ HOP_BY_HOP = frozenset(
         "accept-encoding",
     }
 )
-FEEDBACK_FIELDS = frozenset(FeedbackEvent.model_fields) - {"event_id", "agent_id", "created_at"}
 
 
 def key_digest(key: str) -> str:
@@ -157,28 +157,11 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 
 
 def feedback_event(raw: bytes, agent_id: str | None) -> FeedbackEvent:
-    """A FeedbackEvent from a ``/v1/feedback`` body, else Refused (400) naming the problem;
-    the same rules as ``EventProducer.record_feedback``."""
-    body = _json_object(raw, "feedback")
-    unknown = sorted(set(body) - FEEDBACK_FIELDS)
-    if unknown:
-        raise Refused(400, f"unknown feedback field(s) {unknown}; known: {sorted(FEEDBACK_FIELDS)}")
+    """A FeedbackEvent from a ``/v1/feedback`` body, else Refused (400) naming the problem."""
     try:
-        event = FeedbackEvent(**body, agent_id=agent_id)
-    except ValueError as exc:  # pydantic's ValidationError
-        errors = getattr(exc, "errors", lambda: [])()
-        reason = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3]
-        ) or str(exc)
-        raise Refused(400, f"invalid feedback: {reason}"[:300]) from None
-    needs = {"edit": "edited_text", "rating": "rating", "tool_outcome": "tool_success"}
-    if event.kind in needs and getattr(event, needs[event.kind]) is None:
-        raise Refused(400, f"feedback kind {event.kind!r} needs {needs[event.kind]}")
-    if event.rating is not None and not event.rating_min <= event.rating <= event.rating_max:
-        raise Refused(
-            400, f"rating {event.rating} outside [{event.rating_min}, {event.rating_max}]"
-        )
-    return event
+        return feedback_from(_json_object(raw, "feedback"), agent_id)
+    except ValueError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 class RecordingProxy:
@@ -248,16 +231,10 @@ class RecordingProxy:
         return self.config.default_agent, False
 
     async def _body(self, request: Request, cap: int) -> bytes:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise Refused(413, f"the body is {int(declared):,} bytes, over the {cap:,}-byte limit")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise Refused(413, f"the body is over the {cap:,}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await read_capped(request, cap)
+        except BodyTooLarge as exc:
+            raise Refused(413, str(exc)) from None
 
     def _upstream_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         kept = {

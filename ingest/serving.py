@@ -1,5 +1,6 @@
-"""Running the recording proxy: its API-key file, its recorder on Kafka, and uvicorn, in the
-foreground (``atlas proxy``) or on a thread (tests, benchmarks).
+"""Running the edges: the recording proxy (its API-key file, its recorder on Kafka) and the
+OTLP receiver (its acknowledged sender), served by uvicorn in the foreground (``atlas proxy``,
+``atlas worker otlp``) or on a thread (tests, benchmarks).
 
 The key file maps agent ids to the API keys their clients send (YAML, ``agent: key`` or
 ``agent: [key, ...]``); like every secret file it must be readable by its owner only (mode
@@ -12,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
 
+from ingest.otlp import AckedSender
 from ingest.proxy import ProxyConfig, RecordingProxy, key_digest
 from ingest.recorder import Recorder
 from runtime.producer import EventProducer
@@ -24,6 +28,8 @@ from schemas.codec import AvroCodec
 from schemas.configfile import ConfigError
 from schemas.models import path_component
 from schemas.secrets import read_secret, remember
+
+MAX_CONNECTIONS = 1024
 
 
 def load_agent_keys(path: Path) -> dict[str, str]:
@@ -76,24 +82,36 @@ def open_recorder(
     return Recorder(producer, capacity=capacity, spill_path=spill_path).start()
 
 
-def uvicorn_config(proxy: RecordingProxy, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
-        proxy.app,
+def serve(app: Any, host: str, port: int, close: Callable[[], None]) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (requests in flight get 10 s to finish), then
+    ``close`` (record what is queued, close the producer). At most ``MAX_CONNECTIONS``
+    connections at once: uvicorn answers more with 503."""
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level="warning",
-        access_log=False,  # a request line names no key, yet the proxy logs no traffic
+        access_log=False,  # a request line names no key, yet the edges log no traffic
         lifespan="on",
         timeout_graceful_shutdown=10,
+        limit_concurrency=MAX_CONNECTIONS,
     )
-
-
-def serve(proxy: RecordingProxy, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then record what is queued and close the producer."""
     try:
-        uvicorn.Server(uvicorn_config(proxy, host, port)).run()
+        uvicorn.Server(config).run()
     finally:
-        proxy.recorder.close()
+        close()
+
+
+def open_sender(
+    kafka_config: dict[str, str], codec: AvroCodec | None = None, delivery_timeout_s: float = 60.0
+) -> AckedSender:
+    """The OTLP receiver's sender: ``EventProducer`` (``acks=all``), no spill file (a request
+    is answered 200 only once acknowledged, so the exporter keeps what is not), and a send
+    never blocking longer than a second on a full buffer."""
+    producer = EventProducer(
+        kafka_config, codec=codec, delivery_timeout_s=delivery_timeout_s, block_seconds=1.0
+    )
+    return AckedSender(producer)
 
 
 class ServerThread:

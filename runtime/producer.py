@@ -22,6 +22,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,21 @@ class EventProducer:
         if self._producer.flush(60) == 0:
             SpillFile.done(taken)  # failures among them were spilled again by _on_delivery
 
-    def _on_delivery(self, event: Event | None, err: KafkaError | None, message: Any) -> None:
+    def _on_delivery(
+        self,
+        event: Event | None,
+        verdict: Callable[[str | None], None] | None,
+        err: KafkaError | None,
+        message: Any,
+    ) -> None:
+        if verdict is not None:
+            verdict(None if err is None else err.str())
         with self._lock:
             if err is None:
                 self.delivered += 1
                 return
+            if verdict is not None:
+                return  # the caller was told and owns the retry: not kept, not spilled
             if self.spill is None:
                 assert event is not None
                 self.failed.append((event, err.str()))
@@ -112,10 +123,13 @@ class EventProducer:
             return
         log.error("event %s to %s not delivered: %s", type(event).__name__, topic_of(event), err)
 
-    def send(self, event: Event) -> None:
-        """Queue ``event`` (redacted first, with ``redact``)."""
+    def send(self, event: Event, verdict: Callable[[str | None], None] | None = None) -> None:
+        """Queue ``event`` (redacted first, with ``redact``). With ``verdict``, Kafka's answer
+        is handed to it (None once acknowledged, else the error's text), on whichever thread
+        serves delivery reports, and a failed event is the caller's to send again: it is
+        neither kept in ``failed`` nor spilled."""
         event = self._redacted(event)
-        self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
+        self._produce(topic_of(event), key_of(event), self.codec.encode(event), event, verdict)
 
     def _redacted(self, event: Event) -> Event:
         if self.redact is None:
@@ -129,7 +143,14 @@ class EventProducer:
             self.redacted[kind] = self.redacted.get(kind, 0) + n
         return event
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, event: Event | None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        event: Event | None,
+        verdict: Callable[[str | None], None] | None = None,
+    ) -> None:
         deadline = time.monotonic() + self.block_seconds
         while True:
             try:
@@ -137,11 +158,11 @@ class EventProducer:
                     topic,
                     value=value,
                     key=key,
-                    on_delivery=functools.partial(self._on_delivery, event),
+                    on_delivery=functools.partial(self._on_delivery, event, verdict),
                 )
                 break
             except BufferError:
-                if time.monotonic() >= deadline and self.spill is not None:
+                if time.monotonic() >= deadline and self.spill is not None and verdict is None:
                     self.spill.append([Spilled(topic, key, value)])  # on disk, sent next start
                     self.spilled += 1
                     return

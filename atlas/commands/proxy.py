@@ -103,7 +103,7 @@ def proxy(
         highlight=False,
     )
     try:
-        serve(RecordingProxy(config, recorder, managed=managed), host, port)
+        serve(RecordingProxy(config, recorder, managed=managed).app, host, port, recorder.close)
     finally:
         if managed is not None:
             managed.prompts.close()  # type: ignore[attr-defined]

@@ -37,6 +37,16 @@ def up(
             "store over HTTPS, certificates from a CA made for this stack."
         ),
     ] = False,
+    otlp: Annotated[
+        int | None,
+        typer.Option(
+            "--otlp",
+            min=1,
+            max=65535,
+            help="Also start the OTLP/HTTP receiver (atlas worker otlp) on this port of"
+            " 127.0.0.1 (4318 is OTLP's usual one); `atlas down` stops it.",
+        ),
+    ] = None,
 ) -> None:
     """Start the local stack: a Kafka broker (KRaft) and the local ClickHouse store, on 127.0.0.1.
 
@@ -57,6 +67,14 @@ def up(
             secure=secure,
         )
     _print_status(result)
+    if otlp is not None:
+        from atlas import otlp_service
+
+        receiver = otlp_service.start(settings, otlp)
+        console.print(
+            f"OTLP receiver on {receiver.url} (pid {receiver.pid}, log {receiver.log})",
+            highlight=False,
+        )
     console.print(f"up in {time.perf_counter() - started:.1f}s")
 
 
@@ -64,7 +82,11 @@ def up(
 @clear_errors
 def down(ctx: typer.Context) -> None:
     """Stop the local stack (by the PIDs recorded at `atlas up`). Data is kept."""
-    stopped = local_stack.down(get_settings(ctx))
+    from atlas import otlp_service
+
+    settings = get_settings(ctx)
+    receiver = otlp_service.stop(settings)
+    stopped = ([receiver] if receiver else []) + local_stack.down(settings)
     console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 

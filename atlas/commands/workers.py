@@ -1,10 +1,12 @@
-"""`atlas worker rewards|sink|gepa|grpo`: the long-running stream workers, in the foreground
-until SIGTERM or SIGINT, logging at INFO to stderr (every record scrubbed of secrets)."""
+"""`atlas worker rewards|sink|gepa|grpo|otlp`: the long-running stream workers and the OTLP
+receiver, in the foreground until SIGTERM or SIGINT, logging at INFO to stderr (every record
+scrubbed of secrets)."""
 
 from __future__ import annotations
 
 import gc
 import logging
+from typing import Annotated
 
 import typer
 
@@ -99,3 +101,60 @@ def worker_grpo(ctx: typer.Context) -> None:
 
     jobs_run = run_trigger_worker(get_settings(ctx), "grpo")
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
+
+
+@app.command("otlp")
+@clear_errors
+def worker_otlp(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 4318,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless a network needs it.")
+    ] = "127.0.0.1",
+    agent: Annotated[
+        str,
+        typer.Option(
+            "--agent", help="Agent id of spans with no atlas.agent_id span or resource attribute."
+        ),
+    ] = "otlp",
+    max_body_mib: Annotated[
+        int, typer.Option(min=1, max=256, help="Largest request body, before or after gzip, MiB.")
+    ] = 16,
+    ack_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.5, help="Seconds to wait for Kafka's acknowledgement before answering 503."
+        ),
+    ] = 5.0,
+) -> None:
+    """Receive OpenTelemetry GenAI traces over OTLP/HTTP and record them as interactions.
+
+    Point an exporter at http://HOST:PORT (OTEL_EXPORTER_OTLP_ENDPOINT; protobuf or JSON, gzip
+    or not): POST /v1/traces and /v1/logs. Each top-level GenAI call or agent span becomes one
+    InteractionEvent (trace id <otel trace id>-<span id>), an atlas.feedback span event a
+    FeedbackEvent. The answer is 200 only once Kafka acknowledged everything, 503 with
+    Retry-After while it does not (exporters retry), 400 with a reason and a dead letter for a
+    malformed payload. For the OpenAI instrumentation set
+    OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=span_only (or event_only with the logs
+    exporter) so spans carry the messages. GET /atlas/stats shows the counters.
+    """
+    from atlas import registry
+    from ingest.otlp import MIB, OtlpConfig, OtlpReceiver
+    from ingest.serving import open_sender, serve
+
+    settings = get_settings(ctx)
+    try:
+        config = OtlpConfig(agent, max_body_mib * MIB, ack_timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    lease = registry.claim(settings.home, "otlp", "-", settings.worker_id)
+    sender = open_sender(settings.kafka_config("agent"), settings.codec())
+    receiver = OtlpReceiver(config, sender)
+    logging.getLogger(__name__).info(
+        "OTLP receiver %s (pid %d) on http://%s:%d", lease.worker_id, lease.record.pid, host, port
+    )
+    try:
+        serve(receiver.app, host, port, sender.close)
+    finally:
+        lease.release()
+    console.print(f"otlp receiver stopped: {receiver.counts}", highlight=False)
