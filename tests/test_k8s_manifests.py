@@ -120,6 +120,7 @@ def test_scalers_stop_at_the_partitions_of_their_input_topics(rendered) -> None:
     deployments = {d["metadata"]["name"]: d for d in objects(docs, "Deployment")}
     for scaled in objects(docs, "ScaledObject"):
         target = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], "a re-apply would reset KEDA's replica count"
         triggers = scaled["spec"]["triggers"]
         topics = [t["metadata"]["topic"] for t in triggers]
         assert scaled["spec"]["maxReplicaCount"] == max(specs[t].partitions for t in topics)
