@@ -145,6 +145,9 @@ def test_workloads_have_probes_resources_budgets_and_referenced_secrets(rendered
         for container in template["spec"]["containers"]:
             assert container["livenessProbe"] and container["readinessProbe"], name
             assert container["resources"]["requests"] and container["resources"]["limits"]
+            if container["securityContext"]["readOnlyRootFilesystem"]:  # caches need a home
+                home = next(e["value"] for e in container["env"] if e["name"] == "HOME")
+                assert home in [m["mountPath"] for m in container["volumeMounts"]], name
             for variable in container["env"]:
                 if any(w in variable["name"] for w in ("PASSWORD", "SIGNING_KEY")):
                     assert set(variable) == {"name", "valueFrom"}, variable["name"]
