@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from atlas.cli import app
-from atlas.k8s import GENERATED_DIR, generate, user_name
+from atlas.k8s import GENERATED_DIR, generate, gpu_grpo_config, user_name
 from atlas.settings import PROJECT_CONFIGS, topic_specs
 from deploy.local.roles import ROLES, acl_bindings
 from tests.k8s_schemas import kustomize_command, render, validate
@@ -136,6 +136,7 @@ def test_workloads_have_probes_resources_budgets_and_referenced_secrets(rendered
     docs = rendered[overlay]
     assert not objects(docs, "Secret"), "Secrets are referenced, never part of the manifests"
     budgets = [b["spec"]["selector"]["matchLabels"] for b in objects(docs, "PodDisruptionBudget")]
+    shipped_deepspeed = sorted(p.name for p in (PROJECT_CONFIGS / "deepspeed").glob("*.json"))
     for workload in objects(docs, *WORKLOADS):
         template = workload["spec"]["template"]
         labels = template["metadata"]["labels"]
@@ -155,6 +156,10 @@ def test_workloads_have_probes_resources_budgets_and_referenced_secrets(rendered
         for volume in template["spec"].get("volumes", []):
             if "secret" in volume:  # only the public cluster CA is a file
                 assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]
+            if volume["name"] == "configs":  # every DeepSpeed config projected back in place
+                sources = [s["configMap"] for s in volume["projected"]["sources"]]
+                deepspeed = next(s for s in sources if s["name"] == "atlas-deepspeed")
+                assert sorted(i["key"] for i in deepspeed["items"]) == shipped_deepspeed, name
 
 
 def test_the_gpu_learner_trains_with_the_gpu_deepspeed_config(rendered) -> None:
@@ -169,14 +174,18 @@ def test_the_gpu_learner_trains_with_the_gpu_deepspeed_config(rendered) -> None:
     (configs,) = [v for v in spec["volumes"] if v["name"] == "configs"]
     sources = [s["configMap"] for s in configs["projected"]["sources"]]
     assert "atlas-grpo-gpu" in [s["name"] for s in sources]
-    deepspeed = next(s for s in sources if s["name"] == "atlas-deepspeed")
-    shipped = sorted(p.name for p in (PROJECT_CONFIGS / "deepspeed").glob("*.json"))
-    assert sorted(i["key"] for i in deepspeed["items"]) == shipped
     config_maps = {c["metadata"]["name"]: c for c in objects(rendered["production"], "ConfigMap")}
     gpu = yaml.safe_load(config_maps["atlas-grpo-gpu"]["data"]["grpo.yaml"])
     cpu = yaml.safe_load((PROJECT_CONFIGS / "grpo.yaml").read_text())
     assert gpu == {**cpu, "deepspeed_config": "deepspeed/zero3_offload.json"}
     assert Path(PROJECT_CONFIGS / gpu["deepspeed_config"]).exists()
+
+
+def test_the_gpu_config_needs_exactly_one_deepspeed_line() -> None:
+    grpo = (PROJECT_CONFIGS / "grpo.yaml").read_text()
+    for broken in (grpo.replace("deepspeed_config:", "# deepspeed_config:"), grpo * 2):
+        with pytest.raises(ValueError, match="exactly one line"):
+            gpu_grpo_config(broken)
 
 
 def test_every_worker_command_exists(rendered) -> None:
