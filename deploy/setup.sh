@@ -49,4 +49,13 @@ folder = default_model_dir(cache_dir)
 done = "already there" if cached else f"converted from {smollm2_gguf().name}"
 print(f"offline model: {folder} ({done}, {time.perf_counter() - started:.1f} s)")
 PY
+# The Kubernetes manifests' tests render deploy/k8s with kustomize (or kubectl's built-in one):
+# Debian's kubernetes-client is too old for it, so build kustomize from its Go module.
+if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&1; then
+  if command -v go >/dev/null 2>&1; then
+    GOBIN=/usr/local/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+  else
+    echo "no kubectl, kustomize or go: tests/test_k8s_manifests.py will be skipped" >&2
+  fi
+fi
 echo "set up: .venv/bin/atlas --help"
