@@ -54,8 +54,8 @@ from starlette.routing import Route
 
 from ingest.exchange import Exchange
 from ingest.managed import MANAGED_HEADER, OPT_IN, ManagedPrompts
-from ingest.recorder import Recorder
 from ingest.relay import StreamRelay
+from runtime.recorder import Recorder
 from schemas.models import FeedbackEvent, new_id, path_component
 from schemas.secrets import redact_url
 
