@@ -24,27 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.proxy import NullProducer, percentile
 from runtime.recorder import Recorder, open_recorder
 from runtime.tracing import Tracer, trace_event, traced
-
-
-class NullProducer:
-    delivered = 0
-    spilled = 0
-
-    def send(self, _event: Any) -> None:
-        self.delivered += 1
-
-    def poll(self, timeout: float = 0.0) -> int:
-        return 0
-
-    def close(self, timeout: float = 30.0) -> None:
-        pass
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def row(name: str, micros: list[float]) -> str:

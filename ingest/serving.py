@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
@@ -59,13 +60,12 @@ def open_recorder(
     kafka_config: dict[str, str],
     codec: AvroCodec | None = None,
     spill_path: Path | None = None,
-    delivery_timeout_s: float = 60.0,
-    capacity: int = 10_000,
+    **options: Any,
 ) -> Recorder:
-    """The proxy's started recorder (``runtime.recorder.open_recorder``), turning exchanges
-    into interactions."""
+    """The proxy's started recorder: ``runtime.recorder.open_recorder`` (``options``: its
+    delivery timeout and capacity) turning exchanges into interactions."""
     return runtime_recorder(
-        kafka_config, codec, spill_path, delivery_timeout_s, capacity, to_event, "proxy-recorder"
+        kafka_config, codec, spill_path, convert=to_event, name="proxy-recorder", **options
     )
 
 

@@ -56,6 +56,14 @@ def _captured(trace: Trace, kwargs: dict[str, Any], response: Any, started: floa
     )
 
 
+def _kept(trace: Trace, kwargs: dict[str, Any], response: Any, started: float) -> Any:
+    """What the client returns: the response, captured; a stream wrapped to be captured."""
+    if _is_stream(response):
+        return CapturedStream(response, trace, kwargs, started)
+    _captured(trace, kwargs, response, started)
+    return response
+
+
 def _sync(original: Any) -> Any:
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -63,11 +71,7 @@ def _sync(original: Any) -> Any:
         if trace is None:
             return original(self, *args, **kwargs)
         started = time.perf_counter()
-        response = original(self, *args, **kwargs)
-        if _is_stream(response):
-            return CapturedStream(response, trace, kwargs, started)
-        _captured(trace, kwargs, response, started)
-        return response
+        return _kept(trace, kwargs, original(self, *args, **kwargs), started)
 
     return create
 
@@ -79,11 +83,7 @@ def _async(original: Any) -> Any:
         if trace is None:
             return await original(self, *args, **kwargs)
         started = time.perf_counter()
-        response = await original(self, *args, **kwargs)
-        if _is_stream(response):
-            return CapturedStream(response, trace, kwargs, started)
-        _captured(trace, kwargs, response, started)
-        return response
+        return _kept(trace, kwargs, await original(self, *args, **kwargs), started)
 
     return create
 
