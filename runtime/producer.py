@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from pydantic import ValidationError
 
 from runtime.redaction import Redactor
 from runtime.redaction_events import redact_feedback, redact_interaction
 from runtime.spill import Spilled, SpillFile
 from schemas.codec import AvroCodec
+from schemas.configfile import validation_summary
 from schemas.models import Event, FeedbackEvent, FeedbackKind, InteractionEvent
 from schemas.topics import key_of, topic_of
 
@@ -63,19 +65,22 @@ def feedback_event(
         raise ValueError(f"feedback kind {kind!r} needs {field[kind]}")
     if rating is not None and not rating_range[0] <= rating <= rating_range[1]:
         raise ValueError(f"rating {rating} outside {rating_range}")
-    return FeedbackEvent(
-        trace_id=trace_id,
-        agent_id=agent_id,
-        kind=kind,
-        edited_text=edited_text,
-        rating=rating,
-        rating_min=rating_range[0],
-        rating_max=rating_range[1],
-        tool_name=tool_name,
-        tool_success=tool_success,
-        user_id=user_id,
-        comment=comment,
-    )
+    try:
+        return FeedbackEvent(
+            trace_id=trace_id,
+            agent_id=agent_id,
+            kind=kind,
+            edited_text=edited_text,
+            rating=rating,
+            rating_min=rating_range[0],
+            rating_max=rating_range[1],
+            tool_name=tool_name,
+            tool_success=tool_success,
+            user_id=user_id,
+            comment=comment,
+        )
+    except ValidationError as exc:
+        raise ValueError(f"invalid feedback: {validation_summary(exc)}") from None
 
 
 class EventProducer:

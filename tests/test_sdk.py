@@ -272,6 +272,9 @@ def test_feedback_is_checked_at_once_and_queued_for_the_last_trace(rec: Recordin
         rec.tracer.feedback(kind="rating")
     with pytest.raises(ValueError, match="outside"):
         rec.tracer.feedback(kind="rating", rating=9)
+    for hostile in ({"kind": "shrug"}, {"trace_id": " "}, {"comment": 5}):
+        with pytest.raises(ValueError, match=r"^invalid feedback: \w+: [^\n]+$"):
+            rec.tracer.feedback(**hostile)
     assert rec.tracer.feedback(kind="edit", edited_text="better")
     (sent,) = rec.events(1, FeedbackEvent)
     assert (sent.trace_id, sent.kind, sent.agent_id) == (trace.trace_id, "edit", "sdk-test")

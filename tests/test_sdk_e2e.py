@@ -32,6 +32,7 @@ from atlas import sdk
 
 @sdk.traced
 def answer(question: str) -> str:
+    assert sdk.prompt("student", default="Answer briefly.")  # follows atlas.prompts.v1
     return "Lisbon"
 
 answer("Ship order 123 to Lisbon. Which city?")
@@ -52,18 +53,20 @@ def read_back(reader: Any, trace_id: str, timeout: float = 60) -> dict[str, Any]
     return seen
 
 
-def test_a_process_that_records_and_exits_has_flushed_its_trace_and_feedback(
-    stack_settings: Settings, kafka_config: dict[str, str]
-) -> None:
+def run_exiting_agent(
+    settings: Settings, reader_config: dict[str, str]
+) -> tuple[str, dict[str, Any], str]:
+    """Run EXITING_AGENT against the stack of ``settings``; its agent id, what it left on
+    Kafka (topic: event) and its stderr."""
     agent = f"sdk-exit-{uuid.uuid4().hex[:8]}"
-    reader = reader_at_end(kafka_config, [INTERACTIONS, FEEDBACK])
+    reader = reader_at_end(reader_config, [INTERACTIONS, FEEDBACK])
     try:
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(EXITING_AGENT)],
             env={
                 **os.environ,
-                "ATLAS_HOME": str(stack_settings.home),
+                "ATLAS_HOME": str(settings.home),
                 "ATLAS_AGENT_ID": agent,
                 "PYTHONPATH": str(ROOT),
             },
@@ -71,10 +74,9 @@ def test_a_process_that_records_and_exits_has_flushed_its_trace_and_feedback(
             text=True,
             timeout=120,
         )
-        took = time.monotonic() - started
         assert done.returncode == 0, done.stderr
-        trace_id = done.stdout.strip().splitlines()[-1]
-        seen = read_back(reader, trace_id)
+        print(f"\nexiting agent: recorded, flushed at exit, took {time.monotonic() - started:.1f}s")
+        seen = read_back(reader, done.stdout.strip().splitlines()[-1])
     finally:
         reader.close()
     assert set(seen) == {INTERACTIONS, FEEDBACK}, done.stderr
@@ -82,8 +84,14 @@ def test_a_process_that_records_and_exits_has_flushed_its_trace_and_feedback(
     assert (interaction.agent_id, interaction.final_answer) == (agent, "Lisbon")
     assert interaction.task_input == "Ship order 123 to Lisbon. Which city?"
     assert (feedback.kind, feedback.agent_id) == ("approve", agent)
-    assert not (stack_settings.home / "spill" / f"sdk-{agent}.jsonl").exists()
-    print(f"\nexiting agent: recorded, flushed at exit, process took {took:.1f}s")
+    assert not (settings.home / "spill" / f"sdk-{agent}.jsonl").exists()
+    return agent, seen, done.stderr
+
+
+def test_a_process_that_records_and_exits_has_flushed_its_trace_and_feedback(
+    stack_settings: Settings, kafka_config: dict[str, str]
+) -> None:
+    run_exiting_agent(stack_settings, kafka_config)
 
 
 def test_traced_openai_calls_and_blocks_are_scored_stored_and_revised_by_feedback(
