@@ -139,7 +139,10 @@ class Scope:
     def __exit__(self, _kind: object, error: BaseException | None, _tb: object) -> None:
         if self._token is None:
             return
-        _active.reset(self._token)
+        try:
+            _active.reset(self._token)
+        except ValueError:  # left in another context than entered (a task handed it on)
+            _active.set(None)
         self._token = None
         self.tracer.finish(self.trace, error)
 
