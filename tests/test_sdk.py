@@ -357,3 +357,22 @@ def test_prompts_by_label_name_their_version_in_the_trace(rec: Recording) -> Non
     ]
     tracer.close()
     assert prompts.closed
+
+
+def test_kafka_unreachable_never_slows_a_call_and_the_trace_is_spilled(tmp_path: Any) -> None:
+    from deploy.local.processes import free_port
+    from runtime.recorder import open_recorder
+
+    spill = tmp_path / "spill" / "sdk-a.jsonl"
+    nowhere = {"bootstrap.servers": f"127.0.0.1:{free_port()}"}
+    recorder = open_recorder(nowhere, spill_path=spill, delivery_timeout_s=1.0, convert=trace_event)
+    tracer = Tracer("sdk-test", recorder)
+    shout = traced(lambda text: text.upper(), lambda: tracer)
+    started = time.monotonic()
+    assert [shout(f"q{i}") for i in range(3)] == ["Q0", "Q1", "Q2"]
+    assert time.monotonic() - started < 1.0
+    assert tracer.feedback(kind="approve")
+    tracer.close(2.0)
+    stats = tracer.stats()
+    assert (stats["recorded"], stats["feedback"], stats["delivered"]) == (3, 1, 0)
+    assert stats["spilled"] == 4 and len(spill.read_text().splitlines()) == 4
