@@ -1,8 +1,8 @@
 """``atlas.sdk``: record an existing agent in three lines.
 
     from atlas import sdk
-    answer = sdk.traced(answer)  # or @sdk.traced: each call is one trace
-    sdk.feedback(sdk.last_trace_id(), "approve")
+    @sdk.traced  # over the agent's function: each call one trace, its openai calls the steps
+    sdk.feedback(sdk.last_trace_id(), "approve")  # where the user gives a verdict
 
 The face of ``runtime/tracing.py`` (traces, their rules), ``runtime/openai_capture.py`` (the
 ``openai`` client's calls inside a trace) and ``runtime/recorder.py`` (the background
