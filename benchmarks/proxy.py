@@ -27,9 +27,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ingest.exchange import to_event
 from ingest.proxy import AGENT_HEADER, ProxyConfig
-from ingest.recorder import Recorder
 from ingest.serving import ServerThread, open_recorder, proxy_on_thread
+from runtime.recorder import Recorder
 from tests.fake_openai import FakeUpstream
 
 
@@ -96,7 +97,7 @@ def main() -> None:
         recorder = open_recorder(Settings().kafka_config("agent"))
         sink = "the local stack's Kafka (acks=all)"
     else:
-        recorder = Recorder(NullProducer).start()
+        recorder = Recorder(NullProducer, convert=to_event).start()
         sink = "an in-memory producer"
     submits: list[float] = []
     submit = recorder.submit

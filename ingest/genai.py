@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ingest.exchange import content_text
+from runtime.calls import content_text
 from schemas.models import Usage
 
 Role = Literal["call", "agent"]

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.exchange import chat_event
 from ingest.feedback import FEEDBACK_FIELDS, feedback_from
 from ingest.genai import (
     LEGACY_EVENTS,
@@ -51,12 +50,12 @@ from ingest.genai import (
     usage_of,
 )
 from ingest.otlp_decode import LogView, SpanView
+from runtime.calls import ModelCall, interaction_event, task_input_of
 from schemas.models import (
     EARLIEST,
     LATEST,
     Event,
     InteractionEvent,
-    Step,
     Usage,
     path_component,
     utcnow,
@@ -198,45 +197,47 @@ def interaction(call: Call, default_agent: str | None, members: list[Call] | Non
         "span_name": call.name[:META_CAP],
         "service_name": str(call.resource.get("service.name") or "")[:META_CAP],
     }
-    steps = None
     if members:
         metadata["calls"] = str(len(members))
         if conversation.empty:
             first, last = members[0].conversation, members[-1].conversation
             conversation = Conversation(first.messages, last.answer, last.finish_reason)
-        if not usage.total_tokens:
-            usage = Usage(
-                prompt_tokens=sum(m.usage.prompt_tokens for m in members),
-                completion_tokens=sum(m.usage.completion_tokens for m in members),
-            )
         model = model or next((m.model for m in members if m.model), None)
-        steps = [
-            Step(
-                index=i,
-                role="student",
-                kind="answer",
-                content=m.conversation.answer[:65536],
-                model=m.model or "unknown",
-                prompt_tokens=m.usage.prompt_tokens,
-                completion_tokens=m.usage.completion_tokens,
-                latency_ms=m.latency_ms,
+        calls = [
+            ModelCall(
+                m.conversation.answer,
+                m.model or "unknown",
+                m.usage,
+                m.latency_ms,
+                m.conversation.finish_reason,
             )
-            for i, m in enumerate(members)
+            for m in members
+        ]
+    else:
+        calls = [
+            ModelCall(
+                conversation.answer,
+                model or "unknown",
+                usage,
+                call.latency_ms,
+                conversation.finish_reason,
+            )
         ]
     if conversation.finish_reason:
-        metadata["finish_reason"] = conversation.finish_reason[:META_CAP]
-    return chat_event(
+        calls[-1] = replace(calls[-1], finish_reason=conversation.finish_reason[:META_CAP])
+    task_input, system = task_input_of(conversation.messages)
+    return interaction_event(
         trace_id=call.trace_id,
         agent_id=str(agent_of(call.attrs, call.resource, default_agent)),
-        messages=conversation.messages,
-        answer=conversation.answer,
-        model=model or "unknown",
-        usage=usage,
+        task_id=_text(call.attrs, TASK_KEY) or SOURCE,
+        task_input=task_input,
+        final_answer=conversation.answer,
+        calls=calls,
         latency_ms=call.latency_ms,
         metadata={k: v for k, v in metadata.items() if v},
-        task_id=_text(call.attrs, TASK_KEY) or SOURCE,
+        system=system,
         task_family=_text(call.attrs, FAMILY_KEY),
-        steps=steps,
+        model=model or "unknown",
         event_id=derived_id("interaction", call.trace_id),
         created_at=_instant(call.end_ns or call.start_ns),
     )

@@ -18,7 +18,7 @@ Guarantees:
 * Recording is off the request's path: once the answer is sent (a stream: after its last
   chunk), the handler only puts the exchange on the recorder's bounded queue (``submit``,
   microseconds); parsing, encoding and Kafka happen on the recorder's thread
-  (``ingest/recorder.py``). Kafka being away never changes an answer: events are spilled to a
+  (``runtime/recorder.py``). Kafka being away never changes an answer: events are spilled to a
   file and sent again when Kafka is back.
 * The agent is the one its API key maps to (``agent_keys``: only sha256 digests of keys are
   kept; keys are never logged, stored or put in an event), else the ``X-Atlas-Agent`` header,
@@ -55,8 +55,8 @@ from starlette.routing import Route
 from ingest.exchange import Exchange
 from ingest.feedback import BodyTooLarge, feedback_from, read_capped
 from ingest.managed import MANAGED_HEADER, OPT_IN, ManagedPrompts
-from ingest.recorder import Recorder
 from ingest.relay import StreamRelay
+from runtime.recorder import Recorder
 from schemas.models import FeedbackEvent, new_id, path_component
 from schemas.secrets import redact_url
 

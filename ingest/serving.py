@@ -20,10 +20,12 @@ from typing import Any
 import uvicorn
 import yaml
 
+from ingest.exchange import to_event
 from ingest.otlp import AckedSender
 from ingest.proxy import ProxyConfig, RecordingProxy, key_digest
-from ingest.recorder import Recorder
 from runtime.producer import EventProducer
+from runtime.recorder import Recorder
+from runtime.recorder import open_recorder as runtime_recorder
 from schemas.codec import AvroCodec
 from schemas.configfile import ConfigError
 from schemas.models import path_component
@@ -64,22 +66,13 @@ def open_recorder(
     kafka_config: dict[str, str],
     codec: AvroCodec | None = None,
     spill_path: Path | None = None,
-    delivery_timeout_s: float = 60.0,
-    capacity: int = 10_000,
+    **options: Any,
 ) -> Recorder:
-    """A started recorder producing with ``EventProducer`` (``acks=all``, spilling to
-    ``spill_path``: an earlier run's spill is sent first, on the recorder's thread)."""
-
-    def producer() -> EventProducer:
-        return EventProducer(
-            kafka_config,
-            codec=codec,
-            delivery_timeout_s=delivery_timeout_s,
-            block_seconds=1.0,
-            spill_path=spill_path,
-        )
-
-    return Recorder(producer, capacity=capacity, spill_path=spill_path).start()
+    """The proxy's started recorder: ``runtime.recorder.open_recorder`` (``options``: its
+    delivery timeout and capacity) turning exchanges into interactions."""
+    return runtime_recorder(
+        kafka_config, codec, spill_path, convert=to_event, name="proxy-recorder", **options
+    )
 
 
 def serve(app: Any, host: str, port: int, close: Callable[[], None]) -> None:

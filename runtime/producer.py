@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from pydantic import ValidationError
 
 from runtime.redaction import Redactor
 from runtime.redaction_events import redact_feedback, redact_interaction
 from runtime.spill import Spilled, SpillFile
 from schemas.codec import AvroCodec
+from schemas.configfile import validation_summary
 from schemas.models import Event, FeedbackEvent, FeedbackKind, InteractionEvent
 from schemas.topics import key_of, topic_of
 
@@ -40,6 +42,46 @@ log = logging.getLogger(__name__)
 
 class ProducerError(Exception):
     """Events could not be delivered; the message says how many and why."""
+
+
+def feedback_event(
+    trace_id: str,
+    kind: FeedbackKind,
+    *,
+    edited_text: str | None = None,
+    rating: float | None = None,
+    rating_range: tuple[float, float] = (1.0, 5.0),
+    tool_name: str | None = None,
+    tool_success: bool | None = None,
+    agent_id: str | None = None,
+    user_id: str | None = None,
+    comment: str | None = None,
+) -> FeedbackEvent:
+    """A user's (or tool's) verdict on a trace as an event; ValueError (one readable line) when
+    the kind lacks what it needs (an edit its text, a rating its value in ``rating_range``, a
+    tool outcome its success) or a field is invalid."""
+    required = {"edit": edited_text, "rating": rating, "tool_outcome": tool_success}
+    if kind in required and required[kind] is None:
+        field = {"edit": "edited_text", "rating": "rating", "tool_outcome": "tool_success"}
+        raise ValueError(f"feedback kind {kind!r} needs {field[kind]}")
+    if rating is not None and not rating_range[0] <= rating <= rating_range[1]:
+        raise ValueError(f"rating {rating} outside {rating_range}")
+    try:
+        return FeedbackEvent(
+            trace_id=trace_id,
+            agent_id=agent_id,
+            kind=kind,
+            edited_text=edited_text,
+            rating=rating,
+            rating_min=rating_range[0],
+            rating_max=rating_range[1],
+            tool_name=tool_name,
+            tool_success=tool_success,
+            user_id=user_id,
+            comment=comment,
+        )
+    except ValidationError as exc:
+        raise ValueError(f"invalid feedback: {validation_summary(exc)}") from None
 
 
 class EventProducer:
@@ -179,42 +221,10 @@ class EventProducer:
     def record_interaction(self, event: InteractionEvent) -> None:
         self.send(event)
 
-    def record_feedback(
-        self,
-        trace_id: str,
-        kind: FeedbackKind,
-        *,
-        edited_text: str | None = None,
-        rating: float | None = None,
-        rating_range: tuple[float, float] = (1.0, 5.0),
-        tool_name: str | None = None,
-        tool_success: bool | None = None,
-        agent_id: str | None = None,
-        user_id: str | None = None,
-        comment: str | None = None,
-    ) -> FeedbackEvent:
-        """Send a user's (or tool's) verdict on a trace; returns the event sent (redacted,
-        with ``redact``)."""
-        required = {"edit": edited_text, "rating": rating, "tool_outcome": tool_success}
-        if kind in required and required[kind] is None:
-            field = {"edit": "edited_text", "rating": "rating", "tool_outcome": "tool_success"}
-            raise ValueError(f"feedback kind {kind!r} needs {field[kind]}")
-        if rating is not None and not rating_range[0] <= rating <= rating_range[1]:
-            raise ValueError(f"rating {rating} outside {rating_range}")
-        event = FeedbackEvent(
-            trace_id=trace_id,
-            agent_id=agent_id,
-            kind=kind,
-            edited_text=edited_text,
-            rating=rating,
-            rating_min=rating_range[0],
-            rating_max=rating_range[1],
-            tool_name=tool_name,
-            tool_success=tool_success,
-            user_id=user_id,
-            comment=comment,
-        )
-        event = self._redacted(event)
+    def record_feedback(self, trace_id: str, kind: FeedbackKind, **fields: Any) -> FeedbackEvent:
+        """Send a user's (or tool's) verdict on a trace (the fields of :func:`feedback_event`);
+        returns the event sent (redacted, with ``redact``)."""
+        event = self._redacted(feedback_event(trace_id, kind, **fields))
         self._produce(topic_of(event), key_of(event), self.codec.encode(event), event)
         return event
 

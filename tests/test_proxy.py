@@ -19,8 +19,8 @@ import pytest
 
 from ingest.exchange import Exchange, parse_sse_answer, to_event
 from ingest.proxy import AGENT_HEADER, TRACE_HEADER, ProxyConfig, key_digest
-from ingest.recorder import Recorder
 from ingest.serving import ServerThread, load_agent_keys, open_recorder, proxy_on_thread
+from runtime.recorder import Recorder
 from schemas.configfile import ConfigError
 from schemas.models import (
     Demonstration,
@@ -67,7 +67,7 @@ class Setup:
         self.upstream = upstream
         self.upstream_server = ServerThread(upstream.app)
         self.produced = ListProducer()
-        self.recorder = Recorder(lambda: self.produced).start()
+        self.recorder = Recorder(lambda: self.produced, convert=to_event).start()
         self.config = config or ProxyConfig("http://127.0.0.1:1/v1")
         self.config.upstream = f"{self.upstream_server.url}/v1"
         self.proxy, self.server = proxy_on_thread(self.config, self.recorder)
@@ -304,7 +304,7 @@ def test_an_answer_that_is_no_completion_is_counted_not_recorded() -> None:
         latency_ms=1.0,
     )
     produced = ListProducer()
-    recorder = Recorder(lambda: produced).start()
+    recorder = Recorder(lambda: produced, convert=to_event).start()
     recorder.submit(exchange)
     recorder.close()
     assert produced.events == [] and recorder.stats()["unreadable"] == 1
@@ -318,9 +318,9 @@ def test_a_long_conversation_and_tool_calls_become_the_events_text() -> None:
         b' "function": {"arguments": ": 1}"}}]}, "finish_reason": "tool_calls"}]}\n\n'
         b"data: [DONE]\n\n"
     )
-    answer, model, finish, _ = parse_sse_answer(stream)
-    assert json.loads(answer) == [{"name": "lookup", "arguments": '{"q": 1}'}]
-    assert (model, finish) == ("m", "tool_calls")
+    call = parse_sse_answer(stream)
+    assert json.loads(call.answer) == [{"name": "lookup", "arguments": '{"q": 1}'}]
+    assert (call.model, call.finish_reason) == ("m", "tool_calls")
     messages = [
         {"role": "user", "content": "a"},
         {"role": "assistant", "content": "b"},

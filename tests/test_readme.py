@@ -142,7 +142,7 @@ def assert_recorded(event: InteractionEvent, kafka_config: dict[str, str]) -> No
 
 
 def test_the_two_agent_samples_differ_only_in_the_model() -> None:
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3  # the two runtime samples and the SDK's
     online, offline = agent_sample("OpenAIBackend"), agent_sample("LocalBackend")
     assert online.split("\nseeds = ")[1] == offline.split("\nseeds = ")[1]
     assert "os.environ" not in online  # the endpoint comes from the ATLAS_ settings
@@ -178,6 +178,39 @@ def test_the_readme_offline_sample_runs(
     monkeypatch.setenv("ATLAS_HOME", str(stack_settings.home))
     event = run_sample(agent_sample("LocalBackend"))
     assert event.models["student"] == model_dir.name
+    assert_recorded(event, kafka_config)
+
+
+def test_the_readme_sdk_sample_records_its_call_and_feedback(
+    stack_settings: Settings,
+    kafka_config: dict[str, str],
+    llama_server: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's three lines around the stock client, on llama.cpp's server."""
+    from atlas import sdk
+
+    (sample,) = [block for block in blocks("python") if "from atlas import sdk" in block]
+    agent = f"readme-sdk-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("ATLAS_HOME", str(stack_settings.home))
+    monkeypatch.setenv("ATLAS_AGENT_ID", agent)
+    monkeypatch.setenv("OPENAI_BASE_URL", llama_server.base_url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("OPENAI_API_KEY", LLAMA_API_KEY)
+    sdk.close()  # a default tracer another test made would name another agent
+    try:
+        exec(compile(sample, "README.md", "exec"), {})
+        trace_id = sdk.last_trace_id()
+    finally:
+        sdk.close()  # flushed, as at exit
+    assert trace_id
+    event = InteractionEvent(
+        trace_id=trace_id,
+        agent_id=agent,
+        task_id="-",
+        task_input="-",
+        mode="auto",
+        final_answer="-",
+    )
     assert_recorded(event, kafka_config)
 
 

@@ -228,6 +228,18 @@ def test_workers_score_and_store_an_agents_traffic(secure: Settings, tmp_path: P
     assert not leaks_of(secrets, written), leaks_of(secrets, written)
 
 
+def test_the_sdk_records_with_the_agent_roles_credentials(secure: Settings) -> None:
+    """atlas.sdk configured from the environment alone (ATLAS_HOME of a --secure stack): SASL
+    and TLS with the agent role's credentials, prompts followed, no secret in its output."""
+    from tests.test_sdk_e2e import run_exiting_agent
+
+    _agent, _seen, stderr = run_exiting_agent(secure, secure.kafka_config("admin"))
+    secrets = [
+        read_secret(path).get_secret_value() for path in secure.secrets_dir.glob("*.password")
+    ]
+    assert not leaks_of(secrets, {"stderr": stderr.encode()})
+
+
 def test_the_acls_are_listed_per_role(secure: Settings) -> None:
     admin = AdminClient(secure.kafka_config("admin"))
     from confluent_kafka.admin import (

@@ -1,20 +1,24 @@
-"""The proxy's recorder: exchanges and feedback handed over by request handlers are turned
-into events and produced to Kafka on one background thread, so recording never waits on
-Kafka, on parsing or on encoding.
+"""A background recorder: what an agent's code (the SDK, ``runtime/tracing.py``) or a request
+handler (the recording proxy, ``ingest/proxy.py``) hands over is turned into events and
+produced to Kafka on one background thread, so recording never waits on Kafka, on building
+the event or on encoding it.
 
 Guarantees:
 
 * ``submit`` never blocks: it puts the item on a bounded queue (``capacity``) and returns;
   when the queue is full the item is dropped, counted (``dropped``) and logged.
+* An item is an ``Event``, sent as it is, or anything ``convert`` turns into one (an
+  exchange, a trace), on the recorder's thread; interactions count as ``recorded``, feedback
+  as ``feedback``.
 * Events go through ``runtime.producer.EventProducer`` (``acks=all``, idempotent). With a
   spill file, what Kafka does not acknowledge in time is appended to it (``spilled``) and sent
   again by the next producer opened on it: the recorder opens a new one as soon as Kafka
   acknowledges again, and at start-up. The agent's call is never affected.
 * ``close`` drains the queue, then closes the producer (what is unacknowledged by then is
   spilled, or reported by the producer without a spill file).
-* An exchange whose answer holds no completion (``unreadable``) or that makes no valid event
-  (``invalid``, e.g. over the size limits) is counted and logged with its trace id, never
-  with its text.
+* An item ``convert`` finds nothing to record in (it raises ``Unrecordable``: ``unreadable``)
+  or that makes no valid event (``invalid``, e.g. over the size limits) is counted and logged
+  with its trace id, never with its text.
 """
 
 from __future__ import annotations
@@ -25,17 +29,28 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from ingest.exchange import Exchange, UnreadableExchange, to_event
-from runtime.producer import ProducerError
+from runtime.producer import EventProducer, ProducerError
+from schemas.codec import AvroCodec
 from schemas.limits import LimitError
-from schemas.models import Event
+from schemas.models import Event, InteractionEvent
 
 log = logging.getLogger(__name__)
 COUNTERS = ("recorded", "feedback", "dropped", "unreadable", "invalid", "send_errors")
+
+
+class Unrecordable(ValueError):
+    """The item holds nothing to record (``convert`` says why); counted as ``unreadable``."""
+
+
+def as_is(item: Any) -> Event:
+    """The ``convert`` of a recorder handed events only."""
+    if not isinstance(item, Event):
+        raise Unrecordable(f"{type(item).__name__} is no event")
+    return item
 
 
 class EventSink(Protocol):
@@ -57,10 +72,14 @@ class Recorder:
         open_producer: Callable[[], EventSink],
         capacity: int = 10_000,
         spill_path: Path | None = None,
+        convert: Callable[[Any], Event] = as_is,
+        name: str = "recorder",
     ):
         self._open = open_producer
-        self._queue: queue.Queue[Exchange | Event | None] = queue.Queue(capacity)
-        self._thread = threading.Thread(target=self._run, name="proxy-recorder", daemon=True)
+        self._convert = convert
+        self._queue: queue.Queue[Any] = queue.Queue(capacity)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._close_timeout = 30.0
         self._lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._closed_delivered = 0  # of producers closed (reopened after an outage)
@@ -73,7 +92,7 @@ class Recorder:
         self._thread.start()
         return self
 
-    def submit(self, item: Exchange | Event) -> bool:
+    def submit(self, item: Any) -> bool:
         """Hand ``item`` over; False (counted, logged) if the queue is full. Never blocks."""
         try:
             self._queue.put_nowait(item)
@@ -99,6 +118,7 @@ class Recorder:
     def close(self, timeout: float = 30.0) -> None:
         """Record what is queued, then close the producer (within about ``timeout``)."""
         if self._thread.is_alive():
+            self._close_timeout = timeout
             self._queue.put(None)
             self._thread.join(timeout + 60)
 
@@ -133,7 +153,7 @@ class Recorder:
             ):  # Kafka acknowledges again: a new producer sends the spilled events
                 producer = self._reopen(producer)
                 spilled, delivered_at_spill = producer.spilled, None
-        producer.close(30.0)
+        producer.close(self._close_timeout)
         self._closed_delivered += producer.delivered
         self._closed_spilled += producer.spilled
         self._producer = None  # its client and connections go with it
@@ -147,16 +167,12 @@ class Recorder:
         log.info("Kafka is back: spilled events resent in %.1fs", time.monotonic() - started)
         return fresh
 
-    def _record(self, producer: EventSink, item: Exchange | Event) -> None:
+    def _record(self, producer: EventSink, item: Any) -> None:
         try:
-            if isinstance(item, Exchange):
-                event: Event = to_event(item)
-                producer.send(event)
-                self._count("recorded")
-            else:
-                producer.send(item)
-                self._count("feedback")
-        except UnreadableExchange as exc:
+            event = item if isinstance(item, Event) else self._convert(item)
+            producer.send(event)
+            self._count("recorded" if isinstance(event, InteractionEvent) else "feedback")
+        except Unrecordable as exc:
             self._count("unreadable")
             log.warning("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
         except (ValidationError, LimitError, ValueError) as exc:
@@ -169,3 +185,27 @@ class Recorder:
         except ProducerError as exc:
             self._count("send_errors")
             log.error("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
+
+
+def open_recorder(
+    kafka_config: dict[str, str],
+    codec: AvroCodec | None = None,
+    spill_path: Path | None = None,
+    delivery_timeout_s: float = 60.0,
+    capacity: int = 10_000,
+    convert: Callable[[Any], Event] = as_is,
+    name: str = "recorder",
+) -> Recorder:
+    """A started recorder producing with ``EventProducer`` (``acks=all``, spilling to
+    ``spill_path``: an earlier run's spill is sent first, on the recorder's thread)."""
+
+    def producer() -> EventProducer:
+        return EventProducer(
+            kafka_config,
+            codec=codec,
+            delivery_timeout_s=delivery_timeout_s,
+            block_seconds=1.0,
+            spill_path=spill_path,
+        )
+
+    return Recorder(producer, capacity, spill_path, convert, name).start()
