@@ -30,11 +30,14 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from ingest.exchange import Exchange, UnreadableExchange, to_event
+from runtime.metrics import LeftOut, WorkerMetrics
 from runtime.producer import ProducerError
 from schemas.limits import LimitError
 from schemas.models import Event
+from schemas.topics import INTERACTIONS, topic_of
 
 log = logging.getLogger(__name__)
+PROXY_METRICS = WorkerMetrics("proxy")
 COUNTERS = ("recorded", "feedback", "dropped", "unreadable", "invalid", "send_errors")
 
 
@@ -68,6 +71,7 @@ class Recorder:
         self._producer: EventSink | None = None
         self.spill_path = spill_path
         self.started = threading.Event()
+        self.metrics = PROXY_METRICS
 
     def start(self) -> Recorder:
         self._thread.start()
@@ -75,11 +79,12 @@ class Recorder:
 
     def submit(self, item: Exchange | Event) -> bool:
         """Hand ``item`` over; False (counted, logged) if the queue is full. Never blocks."""
+        self.metrics.taken((topic_for(item),))
         try:
             self._queue.put_nowait(item)
             return True
         except queue.Full:
-            self._count("dropped")
+            self._count("dropped", item)
             log.error("recorder queue full (%d): an event was dropped", self._queue.maxsize)
             return False
 
@@ -102,9 +107,12 @@ class Recorder:
             self._queue.put(None)
             self._thread.join(timeout + 60)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, left_out: Exchange | Event | None = None) -> None:
+        """Count ``name``; with ``left_out``, that item was not recorded for that reason."""
         with self._lock:
             self.counts[name] += 1
+        if left_out is not None:
+            self.metrics.left_out((LeftOut(topic_for(left_out), name, dead_lettered=False),))
 
     def _spill_waiting(self) -> bool:
         return self.spill_path is not None and self.spill_path.exists()
@@ -157,15 +165,20 @@ class Recorder:
                 producer.send(item)
                 self._count("feedback")
         except UnreadableExchange as exc:
-            self._count("unreadable")
+            self._count("unreadable", item)
             log.warning("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
         except (ValidationError, LimitError, ValueError) as exc:
-            self._count("invalid")
+            self._count("invalid", item)
             log.error(
                 "trace %s not recorded: %s",
                 getattr(item, "trace_id", "?"),
                 str(exc).splitlines()[0][:300],
             )
         except ProducerError as exc:
-            self._count("send_errors")
+            self._count("send_errors", item)
             log.error("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
+
+
+def topic_for(item: Exchange | Event) -> str:
+    """The topic ``item`` is recorded on (an exchange becomes an interaction)."""
+    return INTERACTIONS if isinstance(item, Exchange) else topic_of(item)

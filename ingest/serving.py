@@ -18,7 +18,7 @@ import uvicorn
 import yaml
 
 from ingest.proxy import ProxyConfig, RecordingProxy, key_digest
-from ingest.recorder import Recorder
+from ingest.recorder import PROXY_METRICS, Recorder
 from runtime.producer import EventProducer
 from schemas.codec import AvroCodec
 from schemas.configfile import ConfigError
@@ -71,6 +71,7 @@ def open_recorder(
             delivery_timeout_s=delivery_timeout_s,
             block_seconds=1.0,
             spill_path=spill_path,
+            metrics=PROXY_METRICS,
         )
 
     return Recorder(producer, capacity=capacity, spill_path=spill_path).start()

@@ -19,7 +19,7 @@ from confluent_kafka import TopicPartition
 from atlas.lag import committed_offsets
 from atlas.settings import Settings
 from consumers.trigger_worker import JobRunner, TriggerWorker
-from deploy.local.processes import stop_pid
+from deploy.local.processes import free_port, stop_pid
 from schemas.models import JobKind
 from schemas.topics import TRIGGERS
 
@@ -172,3 +172,34 @@ def stack_cli(settings: Settings) -> Callable[..., str]:
         return " ".join(result.output.split())
 
     return cli
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """A worker's /metrics on 127.0.0.1:``port``, fetched with a plain HTTP client and parsed
+    by prometheus_client's own parser: {(sample name, labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+
+
+def metrics_env() -> tuple[int, dict[str, str]]:
+    """A free port, and the environment that makes a worker serve its metrics there."""
+    port = free_port()
+    return port, {"ATLAS_METRICS_PORT": str(port)}
