@@ -79,11 +79,11 @@ class Recorder:
 
     def submit(self, item: Exchange | Event) -> bool:
         """Hand ``item`` over; False (counted, logged) if the queue is full. Never blocks."""
-        self.metrics.taken((topic_for(item),))
         try:
             self._queue.put_nowait(item)
             return True
         except queue.Full:
+            self.metrics.taken((topic_for(item),))  # the others on the recorder's thread
             self._count("dropped", item)
             log.error("recorder queue full (%d): an event was dropped", self._queue.maxsize)
             return False
@@ -156,6 +156,7 @@ class Recorder:
         return fresh
 
     def _record(self, producer: EventSink, item: Exchange | Event) -> None:
+        self.metrics.taken((topic_for(item),))
         try:
             if isinstance(item, Exchange):
                 event: Event = to_event(item)
