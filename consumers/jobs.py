@@ -13,7 +13,6 @@ import hashlib
 import shutil
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,7 +140,7 @@ class JobReporter:
             )
             self.producer.send([*publish, status])
             job_entered(status.kind, state, self.state)
-            WorkerMetrics(status.kind).delivered(Counter(topic_of(e) for e in [*publish, status]))
+            WorkerMetrics(status.kind).delivered(topic_of(e) for e in [*publish, status])
             self.state = state
             return status
 

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import threading
 import traceback
-from collections import Counter
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message
@@ -98,7 +97,7 @@ class TriggerWorker:
                 lag.watch(consumer)
                 if message is None or message.error() is not None:
                     continue
-                self.metrics.taken(Counter([TRIGGERS]))
+                self.metrics.taken((TRIGGERS,))
                 trigger = self._decode(message)
                 if trigger is not None and trigger.kind == self.kind:
                     self._start(trigger, message, consumer, producer, stop)

@@ -23,6 +23,8 @@ metric                                         type       labels
 ``atlas_jobs_active``                          gauge      kind
 =============================================  =========  ==============================
 
+``worker`` is one of rewards, rollouts, sink, gepa, grpo, proxy; ``kind`` gepa or grpo.
+
 Guarantees: a stream or sink counts a batch's events only once its effect is durable (the
 transaction committed, the rows inserted and the offsets committed), so a batch retried after a
 failure is counted once; dead letters count by source ``topic`` and ``reason`` (the dead
@@ -215,11 +217,15 @@ class ConsumerLag:
             }
         )
         try:
+            failing = False
             while not self._stop.wait(self.interval_s):
                 try:
                     self._show(self._read(reader, sorted(self._assigned)))
+                    failing = False
                 except KafkaException as exc:  # the last figures stay until the next read
-                    log.warning("consumer lag of %s not read: %s", self.group, exc)
+                    if not failing:  # once per outage, not every few seconds
+                        log.warning("consumer lag of %s not read: %s", self.group, exc)
+                    failing = True
         finally:
             reader.close()
 

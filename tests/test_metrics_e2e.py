@@ -178,7 +178,7 @@ def test_scraped_counters_equal_what_was_sent(
         sink.stop()
     print(f"\n{'':32} {'sent':>6} {'scraped':>8}")
     for what, sent, scraped in rows:
-        print(f"{what:32} {sent:>6} {scraped:>8g}")
+        print(f"{what:32} {sent:>6g} {scraped:>8g}")
     assert final, "the figures moved after they had matched"
     assert sum(letters.values()) == m_poison and {t for t, _ in letters} == {INTERACTIONS}
     assert len(letters) >= 2, letters  # several reasons, each counted under its own label
