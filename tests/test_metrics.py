@@ -15,7 +15,6 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from atlas.commands.common import worker_settings
 from atlas.settings import Settings
 from consumers.jobs import JobReporter
 from deploy.local.processes import free_port
@@ -52,22 +51,11 @@ def test_a_taken_metrics_port_is_one_readable_error() -> None:
             pass
 
 
-def test_no_port_serves_nothing_and_the_option_wins_over_the_setting() -> None:
-    with serving("127.0.0.1", 0):  # the default: off
+def test_metrics_are_off_by_default_and_bound_to_localhost() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.metrics_port, settings.metrics_host) == (0, "127.0.0.1")
+    with serving(settings.metrics_host, settings.metrics_port):  # nothing served, no error
         pass
-    settings = Settings(metrics_port=9000)
-    assert settings.metrics_host == "127.0.0.1"
-
-    class Context:  # what worker_settings reads of typer's context
-        obj = None
-
-        def ensure_object(self, kind: type) -> object:
-            self.obj = self.obj or kind()
-            self.obj._settings = settings
-            return self.obj
-
-    assert worker_settings(Context(), None).metrics_port == 9000  # type: ignore[arg-type]
-    assert worker_settings(Context(), 9100).metrics_port == 9100  # type: ignore[arg-type]
 
 
 def test_a_committed_batch_counts_in_out_dead_letters_by_reason_and_its_size() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from atlas.settings import Settings
+from deploy.local.processes import free_port
 from runtime.producer import EventProducer
 from schemas.codec import AvroCodec
 from schemas.models import DeadLetter
@@ -27,7 +28,6 @@ from tests.workers import (
     WorkerProcess,
     eventually,
     metric,
-    metrics_env,
     reader_at_end,
     scored_count,
     scrape,
@@ -132,10 +132,14 @@ def test_scraped_counters_equal_what_was_sent(
     valid = [interaction(rng, agent) for _ in range(N_VALID)]
     poison = [h for h in hostile_messages(run, 80) if h.topic == INTERACTIONS]
     m_poison = len(poison)
-    rewards_port, rewards_env = metrics_env()
-    sink_port, sink_env = metrics_env()
-    rewards = WorkerProcess(stack_settings, "rewards", tmp_path, rewards_env)
-    sink = WorkerProcess(stack_settings, "sink", tmp_path, sink_env)
+    rewards_port, sink_port = free_port(), free_port()
+    # the setting for one, the option for the other
+    rewards = WorkerProcess(
+        stack_settings, "rewards", tmp_path, {"ATLAS_METRICS_PORT": str(rewards_port)}
+    )
+    sink = WorkerProcess(
+        stack_settings, "sink", tmp_path, options=("--metrics-port", str(sink_port))
+    )
     try:
         # Both caught up with whatever earlier tests left: the figures before the run.
         before_rewards = eventually(

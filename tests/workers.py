@@ -19,20 +19,25 @@ from confluent_kafka import TopicPartition
 from atlas.lag import committed_offsets
 from atlas.settings import Settings
 from consumers.trigger_worker import JobRunner, TriggerWorker
-from deploy.local.processes import free_port, stop_pid
+from deploy.local.processes import stop_pid
 from schemas.models import JobKind
 from schemas.topics import TRIGGERS
 
 
 class WorkerProcess:
     def __init__(
-        self, settings: Settings, kind: str, log_dir: Path, env: dict[str, str] | None = None
+        self,
+        settings: Settings,
+        kind: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.log = log_dir / f"{kind}-{uuid.uuid4().hex[:6]}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "atlas.cli", "worker", kind],
+                [sys.executable, "-m", "atlas.cli", "worker", kind, *options],
                 env={**os.environ, "ATLAS_HOME": str(settings.home), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -197,9 +202,3 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
-
-
-def metrics_env() -> tuple[int, dict[str, str]]:
-    """A free port, and the environment that makes a worker serve its metrics there."""
-    port = free_port()
-    return port, {"ATLAS_METRICS_PORT": str(port)}
