@@ -160,6 +160,17 @@ class Settings(BaseSettings):
         "it adds at low rates; raise it to make fewer, larger inserts. Under load batches "
         "fill while the previous insert runs, so a short linger costs no throughput.",
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port on which each long-running worker (and the proxy) serves Prometheus "
+        "metrics at /metrics; 0 = none. One port per process: give each worker on a host its own.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics are served on; 0.0.0.0 in a pod that Prometheus scrapes.",
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         """Every secret setting is known to the scrubber of logs and job messages."""

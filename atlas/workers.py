@@ -1,8 +1,10 @@
 """Long-running workers, wired from settings: the reward stream (with the retrain policy), the
-ClickHouse sink and the GEPA worker."""
+canary rollout controller, the ClickHouse sink and the GEPA and GRPO workers, each serving
+its Prometheus metrics (``runtime/metrics.py``) when ATLAS_METRICS_PORT is set."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -17,6 +19,7 @@ from consumers.sink import ClickHouseSink, SinkStats
 from consumers.trigger_worker import JobRunner, TriggerWorker
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
+from runtime.metrics import serving
 from runtime.redaction import Redactor
 from schemas.configfile import load_config
 from schemas.models import JobKind
@@ -101,7 +104,8 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
         [POLICY_OBSERVATIONS, MEMORY_CANDIDATES, ROLLOUT_OBSERVATIONS, ALERT_OBSERVATIONS],
     )
     try:
-        run_engine(engine, stop, lease, "rewards")
+        with serve_metrics(settings):
+            run_engine(engine, stop, lease, "rewards")
     finally:
         if webhook is not None:
             webhook.close()
@@ -144,10 +148,12 @@ def run_rollouts_worker(settings: Settings, stop: threading.Event | None = None)
         {ROLLOUT_OBSERVATIONS: handler},
         [book],
         retry_on=(RegistryUnavailable, CanaryNotFollowed),
+        worker="rollouts",
     )
     engine.ensure_topics(topic_partitions(kafka, INTERACTIONS), [ROLLOUT_OBSERVATIONS])
     try:
-        run_engine(engine, stop, lease, "rollouts")
+        with serve_metrics(settings):
+            run_engine(engine, stop, lease, "rollouts")
     finally:
         canaries.close()
         lease.release()
@@ -180,9 +186,16 @@ def run_sink_worker(settings: Settings, stop: threading.Event | None = None) -> 
         url,
     )
     try:
-        return sink.run(stop)
+        with serve_metrics(settings):
+            return sink.run(stop)
     finally:
         lease.release()
+
+
+def serve_metrics(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """This process's Prometheus metrics, served while the block runs on ATLAS_METRICS_HOST
+    and ATLAS_METRICS_PORT (nothing at port 0)."""
+    return serving(settings.metrics_host, settings.metrics_port)
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -237,7 +250,8 @@ def run_trigger_worker(
         settings.signer(),
     )
     try:
-        worker.run(stop)
+        with serve_metrics(settings):
+            worker.run(stop)
     finally:
         lease.release()
     return worker.jobs_run

@@ -19,6 +19,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from runtime.follow import reached
+from runtime.metrics import WorkerMetrics, job_entered
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import Event, JobKind, JobState, JobStatus, RetrainTrigger, under
 from schemas.secrets import private_dir, scrub
@@ -138,6 +139,8 @@ class JobReporter:
                 worker=self.worker,
             )
             self.producer.send([*publish, status])
+            job_entered(status.kind, state, self.state)
+            WorkerMetrics(status.kind).delivered(topic_of(e) for e in [*publish, status])
             self.state = state
             return status
 

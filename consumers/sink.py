@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumers.kafka_plumbing import DeadLetterProducer, hold_new_partitions, topic_retention_ms
+from runtime.metrics import ConsumerLag, LeftOut, WorkerMetrics
 from runtime.redaction import Redactor
 from runtime.redaction_events import redact_dead_letter, redact_feedback
 from schemas.codec import AvroCodec, RegistryUnavailable
@@ -57,6 +56,7 @@ from schemas.topics import (
     TOPICS,
     TRIGGERS,
 )
+from store.errors import refused_by_store
 from store.migrations import migrate
 from store.writer import MemoryRow, Stored, StoreWriter
 
@@ -112,26 +112,6 @@ def expiry_warnings(
     return warnings
 
 
-# ClickHouse error codes that say nothing about the rows: the store is unreachable, busy,
-# misconfigured or not migrated. The batch is kept and retried, never split or dead-lettered.
-TRANSIENT_CODES = frozenset(
-    {159, 160, 164, 202, 209, 210, 241, 242, 252, 60, 81, 394, 425, 497, 516, 1000, 1001}
-)
-ERROR_CODE = re.compile(r"code: (\d+)", re.I)
-
-
-def refused_by_store(exc: Exception) -> bool:
-    """Whether ``exc`` is the store refusing these rows (a bad value, a type mismatch), as
-    opposed to not taking any rows now: a network error (clickhouse-connect's
-    OperationalError, e.g. a pooled connection the server closed) or a transient code."""
-    if isinstance(exc, OperationalError):
-        return False
-    if isinstance(exc, DatabaseError):
-        code = ERROR_CODE.search(str(exc))
-        return code is None or int(code.group(1)) not in TRANSIENT_CODES
-    return not isinstance(exc, (ConnectionError, TimeoutError, OSError))
-
-
 class StoreDown(Exception):
     """The store cannot be reached; the batch waits."""
 
@@ -182,6 +162,8 @@ class ClickHouseSink:
             redactor,
         )
         self._retention_ms = topic_retention_ms(kafka_config, self.topics)
+        self.metrics = WorkerMetrics(PROCESSOR_NAME)
+        self._lag = ConsumerLag(kafka_config, group_id)
 
     def _writer(self) -> StoreWriter:
         if self._client is None:
@@ -194,12 +176,14 @@ class ClickHouseSink:
     def run(self, stop: threading.Event | None = None) -> SinkStats:
         stop = stop or threading.Event()
         self._consumer.subscribe(self.topics)
+        self._lag.start()
         try:
             while not stop.is_set():
                 batch = self._poll_batch(stop)
                 if batch:
                     self._sink(batch, stop)
         finally:
+            self._lag.close()
             self._consumer.close()
             self._dead.flush(10)
         return self.stats
@@ -208,6 +192,7 @@ class ClickHouseSink:
         batch: list[Message] = []
         deadline = None  # the linger starts at the batch's first message
         while len(batch) < self.batch_size and not stop.is_set():
+            self._lag.watch(self._consumer)
             # consume(n) waits out its whole timeout unless n messages come: before the first
             # message ask for one, so it is taken the moment it arrives.
             wanted = 1 if deadline is None else min(self.batch_size - len(batch), 1000)
@@ -224,7 +209,9 @@ class ClickHouseSink:
                     log.warning("consumer error: %s", error)
         return batch
 
-    def _decode(self, batch: Sequence[Message]) -> list[tuple[Message, Stored]]:
+    def _decode(
+        self, batch: Sequence[Message], left_out: list[LeftOut]
+    ) -> list[tuple[Message, Stored]]:
         decoded: list[tuple[Message, Stored]] = []
         for message in batch:
             contract = TOPICS[message.topic()]
@@ -234,13 +221,14 @@ class ClickHouseSink:
                     continue
                 if message.topic() == PROMPTS and message.value() is None:
                     self.stats.skipped += 1  # a label removed: the store keeps versions only
+                    left_out.append(LeftOut(PROMPTS, "LabelRemoved", False))
                     continue
                 event = self.codec.decode(message.value() or b"", contract.event_type)
                 decoded.append((message, self._redacted(event)))
             except RegistryUnavailable:
                 raise  # not the message's fault: the batch waits
             except Exception as exc:  # any failure on one message is that message's alone
-                self._refuse(message, f"{exc}", type(exc).__name__)
+                self._refuse(message, f"{exc}", type(exc).__name__, left_out)
         return decoded
 
     def _redacted(self, event: Stored) -> Stored:
@@ -265,9 +253,12 @@ class ClickHouseSink:
         agent_id, role, entry_id = split_memory_key((message.key() or b"").decode())
         return MemoryRow(agent_id, role, entry_id, None, version)
 
-    def _refuse(self, message: Message, reason: str, error_type: str) -> None:
+    def _refuse(
+        self, message: Message, reason: str, error_type: str, left_out: list[LeftOut]
+    ) -> None:
         if message.topic() == DEADLETTER:
             self.stats.skipped += 1
+            left_out.append(LeftOut(DEADLETTER, "UnreadableDeadLetter", False))
             log.error(
                 "unreadable dead letter at %s[%d]@%d skipped: %s",
                 message.topic(),
@@ -277,9 +268,11 @@ class ClickHouseSink:
             )
         elif TOPICS[message.topic()].owner != PROCESSOR_NAME:
             self.stats.skipped += 1  # its owner dead-letters it
+            left_out.append(LeftOut(message.topic(), "OwnerDeadLetters", False))
         else:
             self.stats.dead_letters += 1
             self._dead.send(message, reason, error_type)
+            left_out.append(LeftOut(message.topic(), error_type, True))
 
     def _sink(self, batch: list[Message], stop: threading.Event) -> None:
         """Decode, insert, confirm dead letters, commit. While the schema registry or the
@@ -287,7 +280,18 @@ class ClickHouseSink:
         same batch is tried again; stopping meanwhile commits nothing (the next run replays
         it; a dead letter sent before may be sent twice, the store keeps one per source
         offset)."""
+        started = time.monotonic()
         decoded: list[tuple[Message, Stored]] = []
+        decoding: list[LeftOut] = []  # of the last try of each step: a retry starts them over
+        inserting: list[LeftOut] = []
+
+        def decode() -> None:
+            decoding.clear()
+            decoded.extend(self._decode(batch, decoding))
+
+        def insert() -> None:
+            inserting.clear()
+            self._insert(decoded, inserting)
 
         def store_down(exc: Exception, backoff: float) -> None:
             self.stats.insert_failures += 1
@@ -298,15 +302,11 @@ class ClickHouseSink:
         def registry_down(exc: Exception, backoff: float) -> None:
             log.error("%s; retrying in %.1fs, the partitions wait", exc, backoff)
 
-        if not self._until_done(
-            lambda: decoded.extend(self._decode(batch)), (RegistryUnavailable,), registry_down, stop
-        ):
+        if not self._until_done(decode, (RegistryUnavailable,), registry_down, stop):
             return
         # keep the batch, retry, skip nothing (a dead letter for an event the store refused
         # may need the schema registry)
-        if not self._until_done(
-            lambda: self._insert(decoded), (StoreDown, RegistryUnavailable), store_down, stop
-        ):
+        if not self._until_done(insert, (StoreDown, RegistryUnavailable), store_down, stop):
             return
         if not self._dead.confirm(stop):  # dead letters durable before their offsets commit
             return
@@ -315,6 +315,9 @@ class ClickHouseSink:
         self.stats.lag_ms.extend(now - m.timestamp()[1] for m in batch if m.timestamp()[1] > 0)
         self.stats.batches += 1
         self.stats.messages += len(batch)
+        stored = Counter(message.topic() for message, _ in decoded)
+        stored.subtract(left.topic for left in inserting)  # the store refused them
+        self.metrics.committed(batch, started, stored.elements(), [*decoding, *inserting])
 
     def _until_done(
         self,
@@ -345,7 +348,7 @@ class ClickHouseSink:
             self._consumer.resume(self._consumer.assignment())
         return True
 
-    def _insert(self, decoded: list[tuple[Message, Stored]]) -> None:
+    def _insert(self, decoded: list[tuple[Message, Stored]], left_out: list[LeftOut]) -> None:
         """Insert the events; StoreDown if the store cannot be reached. A batch the store
         refuses while it is up is halved until the refused event is found and dead-lettered."""
         if not decoded:
@@ -363,11 +366,11 @@ class ClickHouseSink:
             message, _ = decoded[0]
             self.stats.refused += 1
             log.error("the store refused %s@%d: %s", message.topic(), message.offset(), error)
-            self._refuse(message, f"the store refused the event: {error}", "StoreRefused")
+            self._refuse(message, f"the store refused the event: {error}", "StoreRefused", left_out)
             return
         middle = len(decoded) // 2
-        self._insert(decoded[:middle])
-        self._insert(decoded[middle:])
+        self._insert(decoded[:middle], left_out)
+        self._insert(decoded[middle:], left_out)
 
     def _store_is_up(self) -> bool:
         try:
@@ -389,4 +392,5 @@ class ClickHouseSink:
         """Sleep while still polling, so the group does not consider this member dead."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not stop.is_set():
+            self._lag.watch(self._consumer)
             hold_new_partitions(self._consumer, min(0.5, max(deadline - time.monotonic(), 0)))

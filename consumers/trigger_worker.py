@@ -29,6 +29,7 @@ from consumers.jobs import (
     read_job_states,
 )
 from consumers.kafka_plumbing import hold_new_partitions
+from runtime.metrics import JOBS_ACTIVE, ConsumerLag, WorkerMetrics
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import JobKind, JobStatus, RetrainTrigger
 from schemas.signing import Signer
@@ -57,6 +58,7 @@ class TriggerWorker:
         self.worker_id = worker_id
         self.codec = codec or AvroCodec()
         self.jobs_run = 0
+        self.metrics = WorkerMetrics(kind)
         self._known: dict[str, JobStatus] = {}
 
     def run(self, stop: threading.Event) -> None:
@@ -88,17 +90,21 @@ class TriggerWorker:
         )
         consumer.subscribe([TRIGGERS])
         log.info("%s worker %s waiting for triggers", self.kind, self.worker_id)
+        lag = ConsumerLag(self.kafka_config, self.group_id).start()
         try:
             while not stop.is_set():
                 message = consumer.poll(0.5)
+                lag.watch(consumer)
                 if message is None or message.error() is not None:
                     continue
+                self.metrics.taken((TRIGGERS,))
                 trigger = self._decode(message)
                 if trigger is not None and trigger.kind == self.kind:
                     self._start(trigger, message, consumer, producer, stop)
                 else:
                     consumer.commit(message, asynchronous=False)
         finally:
+            lag.close()
             consumer.close()
 
     def _decode(self, message: Message) -> RetrainTrigger | None:
@@ -145,14 +151,15 @@ class TriggerWorker:
                     reporter.report("FAILED", f"{type(exc).__name__}: {exc}"[:2000])
 
         thread = threading.Thread(target=work, name=f"job-{job_id}", daemon=True)
-        thread.start()
-        consumer.pause(consumer.assignment())
-        while thread.is_alive():
-            if stop.is_set():
-                with contextlib.suppress(JobAborted):
-                    reporter.report("FAILED", f"worker {self.worker_id} stopped during the job")
-                break
-            hold_new_partitions(consumer, 0.2)
-            thread.join(0.5)
+        with JOBS_ACTIVE.labels(self.kind).track_inprogress():
+            thread.start()
+            consumer.pause(consumer.assignment())
+            while thread.is_alive():
+                if stop.is_set():
+                    with contextlib.suppress(JobAborted):
+                        reporter.report("FAILED", f"worker {self.worker_id} stopped during the job")
+                    break
+                hold_new_partitions(consumer, 0.2)
+                thread.join(0.5)
         consumer.resume(consumer.assignment())
         self.jobs_run += 1

@@ -23,6 +23,7 @@ import yaml
 from ingest.exchange import to_event
 from ingest.otlp import AckedSender
 from ingest.proxy import ProxyConfig, RecordingProxy, key_digest
+from runtime.metrics import WorkerMetrics
 from runtime.producer import EventProducer
 from runtime.recorder import Recorder
 from runtime.recorder import open_recorder as runtime_recorder
@@ -32,6 +33,9 @@ from schemas.models import path_component
 from schemas.secrets import read_secret, remember
 
 MAX_CONNECTIONS = 1024
+
+PROXY_METRICS = WorkerMetrics("proxy")  # the proxy's recorder and producer
+OTLP_METRICS = WorkerMetrics("otlp")  # what the OTLP receiver's producer got acknowledged
 
 
 def load_agent_keys(path: Path) -> dict[str, str]:
@@ -69,9 +73,16 @@ def open_recorder(
     **options: Any,
 ) -> Recorder:
     """The proxy's started recorder: ``runtime.recorder.open_recorder`` (``options``: its
-    delivery timeout and capacity) turning exchanges into interactions."""
+    delivery timeout and capacity) turning exchanges into interactions, counted as the
+    ``proxy`` worker's metrics."""
     return runtime_recorder(
-        kafka_config, codec, spill_path, convert=to_event, name="proxy-recorder", **options
+        kafka_config,
+        codec,
+        spill_path,
+        convert=to_event,
+        name="proxy-recorder",
+        metrics=PROXY_METRICS,
+        **options,
     )
 
 
@@ -102,7 +113,11 @@ def open_sender(
     is answered 200 only once acknowledged, so the exporter keeps what is not), and a send
     never blocking longer than a second on a full buffer."""
     producer = EventProducer(
-        kafka_config, codec=codec, delivery_timeout_s=delivery_timeout_s, block_seconds=1.0
+        kafka_config,
+        codec=codec,
+        delivery_timeout_s=delivery_timeout_s,
+        block_seconds=1.0,
+        metrics=OTLP_METRICS,
     )
     return AckedSender(producer)
 

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 from pydantic import ValidationError
 
+from runtime.metrics import WorkerMetrics
 from runtime.redaction import Redactor
 from runtime.redaction_events import redact_feedback, redact_interaction
 from runtime.spill import Spilled, SpillFile
@@ -94,11 +95,13 @@ class EventProducer:
         block_seconds: float = 10.0,
         spill_path: Path | None = None,
         redact: Redactor | None = None,
+        metrics: WorkerMetrics | None = None,
     ):
         self.codec = codec or AvroCodec()
         self.redact = redact
         self.redacted: dict[str, int] = {}  # per PII kind, over every event sent
         self.block_seconds = block_seconds
+        self.metrics = metrics  # counts each event Kafka acknowledged, when given
         self.bootstrap = kafka_config.get("bootstrap.servers", "?")
         self._producer = Producer(
             {
@@ -146,6 +149,8 @@ class EventProducer:
         with self._lock:
             if err is None:
                 self.delivered += 1
+                if self.metrics is not None:
+                    self.metrics.delivered((message.topic(),))
                 return
             if verdict is not None:
                 return  # the caller was told and owns the retry: not kept, not spilled

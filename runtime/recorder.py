@@ -33,10 +33,12 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from runtime.metrics import LeftOut, WorkerMetrics
 from runtime.producer import EventProducer, ProducerError
 from schemas.codec import AvroCodec
 from schemas.limits import LimitError
 from schemas.models import Event, InteractionEvent
+from schemas.topics import INTERACTIONS, topic_of
 
 log = logging.getLogger(__name__)
 COUNTERS = ("recorded", "feedback", "dropped", "unreadable", "invalid", "send_errors")
@@ -74,8 +76,10 @@ class Recorder:
         spill_path: Path | None = None,
         convert: Callable[[Any], Event] = as_is,
         name: str = "recorder",
+        metrics: WorkerMetrics | None = None,
     ):
         self._open = open_producer
+        self.metrics = metrics  # with one, what is taken and left out is counted for Prometheus
         self._convert = convert
         self._queue: queue.Queue[Any] = queue.Queue(capacity)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -98,7 +102,9 @@ class Recorder:
             self._queue.put_nowait(item)
             return True
         except queue.Full:
-            self._count("dropped")
+            if self.metrics is not None:  # the others are counted on the recorder's thread
+                self.metrics.taken((topic_for(item),))
+            self._count("dropped", item)
             log.error("recorder queue full (%d): an event was dropped", self._queue.maxsize)
             return False
 
@@ -122,9 +128,12 @@ class Recorder:
             self._queue.put(None)
             self._thread.join(timeout + 60)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, left_out: Any = None) -> None:
+        """Count ``name``; with ``left_out``, that item was not recorded for that reason."""
         with self._lock:
             self.counts[name] += 1
+        if left_out is not None and self.metrics is not None:
+            self.metrics.left_out((LeftOut(topic_for(left_out), name, dead_lettered=False),))
 
     def _spill_waiting(self) -> bool:
         return self.spill_path is not None and self.spill_path.exists()
@@ -168,22 +177,24 @@ class Recorder:
         return fresh
 
     def _record(self, producer: EventSink, item: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.taken((topic_for(item),))
         try:
             event = item if isinstance(item, Event) else self._convert(item)
             producer.send(event)
             self._count("recorded" if isinstance(event, InteractionEvent) else "feedback")
         except Unrecordable as exc:
-            self._count("unreadable")
+            self._count("unreadable", item)
             log.warning("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
         except (ValidationError, LimitError, ValueError) as exc:
-            self._count("invalid")
+            self._count("invalid", item)
             log.error(
                 "trace %s not recorded: %s",
                 getattr(item, "trace_id", "?"),
                 str(exc).splitlines()[0][:300],
             )
         except ProducerError as exc:
-            self._count("send_errors")
+            self._count("send_errors", item)
             log.error("trace %s not recorded: %s", getattr(item, "trace_id", "?"), exc)
 
 
@@ -195,9 +206,11 @@ def open_recorder(
     capacity: int = 10_000,
     convert: Callable[[Any], Event] = as_is,
     name: str = "recorder",
+    metrics: WorkerMetrics | None = None,
 ) -> Recorder:
     """A started recorder producing with ``EventProducer`` (``acks=all``, spilling to
-    ``spill_path``: an earlier run's spill is sent first, on the recorder's thread)."""
+    ``spill_path``: an earlier run's spill is sent first, on the recorder's thread); with
+    ``metrics``, both count for Prometheus."""
 
     def producer() -> EventProducer:
         return EventProducer(
@@ -206,6 +219,13 @@ def open_recorder(
             delivery_timeout_s=delivery_timeout_s,
             block_seconds=1.0,
             spill_path=spill_path,
+            metrics=metrics,
         )
 
-    return Recorder(producer, capacity, spill_path, convert, name).start()
+    return Recorder(producer, capacity, spill_path, convert, name, metrics).start()
+
+
+def topic_for(item: Any) -> str:
+    """The topic ``item`` is recorded on: an event's own; what ``convert`` turns into an
+    event (an exchange, a trace) becomes an interaction."""
+    return topic_of(item) if isinstance(item, Event) else INTERACTIONS

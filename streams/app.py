@@ -52,7 +52,6 @@ from schemas.deadletter import dead_letter_for, make_dead_letter
 from schemas.models import DeadLetter, FeedbackEvent, InteractionEvent
 from schemas.topics import (
     ALERT_OBSERVATIONS,
-    DEADLETTER,
     FEEDBACK,
     INTERACTIONS,
     MEMORY_CANDIDATES,
@@ -136,7 +135,7 @@ def create_stream(
             message.offset(),
             letter.reason[:300],
         )
-        batch.send(DEADLETTER, message.topic().encode(), codec.encode(letter))
+        batch.send_dead_letter(message.topic(), error_type, codec.encode(letter))
 
     def decode(message: Message, event_type: type) -> Any:
         decoded = codec.decode(message.value() or b"", event_type)
@@ -329,7 +328,7 @@ def create_stream(
                 limits=codec.limits,
             )
             stats.count_dead("OrphanFeedback")
-            batch.send(DEADLETTER, FEEDBACK.encode(), codec.encode(redacted(letter)))
+            batch.send_dead_letter(FEEDBACK, letter.error_type, codec.encode(redacted(letter)))
 
     handlers = {INTERACTIONS: score, FEEDBACK: merge}
     tables = [traces]
@@ -358,4 +357,5 @@ def create_stream(
         batch_size=batch_size,
         linger_s=linger_s,
         retry_on=(RegistryUnavailable,),
+        worker=PROCESSOR_NAME,
     )

@@ -46,6 +46,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from runtime.metrics import ConsumerLag, WorkerMetrics
+from schemas.topics import DEADLETTER
 from streams import positions
 from streams.tables import Batch, Table, ensure_topics, restore
 from streams.transactions import MAX_BACKOFF_S, TransactionStuck, Transactor
@@ -73,6 +75,7 @@ class InFlight:
     batch: Batch
     messages: list[Message]
     offsets: list[TopicPartition]
+    started: float  # time.monotonic() when the batch began to be handled
     thread: threading.Thread = field(init=False)
     failure: BaseException | None = None
 
@@ -90,7 +93,9 @@ class StreamEngine:
         retry_on: tuple[type[Exception], ...] = (),
         transactional_id: str | None = None,
         max_poll_interval_s: float = 600.0,
+        worker: str | None = None,
     ):
+        """``worker`` labels this engine's metrics (``runtime/metrics.py``; default: the group)."""
         self.kafka_config, self.group_id = kafka_config, group_id
         self.handlers, self.tables, self.timers = handlers, list(tables), list(timers)
         self.batch_size, self.linger_s, self.retry_on = batch_size, linger_s, retry_on
@@ -101,6 +106,10 @@ class StreamEngine:
         self._transactor = Transactor(kafka_config, self.transactional_id)
         self._commits: dict[tuple[str, int], int] = {}  # what this worker committed last
         self._in_flight: InFlight | None = None  # the batch committing in the background
+        self.metrics = WorkerMetrics(worker or group_id)
+        self._lag = ConsumerLag(kafka_config, group_id)
+        # a batch's outputs that are not events it delivers: table changes, dead letters
+        self._not_events = {table.changelog for table in self.tables} | {DEADLETTER}
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -174,6 +183,7 @@ class StreamEngine:
         self._transactor.stop = stop
         self._connect()
         assert self._consumer is not None
+        self._lag.start()
         if ready:
             ready()
         backoff = 0.5
@@ -187,6 +197,7 @@ class StreamEngine:
                         if time.monotonic() >= timer.due:
                             self._run_timer(timer)
                 messages = self._take()
+                self._lag.watch(self._consumer)
                 if not messages:
                     if self._settle():
                         self._commit_passed()
@@ -255,7 +266,7 @@ class StreamEngine:
         once the batch before it has committed: one batch commits in the background while
         the next is filled. False if this batch or the one before it failed: both are undone
         (the later first) and their messages rewound, to be tried again."""
-        batch, failure = Batch(), True
+        batch, failure, started = Batch(), True, time.monotonic()
         try:
             fill(batch)
             offsets = (
@@ -276,7 +287,7 @@ class StreamEngine:
             positions.rewind(self._consumer, [*(earlier.messages if earlier else ()), *messages])
             return False
         if batch.outputs or offsets:
-            flight = InFlight(batch, messages, offsets or [])
+            flight = InFlight(batch, messages, offsets or [], started)
             flight.thread = threading.Thread(
                 target=self._commit_in_background, args=(flight,), name="committer", daemon=True
             )
@@ -289,6 +300,16 @@ class StreamEngine:
             self._transact(flight.batch, flight.offsets)
         except BaseException as exc:
             flight.failure = exc
+            return
+        self._count(flight)
+
+    def _count(self, flight: InFlight) -> None:
+        """The metrics of a committed batch: events in and out, dead letters by reason."""
+        outputs = flight.batch.outputs
+        delivered = (out.topic for out in outputs if out.topic not in self._not_events)
+        self.metrics.committed(
+            flight.messages, flight.started, delivered, flight.batch.dead_letters
+        )
 
     def _finish_in_flight(self) -> InFlight | None:
         """Wait for the batch being committed; it if it failed (its changes not undone yet)."""
@@ -333,6 +354,7 @@ class StreamEngine:
             self._settle()
 
     def _close(self) -> None:
+        self._lag.close()
         if self._consumer is not None:
             self._consumer.close()  # leaves the group: its partitions move on at once
         self._transactor.close()

@@ -10,7 +10,6 @@ from confluent_kafka import Message
 
 from schemas.codec import AvroCodec, RegistryUnavailable
 from schemas.deadletter import dead_letter_for
-from schemas.topics import DEADLETTER
 from streams.engine import Batch, Handler
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,6 @@ def each_or_dead_letter(
                 letter = dead_letter_for(
                     message, reason, "ProcessingError", processor, codec.limits
                 )
-                batch.send(DEADLETTER, message.topic().encode(), codec.encode(letter))
+                batch.send_dead_letter(message.topic(), "ProcessingError", codec.encode(letter))
 
     return handle

@@ -17,6 +17,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from runtime.metrics import LeftOut
+from schemas.topics import DEADLETTER
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +69,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.outputs: list[Output] = []
+        self.dead_letters: list[LeftOut] = []
         self._undo: dict[tuple[int, int, bytes], tuple[Table, bytes | None]] = {}
 
     def send(
@@ -76,6 +80,12 @@ class Batch:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self.outputs.append(Output(topic, key, value, headers=headers))
+
+    def send_dead_letter(self, source_topic: str, reason: str, letter: bytes) -> None:
+        """Send an encoded dead letter of an event of ``source_topic`` (keyed by it), counted
+        under ``reason`` (its error type) once the batch commits."""
+        self.send(DEADLETTER, source_topic.encode(), letter)
+        self.dead_letters.append(LeftOut(source_topic, reason))
 
     def put(self, table: Table, partition: int, key: bytes, value: bytes | None) -> None:
         data = table.partitions[partition]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+from ingest.exchange import Exchange
 from schemas.alerts import Alert
 from schemas.models import (
     CheckpointEvent,
@@ -206,3 +207,15 @@ def one_of_each(rng: random.Random) -> list[Event]:
             message="reward of agent-a: median 0.300 of the last 20 traces",
         ),
     ]
+
+
+def no_completion_exchange() -> Exchange:
+    """An exchange the proxy saw whose answer holds no completion: counted, never recorded."""
+    return Exchange(
+        "t",
+        "a",
+        {"messages": [{"role": "user", "content": "x"}]},
+        b"{}",
+        streamed=False,
+        latency_ms=1.0,
+    )

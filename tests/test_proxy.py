@@ -30,6 +30,7 @@ from schemas.models import (
     PromptRef,
     PromptVersion,
 )
+from tests.factories import no_completion_exchange
 from tests.fake_openai import FakeUpstream
 
 
@@ -295,14 +296,7 @@ def test_feedback_is_recorded_for_a_trace_and_bad_feedback_refused(setup: Setup)
 
 
 def test_an_answer_that_is_no_completion_is_counted_not_recorded() -> None:
-    exchange = Exchange(
-        "t",
-        "a",
-        {"messages": [{"role": "user", "content": "x"}]},
-        b"{}",
-        streamed=False,
-        latency_ms=1.0,
-    )
+    exchange = no_completion_exchange()
     produced = ListProducer()
     recorder = Recorder(lambda: produced, convert=to_event).start()
     recorder.submit(exchange)

@@ -116,7 +116,7 @@ def test_only_a_refusal_of_the_rows_splits_a_batch() -> None:
     kept and retried whole; only the store refusing a value splits it (and dead-letters one)."""
     from clickhouse_connect.driver.exceptions import OperationalError
 
-    from consumers.sink import refused_by_store
+    from store.errors import refused_by_store
 
     assert refused_by_store(DatabaseError("Code: 53. Type mismatch in a row"))
     assert refused_by_store(ValueError("a value the writer cannot convert"))

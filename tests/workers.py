@@ -26,13 +26,18 @@ from schemas.topics import TRIGGERS
 
 class WorkerProcess:
     def __init__(
-        self, settings: Settings, kind: str, log_dir: Path, env: dict[str, str] | None = None
+        self,
+        settings: Settings,
+        kind: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.log = log_dir / f"{kind}-{uuid.uuid4().hex[:6]}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "atlas.cli", "worker", kind],
+                [sys.executable, "-m", "atlas.cli", "worker", kind, *options],
                 env={**os.environ, "ATLAS_HOME": str(settings.home), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -172,3 +177,28 @@ def stack_cli(settings: Settings) -> Callable[..., str]:
         return " ".join(result.output.split())
 
     return cli
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """A worker's /metrics on 127.0.0.1:``port``, fetched with a plain HTTP client and parsed
+    by prometheus_client's own parser: {(sample name, labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)

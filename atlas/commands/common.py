@@ -126,6 +126,24 @@ DAY = parse_since("24h")  # the default window
 SinceOption = Annotated[Window, since_option("Data window ending now: 30m, 24h, 7d ...")]
 AgentOption = Annotated[str, typer.Option("--agent", help="The agent's id.")]
 RoleOption = Annotated[str, typer.Option(help="student or teacher.")]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics at http://ATLAS_METRICS_HOST:PORT/metrics (host"
+        " 127.0.0.1 unless set); default ATLAS_METRICS_PORT, 0 = none.",
+    ),
+]
+
+
+def worker_settings(ctx: typer.Context, metrics_port: int | None) -> Settings:
+    """The settings, with --metrics-port over ATLAS_METRICS_PORT when given."""
+    settings = get_settings(ctx)
+    if metrics_port is None:
+        return settings
+    return settings.model_copy(update={"metrics_port": metrics_port})
 
 
 def check_role(role: str) -> None:

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from atlas.commands.common import clear_errors, configure_logging, console, get_settings
+from atlas.commands.common import (
+    MetricsPort,
+    clear_errors,
+    configure_logging,
+    console,
+    worker_settings,
+)
 
 app = typer.Typer()
 
@@ -62,6 +68,7 @@ def proxy(
     max_body_mib: Annotated[
         int, typer.Option(min=1, max=256, help="Largest request body accepted, in MiB.")
     ] = 4,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Forward OpenAI chat completions to --upstream and record each as an interaction.
 
@@ -74,9 +81,10 @@ def proxy(
     """
     from ingest.proxy import MIB, ProxyConfig, RecordingProxy
     from ingest.serving import load_agent_keys, open_recorder, serve
+    from runtime.metrics import serving
 
     configure_logging(logging.INFO, quiet=("uvicorn.error",))
-    settings = get_settings(ctx)
+    settings = worker_settings(ctx, metrics_port)
     try:
         config = ProxyConfig(
             upstream,
@@ -103,7 +111,8 @@ def proxy(
         highlight=False,
     )
     try:
-        serve(RecordingProxy(config, recorder, managed=managed).app, host, port, recorder.close)
+        with serving(settings.metrics_host, settings.metrics_port):
+            serve(RecordingProxy(config, recorder, managed=managed).app, host, port, recorder.close)
     finally:
         if managed is not None:
             managed.prompts.close()  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
-"""`atlas worker rewards|sink|gepa|grpo|otlp`: the long-running stream workers and the OTLP
-receiver, in the foreground until SIGTERM or SIGINT, logging at INFO to stderr (every record
-scrubbed of secrets)."""
+"""`atlas worker rewards|rollouts|sink|gepa|grpo|otlp`: the long-running stream workers and
+the OTLP receiver, in the foreground until SIGTERM or SIGINT, logging at INFO to stderr (every
+record scrubbed of secrets), each serving Prometheus metrics with --metrics-port (or
+ATLAS_METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from atlas.commands.common import clear_errors, configure_logging, console, get_settings
+from atlas.commands.common import (
+    MetricsPort,
+    clear_errors,
+    configure_logging,
+    console,
+    worker_settings,
+)
 
 app = typer.Typer(help="Long-running stream workers.", no_args_is_help=True)
 # The stream workers allocate a batch of short-lived, acyclic objects at a time (decoded
@@ -37,7 +44,7 @@ def workers() -> None:
 
 @app.command("rewards")
 @clear_errors
-def worker_rewards(ctx: typer.Context) -> None:
+def worker_rewards(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
     """Score interactions and merge feedback: interactions + feedback -> rewards, exactly once.
 
     Run several to share the partitions; each keeps per-trace state in a changelog topic.
@@ -47,24 +54,24 @@ def worker_rewards(ctx: typer.Context) -> None:
     from atlas.workers import run_rewards_worker
 
     batch_friendly_gc()
-    run_rewards_worker(get_settings(ctx))
+    run_rewards_worker(worker_settings(ctx, metrics_port))
 
 
 @app.command("rollouts")
 @clear_errors
-def worker_rollouts(ctx: typer.Context) -> None:
+def worker_rollouts(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
     """Decide canary rollouts: compare each canary's reward with production's on the same
     period (an always-valid sequential test, configs/rollout.yaml) and promote it (published as
     production), roll it back or abort it (its label removed), once each; statuses go to
     atlas.rollouts.v1. Runs with the learner's credentials and signs what it publishes."""
     from atlas.workers import run_rollouts_worker
 
-    run_rollouts_worker(get_settings(ctx))
+    run_rollouts_worker(worker_settings(ctx, metrics_port))
 
 
 @app.command("sink")
 @clear_errors
-def worker_sink(ctx: typer.Context) -> None:
+def worker_sink(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
     """Copy rewards, feedback and dead letters from Kafka into ClickHouse, in batches.
 
     Feedback and dead letters are PII-redacted per configs/redaction.yaml before they are stored.
@@ -72,7 +79,7 @@ def worker_sink(ctx: typer.Context) -> None:
     from atlas.workers import run_sink_worker
 
     batch_friendly_gc()
-    stats = run_sink_worker(get_settings(ctx))
+    stats = run_sink_worker(worker_settings(ctx, metrics_port))
     console.print(
         f"sink stopped: {stats.messages} messages, {stats.rows} rows, "
         f"{stats.dead_letters} dead letters, {stats.insert_failures} failed inserts"
@@ -81,25 +88,25 @@ def worker_sink(ctx: typer.Context) -> None:
 
 @app.command("gepa")
 @clear_errors
-def worker_gepa(ctx: typer.Context) -> None:
+def worker_gepa(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
     """Run GEPA jobs from `gepa` triggers: datasets from the store, GEPA over the agent's runtime
     and RIM, the held-out gate, then publish to atlas.prompts.v1. One job at a time per worker;
     keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
     from atlas.workers import run_trigger_worker
 
-    jobs_run = run_trigger_worker(get_settings(ctx), "gepa")
+    jobs_run = run_trigger_worker(worker_settings(ctx, metrics_port), "gepa")
     console.print(f"gepa worker stopped after {jobs_run} job(s)")
 
 
 @app.command("grpo")
 @clear_errors
-def worker_grpo(ctx: typer.Context) -> None:
+def worker_grpo(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
     """Run GRPO jobs from `grpo` triggers: DeepSpeed GRPO in a child process (the deepspeed
     launcher), the held-out gate, then a checkpoint on atlas.checkpoints.v1. Needs the
     `train` extra. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
     from atlas.workers import run_trigger_worker
 
-    jobs_run = run_trigger_worker(get_settings(ctx), "grpo")
+    jobs_run = run_trigger_worker(worker_settings(ctx, metrics_port), "grpo")
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
 
 
@@ -126,6 +133,7 @@ def worker_otlp(
             min=0.5, help="Seconds to wait for Kafka's acknowledgement before answering 503."
         ),
     ] = 5.0,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Receive OpenTelemetry GenAI traces over OTLP/HTTP and record them as interactions.
 
@@ -141,8 +149,9 @@ def worker_otlp(
     from atlas import registry
     from ingest.otlp import MIB, OtlpConfig, OtlpReceiver
     from ingest.serving import open_sender, serve
+    from runtime.metrics import serving
 
-    settings = get_settings(ctx)
+    settings = worker_settings(ctx, metrics_port)
     try:
         config = OtlpConfig(agent, max_body_mib * MIB, ack_timeout)
     except ValueError as exc:
@@ -154,7 +163,8 @@ def worker_otlp(
         "OTLP receiver %s (pid %d) on http://%s:%d", lease.worker_id, lease.record.pid, host, port
     )
     try:
-        serve(receiver.app, host, port, sender.close)
+        with serving(settings.metrics_host, settings.metrics_port):
+            serve(receiver.app, host, port, sender.close)
     finally:
         lease.release()
     console.print(f"otlp receiver stopped: {receiver.counts}", highlight=False)
