@@ -62,3 +62,17 @@ def monitor(
         params = {key: values[key] for key in sql_parameters(sql)}
         results[name] = rows_as_dicts(client, sql, params)
     return results
+
+
+def labelled_traces(
+    client: Client, agent: str, since: Any, until: Any
+) -> list[tuple[str, float, dict[str, float]]]:
+    """(trace_id, human score, judge -> score) of the agent's traces with finite human and
+    judge scores in [since, until) (``store/sql/labelled_traces.sql``)."""
+    rows = rows_as_dicts(
+        client, load_sql("labelled_traces"), {"agent": agent, "since": since, "until": until}
+    )
+    return [
+        (r["trace_id"], float(r["human"]), dict(zip(r["judges"], r["scores"], strict=True)))
+        for r in rows
+    ]

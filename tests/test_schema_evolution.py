@@ -89,9 +89,14 @@ LACKING = {
 
 
 def _old_codec(schema_dir: Path, version: int) -> AvroCodec:
-    """A writer as agents and the reward stream were with InteractionEvent ``version``."""
+    """A writer as agents and the reward stream were with InteractionEvent ``version`` (and a
+    ScoredTrace before ``rim_version``, which came later)."""
     history = schema_dir / "history" / f"io.atlas_stream.InteractionEvent.v{version}.avsc"
     (schema_dir / "io.atlas_stream.InteractionEvent.avsc").write_text(history.read_text())
+    scored = schema_dir / "io.atlas_stream.ScoredTrace.avsc"
+    contract = json.loads(scored.read_text())
+    contract["fields"] = [f for f in contract["fields"] if f["name"] != "rim_version"]
+    scored.write_text(json.dumps(contract))
     return AvroCodec(catalog=SchemaCatalog.load(schema_dir))
 
 
@@ -102,7 +107,8 @@ def _old_models(lacking: set[str]) -> tuple[type[InteractionEvent], type[ScoredT
 
     class OldScoredTrace(ScoredTrace):
         def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-            return super().model_dump(**{**kwargs, "exclude": {"interaction": lacking}})
+            excluded = {"interaction": lacking, "rim_version": True}
+            return super().model_dump(**{**kwargs, "exclude": excluded})
 
     return OldInteraction, OldScoredTrace
 

@@ -1,5 +1,5 @@
-"""`atlas worker rewards|sink|gepa|grpo`: the long-running stream workers, in the foreground
-until SIGTERM or SIGINT, logging at INFO to stderr (every record scrubbed of secrets)."""
+"""`atlas worker rewards|sink|gepa|grpo|rim|rollouts`: the long-running stream workers, in the
+foreground until SIGTERM or SIGINT, logging at INFO to stderr (every record scrubbed of secrets)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,16 @@ def worker_grpo(ctx: typer.Context) -> None:
 
     jobs_run = run_trigger_worker(get_settings(ctx), "grpo")
     console.print(f"grpo worker stopped after {jobs_run} job(s)")
+
+
+@app.command("rim")
+@clear_errors
+def worker_rim(ctx: typer.Context) -> None:
+    """Run RIM calibration jobs from `rim` triggers (`atlas retrain rim`): judge weights and a
+    monotone score map fitted on the agent's traces with human feedback, the held-out agreement
+    gate, then a signed rim version on atlas.prompts.v1 that reward workers switch to. Needs no
+    model. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    from atlas.workers import run_trigger_worker
+
+    jobs_run = run_trigger_worker(get_settings(ctx), "rim")
+    console.print(f"rim worker stopped after {jobs_run} job(s)")
