@@ -66,13 +66,13 @@ def monitor(
 
 def labelled_traces(
     client: Client, agent: str, since: Any, until: Any
-) -> list[tuple[str, float, dict[str, float]]]:
-    """(trace_id, human score, judge -> score) of the agent's traces with finite human and
+) -> list[tuple[str, dict[str, float], float]]:
+    """(trace_id, judge -> score, human score) of the agent's traces with finite human and
     judge scores in [since, until) (``store/sql/labelled_traces.sql``)."""
     rows = rows_as_dicts(
         client, load_sql("labelled_traces"), {"agent": agent, "since": since, "until": until}
     )
     return [
-        (r["trace_id"], float(r["human"]), dict(zip(r["judges"], r["scores"], strict=True)))
+        (r["trace_id"], dict(zip(r["judges"], r["scores"], strict=True)), float(r["human"]))
         for r in rows
     ]

@@ -139,7 +139,7 @@ def test_the_agreement_gate() -> None:
 def test_trigger_params_override_the_config_or_fail_by_name() -> None:
     assert CONFIG.with_overrides(3, {"gate.margin": "0.05"}).gate.margin == 0.05
     assert CONFIG.with_overrides(3, {}).max_rounds == 3
-    with pytest.raises(ValueError, match="unknown calibration setting 'gate.nope'"):
+    with pytest.raises(ValueError, match=r"unknown calibration setting 'gate\.nope'"):
         CONFIG.with_overrides(None, {"gate.nope": "1"})
     with pytest.raises(ValueError):
         CONFIG.with_overrides(None, {"heldout_share": "nan"})
