@@ -16,6 +16,7 @@ many traces in seconds (``benchmarks/calibration.py``, the calibration tests).
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,6 +96,7 @@ class ScriptedAgent:
     def interaction(self, agent_id: str, task: Task) -> InteractionEvent:
         """One auto-mode interaction of ``agent_id`` answering ``task``."""
         return InteractionEvent(
+            trace_id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),  # seeded too
             agent_id=agent_id,
             task_id=task.task_id,
             task_family=task.family,

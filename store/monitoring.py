@@ -28,6 +28,8 @@ MONITOR_QUERIES = (
     "human_agreement",
     "dead_letters",
 )
+# The other files of ``store/sql/``: the data a job reads (not part of `monitor`).
+DATASET_QUERIES = ("labelled_traces",)
 # The score from which a judge's (or a person's) verdict counts as positive in the confusion
 # and kappa of `human_agreement`, unless the caller says otherwise.
 DEFAULT_THRESHOLD = 0.5

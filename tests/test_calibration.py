@@ -8,9 +8,10 @@ import math
 import random
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from atlas.settings import PROJECT_CONFIGS
-from benchmarks.calibration import labelled_traces
+from benchmarks.calibration import simulated_traces
 from rim.calibration import RIM_ROLE, Calibration, RimVersion
 from rim.config import load_rim_config
 from rim.judges import FormatJudge, ReferenceMatchJudge
@@ -18,6 +19,8 @@ from rim.reward import Rim
 from schemas.codec import AvroCodec
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, PromptVersion
 from schemas.topics import key_of
+from store.monitoring import labelled_traces, monitor
+from store.writer import StoreWriter
 from streams.processor import AFTER_REVISION, RESCORE, RIM_VERSION, RewardProcessor
 from streams.rim_versions import RimVersions
 from trainer.calibration import (
@@ -100,7 +103,7 @@ def test_the_split_is_stable_and_disjoint() -> None:
 
 
 def test_a_calibration_on_simulated_users_is_published_and_a_second_one_rejected() -> None:
-    traces = labelled_traces(400, seed=5, noise=0.1)
+    traces = simulated_traces(400, seed=5, noise=0.1)
     current = load_rim_config(PROJECT_CONFIGS).as_calibration()
     first = calibrate(traces, current, CONFIG)
     assert first.state == "SUCCEEDED", first.reason
@@ -266,3 +269,38 @@ def test_the_follower_keeps_valid_rim_versions_and_ignores_the_rest() -> None:
     assert follower.current("ag/1") == RimVersion(1, good)
     assert follower.invalid == 1 and follower.version("ag/1", 2) is None
     assert follower.version("ag/1", 0) == RimVersion() and follower.current("other") == RimVersion()
+
+
+# --- the data the job reads, and one definition of agreement -------------------------------
+
+
+def test_labelled_traces_are_the_latest_revision_with_its_finite_judge_scores(
+    store: Client,
+) -> None:
+    from tests.test_human_agreement import AGENT, DAY1, DAY2, revisions
+
+    StoreWriter(store).write(revisions())
+    rows = labelled_traces(store, AGENT, DAY1, DAY2)  # day 1 only
+    got = sorted(((sorted(scores.items()), human) for _, scores, human in rows))
+    assert got == sorted(
+        [
+            ([("accuracy", 0.9)], 1.0),  # t1: the failed judge is left out
+            ([("accuracy", 0.2), ("reference_match", 0.0)], 0.0),  # t2
+            ([("accuracy", 0.8), ("reference_match", 1.0)], 0.0),  # t3
+            ([("accuracy", 0.6), ("reference_match", 1.0)], 1.0),  # t4
+            ([("accuracy", 0.4), ("reference_match", 1.0)], 0.5),  # t6: the latest human score
+        ]
+    )
+    # the job's agreement figures are the monitor's for the same pairs
+    [sql] = [
+        r
+        for r in monitor(store, DAY1, AGENT)["human_agreement"]
+        if r["judge"] == "accuracy" and r["day"] == DAY1.date()
+    ]
+    pairs = [(scores["accuracy"], human) for _, scores, human in rows]
+    mine = agreement([m for m, _ in pairs], [h for _, h in pairs], 0.5)
+    assert (mine.n, mine.tp, mine.fp, mine.fn, mine.tn) == (
+        sql["n"], sql["tp"], sql["fp"], sql["fn"], sql["tn"]
+    )  # fmt: skip
+    assert mine.mae == pytest.approx(sql["mae"]) and mine.kappa == pytest.approx(sql["kappa"])
+    assert mine.spearman == pytest.approx(sql["spearman"])

@@ -15,7 +15,6 @@ from clickhouse_connect.driver.client import Client
 
 from atlas.settings import PROJECT_CONFIGS, Settings
 from atlas.simulation import ScriptedAgent, SimulatedUser
-from benchmarks.calibration import BARE, CORRECT
 from consumers.jobs import TERMINAL, job_id_for, read_job_states
 from rim.calibration import RIM_ROLE, Calibration
 from rim.config import load_rim_config
@@ -31,6 +30,11 @@ from tests.workers import WorkerProcess, eventually, skip_to_end, stack_cli
 pytestmark = pytest.mark.integration
 
 LABELLED, AFTER = 200, 20  # traces with feedback to calibrate on; traces sent afterwards
+# An agent mostly right but wordy: users edit what configs/rim.yaml's judges score 0.8, so a
+# calibration helps by far more than the gate's margin whichever traces are held out (40
+# random splits offline: held-out MAE 0.07-0.20 lower, kappa 0.34-0.79 higher).
+CORRECT = {"arithmetic": 0.9, "extraction": 0.95}
+BARE = {"arithmetic": 0.3, "extraction": 0.3}
 
 
 def produce(kafka_config: dict[str, str], agent: str, n: int, seed: int) -> list[str]:
@@ -135,6 +139,13 @@ def test_a_calibration_is_published_followed_by_a_running_worker_and_stored(
             120,
             "the new traces re-scored with rim v0",
             interval=1.0,
+        )
+
+        # one command rolls the calibration back (to v0's weights, as v2); workers follow
+        rolled = cli("prompts", "rollback", "--agent", agent, "--role", "rim")
+        assert f"published {agent}/rim v2 (rollback)" in rolled
+        eventually(
+            lambda: b"scoring with rim v2" in rewards.log.read_bytes(), 60, "rim v2 followed"
         )
     finally:
         rim.stop()
