@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -18,11 +20,13 @@ from rim.judges import FormatJudge, ReferenceMatchJudge
 from rim.reward import Rim
 from schemas.codec import AvroCodec
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, PromptVersion
-from schemas.topics import key_of
+from schemas.signing import Verifier, create_keys
+from schemas.topics import PROMPTS, key_of
 from store.monitoring import labelled_traces, monitor
 from store.writer import StoreWriter
 from streams.processor import AFTER_REVISION, RESCORE, RIM_VERSION, RewardProcessor
 from streams.rim_versions import RimVersions
+from tests.fakes import Msg
 from trainer.calibration import (
     CalibrationConfig,
     Labelled,
@@ -304,3 +308,28 @@ def test_labelled_traces_are_the_latest_revision_with_its_finite_judge_scores(
     )  # fmt: skip
     assert mine.mae == pytest.approx(sql["mae"]) and mine.kappa == pytest.approx(sql["kappa"])
     assert mine.spearman == pytest.approx(sql["spearman"])
+
+
+@dataclass
+class SignedMsg(Msg):
+    headers_: list[tuple[str, bytes | None]] | None = None
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self.headers_
+
+
+def test_the_follower_takes_only_the_learners_signed_versions(tmp_path: Path) -> None:
+    learner, intruder = create_keys(tmp_path / "learner"), create_keys(tmp_path / "intruder")
+    codec = AvroCodec()
+    follower = RimVersions({}, codec, Verifier(learner.public_key()))
+    event = PromptVersion(
+        agent_id="ag", role=RIM_ROLE, version=3, text='{"weights": {"format": 1}}', source="gepa"
+    )
+    key, value = key_of(event), codec.encode(event)
+    for signer in (None, intruder, learner):
+        headers = None if signer is None else [signer.header(PROMPTS, key, value)]
+        message = SignedMsg(value, key, topic_=PROMPTS, headers_=headers)
+        if follower._trusted(message):
+            follower._apply(message.key(), message.value())
+        assert follower.current("ag").version == (3 if signer is learner else 0)
+    assert follower.refused == 2
