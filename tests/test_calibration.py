@@ -284,6 +284,8 @@ def test_labelled_traces_are_the_latest_revision_with_its_finite_judge_scores(
     from tests.test_human_agreement import AGENT, DAY1, DAY2, revisions
 
     StoreWriter(store).write(revisions())
+    stored = store.query("SELECT DISTINCT rim_version FROM scored_traces").result_rows
+    assert stored == [(2,)]  # the column the sink fills (migration 13)
     rows = labelled_traces(store, AGENT, DAY1, DAY2)  # day 1 only
     got = sorted(((sorted(scores.items()), human) for _, scores, human in rows))
     assert got == sorted(
