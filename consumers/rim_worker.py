@@ -7,7 +7,10 @@ the held-out traces, current configuration vs calibrated -> the agreement gate
 
 Like every job it ends FAILED when the window holds too few labelled traces (the message says
 how many of each split it found and needs) and REJECTED, with both sides' figures, when the
-calibration does not agree better with the people on the held-out traces.
+calibration does not agree better with the people on the held-out traces. It follows the
+learning-job skeleton's sequence and reports (``consumers/learning_job.py``) but not its code:
+its data are judge scores and human scores of stored traces, not tasks to run an agent on, and
+its gate compares agreement, not rewards.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def run_rim_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: RimJobConte
     agent = trigger.agent_id
     reporter.report("RUNNING", "reading the traces people gave feedback on", progress=0.0)
     since, until = window_of(trigger)
-    rows = labelled_traces(ctx.connect_store(), agent, since, until)
+    rows = labelled_traces(ctx.connect_store(), agent, since, until, config.max_traces)
     production, current, newest = current_calibration(ctx, agent)
     current_version = 0 if production is None else production.version
     reporter.report(

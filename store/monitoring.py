@@ -67,13 +67,12 @@ def monitor(
 
 
 def labelled_traces(
-    client: Client, agent: str, since: Any, until: Any
+    client: Client, agent: str, since: Any, until: Any, limit: int = 100_000
 ) -> list[tuple[str, dict[str, float], float]]:
-    """(trace_id, judge -> score, human score) of the agent's traces with finite human and
-    judge scores in [since, until) (``store/sql/labelled_traces.sql``)."""
-    rows = rows_as_dicts(
-        client, load_sql("labelled_traces"), {"agent": agent, "since": since, "until": until}
-    )
+    """(trace_id, judge -> score, human score) of the agent's newest ``limit`` traces with
+    finite human and judge scores in [since, until) (``store/sql/labelled_traces.sql``)."""
+    values = {"agent": agent, "since": since, "until": until, "limit": limit}
+    rows = rows_as_dicts(client, load_sql("labelled_traces"), values)
     return [
         (r["trace_id"], dict(zip(r["judges"], r["scores"], strict=True)), float(r["human"]))
         for r in rows

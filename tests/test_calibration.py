@@ -297,6 +297,7 @@ def test_labelled_traces_are_the_latest_revision_with_its_finite_judge_scores(
             ([("accuracy", 0.4), ("reference_match", 1.0)], 0.5),  # t6: the latest human score
         ]
     )
+    assert len(labelled_traces(store, AGENT, DAY1, DAY2, limit=2)) == 2
     # the job's agreement figures are the monitor's for the same pairs
     [sql] = [
         r

@@ -189,7 +189,7 @@ def test_the_monitoring_queries_are_the_sql_files_the_readme_names(
     assert set(files) == set(MONITOR_QUERIES) | set(DATASET_QUERIES)
     for name, text in files.items():
         assert load_sql(name) == text
-        assert sql_parameters(text) <= {"since", "until", "agent", "threshold"}, name
+        assert sql_parameters(text) <= {"since", "until", "limit", "agent", "threshold"}, name
         # no Python formatting left: every brace is a ClickHouse query parameter {name:Type}
         assert text.count("{") == text.count("}") == len(re.findall(r"\{\w+:[^{}]+\}", text))
     monitoring = (ROOT / "store" / "monitoring.py").read_text()

@@ -38,6 +38,9 @@ class CalibrationConfig(BaseModel):
     heldout_share: float = Field(0.3, gt=0, lt=1, description="Share of traces held out.")
     min_train: int = Field(20, ge=2, description="Fewest labelled traces to fit on.")
     min_heldout: int = Field(10, ge=2, description="Fewest labelled traces to gate on.")
+    max_traces: int = Field(
+        100_000, ge=4, le=10_000_000, description="The window's newest traces read, at most."
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="Pass/fail cut for kappa, confusion.")
     monotone_map: bool = Field(True, description="Also fit an isotonic map of the score.")
     max_knots: int = Field(32, ge=2, le=256)
