@@ -106,6 +106,8 @@ def test_a_calibration_is_published_followed_by_a_running_worker_and_stored(
         assert (version.version, version.source, version.job_id) == (1, "calibration", job_id)
         calibration = Calibration.from_text(version.text)
         assert "SUCCEEDED" in cli("jobs", "show", job_id)
+        listed = cli("prompts", "list", "--agent", agent, "--role", "rim")
+        assert "│ rim │ 1 * │ 0 │ calibration │" in listed and job_id in listed, listed
         eventually(
             lambda: b"scoring with rim v1" in rewards.log.read_bytes(),
             60,

@@ -77,7 +77,7 @@ def publish_versions(settings: Settings, versions: list[PromptVersion]) -> None:
 def prompts_list(
     ctx: typer.Context,
     agent: AgentOption,
-    role: Annotated[str, typer.Option(help="One role.")] = "",
+    role: Annotated[str, typer.Option(help="One role (rim: the judges' calibrations).")] = "",
 ) -> None:
     """Every stored version of the agent's prompts, with lineage, held-out figures and the
     labels on it now (production: what agents use, marked *; canary with its share)."""
@@ -113,7 +113,10 @@ def prompts_list(
         cells = (non_degradation, ", ".join(on), v.job_id or "", text)
         table.add_row(*version_cells(v, live), *cells)
     console.print(table)
-    console.print("* = in use now (production); version 0 is the seed in configs/agent.yaml")
+    console.print(
+        "* = in use now (production); version 0 is the seed in configs/agent.yaml"
+        " (role rim, the judges' calibration: configs/rim.yaml)"
+    )
 
 
 @app.command("show")
