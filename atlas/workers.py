@@ -1,6 +1,7 @@
 """Long-running workers, wired from settings: the reward stream (with the retrain policy), the
-canary rollout controller, the ClickHouse sink and the GEPA and GRPO workers, each serving
-its Prometheus metrics (``runtime/metrics.py``) when ATLAS_METRICS_PORT is set."""
+canary rollout controller, the ClickHouse sink and the learning-job workers (GEPA, GRPO, RIM
+calibration), each serving its Prometheus metrics (``runtime/metrics.py``) when
+ATLAS_METRICS_PORT is set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from atlas.agent import Backends, load_agent_config, memory_role
 from atlas.settings import Settings
 from consumers.gepa_worker import GepaJobContext, run_gepa_job
 from consumers.grpo_worker import GrpoJobContext, run_grpo_job
+from consumers.rim_worker import RimJobContext, run_rim_job
 from consumers.sink import ClickHouseSink, SinkStats
 from consumers.trigger_worker import JobRunner, TriggerWorker
 from rim.config import build_rim, load_rim_config
@@ -39,6 +41,8 @@ from streams.memory import MemoryProcessor
 from streams.memory_config import load_memory_config
 from streams.processor import RewardProcessor
 from streams.retrain_policy import RetrainPolicy, RetrainPolicyConfig
+from streams.rim_versions import RimVersions
+from trainer.calibration import load_calibration_config
 from trainer.gepa_config import load_gepa_config
 from trainer.grpo_config import load_grpo_config
 
@@ -73,11 +77,14 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
     stop_on_signals(stop)
     lease = registry.claim(settings.home, "rewards", REWARDS_GROUP, settings.worker_id)
     kafka = settings.kafka_config("rewards")
+    # each agent's published RIM calibration (atlas.prompts.v1, role rim), signature checked
+    rim_versions = RimVersions(kafka, settings.codec(), settings.verifier()).start()
     processor = RewardProcessor(
         build_settings_rim(settings),
         pending_ttl_s=settings.pending_feedback_ttl_s,
         feedback_window_s=settings.feedback_window_s,
         redactor=Redactor.from_config_dir(settings.config_dir),
+        rim_versions=rim_versions,
     )
     policy_config = load_config(settings.config_dir / "retrain_policy.yaml", RetrainPolicyConfig)
     memory_config = load_memory_config(settings.config_dir)
@@ -109,6 +116,7 @@ def run_rewards_worker(settings: Settings, stop: threading.Event | None = None) 
     finally:
         if webhook is not None:
             webhook.close()
+        rim_versions.close()
         lease.release()
 
 
@@ -235,6 +243,9 @@ def run_trigger_worker(
     if kind == "gepa":
         gepa = gepa_job_context(settings)
         run_job: JobRunner = lambda trigger, reporter: run_gepa_job(trigger, reporter, gepa)  # noqa: E731
+    elif kind == "rim":
+        rim = rim_job_context(settings)
+        run_job = lambda trigger, reporter: run_rim_job(trigger, reporter, rim)  # noqa: E731
     else:
         grpo = grpo_job_context(settings)
         run_job = lambda trigger, reporter: run_grpo_job(trigger, reporter, grpo)  # noqa: E731
@@ -255,6 +266,17 @@ def run_trigger_worker(
     finally:
         lease.release()
     return worker.jobs_run
+
+
+def rim_job_context(settings: Settings) -> RimJobContext:
+    url = settings.store()
+    return RimJobContext(
+        kafka_config=settings.kafka_config("learner"),
+        connect_store=lambda: connect(url),
+        rim_config=load_rim_config(settings.config_dir),
+        config=load_calibration_config(settings.config_dir),
+        codec=settings.codec(),
+    )
 
 
 def grpo_job_context(settings: Settings) -> GrpoJobContext:

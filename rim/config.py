@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from rim.calibration import Calibration
 from rim.judges import (
     FormatJudge,
     Judge,
@@ -41,6 +42,10 @@ class RimConfig(BaseModel):
     @property
     def needs_models(self) -> bool:
         return any(j.enabled and j.type == "llm" for j in self.judges)
+
+    def as_calibration(self) -> Calibration:
+        """These weights as a calibration with no map: RIM version 0 of every agent."""
+        return Calibration(weights={j.name: j.weight for j in self.judges if j.enabled})
 
 
 def load_rim_config(config_dir: Path) -> RimConfig:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
+from rim.calibration import Calibration, weighted
 from rim.judges import Judge, text_similarity
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore
 
@@ -90,13 +91,16 @@ class Rim:
         trace: InteractionEvent,
         judge_scores: list[JudgeScore],
         feedback: Sequence[FeedbackEvent] = (),
+        calibration: Calibration | None = None,
     ) -> Reward:
         """The reward from already computed judge scores plus the human signal: re-scoring a
-        trace when feedback arrives does not call the judges again."""
+        trace when feedback arrives does not call the judges again. A ``calibration``
+        replaces the configured weights and maps the judges' score before the human's is
+        merged (``rim/calibration.py``)."""
         scored, non_finite = _split_finite(judge_scores)
         errors = [f"{s.judge}: {s.error}" for s in judge_scores if s.error]
         errors += [f"{s.judge}: non-finite score ignored" for s in non_finite]
-        judge_score = self._weighted_mean(scored)
+        judge_score = self._weighted_mean(scored, calibration)
         human = human_signal(trace.final_answer, feedback)
         if human is not None and judge_score is not None:
             final = (
@@ -127,17 +131,23 @@ class Rim:
             errors=errors,
         )
 
-    def judge_score(self, judge_scores: Sequence[JudgeScore]) -> float | None:
-        """The judges' weighted mean over their finite scores; None if there is none."""
-        return self._weighted_mean(_split_finite(judge_scores)[0])
+    def judge_score(
+        self, judge_scores: Sequence[JudgeScore], calibration: Calibration | None = None
+    ) -> float | None:
+        """The judges' weighted mean over their finite scores (under ``calibration``, mapped);
+        None if there is none."""
+        return self._weighted_mean(_split_finite(judge_scores)[0], calibration)
 
-    def _weighted_mean(self, scored: Sequence[JudgeScore]) -> float | None:
-        """`judge_score` over finite scores only: `combine` has split them already."""
-        weights = [self.weights.judges.get(s.judge, 1.0) for s in scored]
-        total = sum(weights)
-        if not scored or total <= 0 or not math.isfinite(total):
-            return None
-        return sum(w * s.score for w, s in zip(weights, scored, strict=True)) / total  # type: ignore[misc]
+    def _weighted_mean(
+        self, scored: Sequence[JudgeScore], calibration: Calibration | None = None
+    ) -> float | None:
+        """`judge_score` over finite scores only (`combine` has split them already), with the
+        configured weights or the ``calibration``'s (then mapped)."""
+        scores = {s.judge: s.score for s in scored if s.score is not None}
+        if calibration is None:
+            return weighted(scores, self.weights.judges, 1.0)
+        mean = weighted(scores, calibration.weights, 0.0)
+        return None if mean is None else calibration.mapped(mean)
 
     def score(self, trace: InteractionEvent, feedback: Sequence[FeedbackEvent] = ()) -> Reward:
         return self.score_many([trace], [feedback])[0]

@@ -204,12 +204,27 @@ def evolution_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             # a record nested inline (a ScoredTrace's interaction) evolves by the same rule
             inner = evolution_problems(old_type, new_type)
             problems += [f"in field {field_def['name']!r}: {p}" for p in inner]
-        elif new_type != old_type:
+        elif new_type != old_type and not _appended_symbols(old_type, new_type):
             problems.append(f"field {field_def['name']!r} changed type")
     for field_def in new_fields[len(old_fields) :]:
         if "default" not in field_def:
             problems.append(f"added field {field_def['name']!r} has no default")
     return problems
+
+
+def _appended_symbols(old: Any, new: Any) -> bool:
+    """Both are the same enum and ``new`` only appends symbols (JobKind gained ``rim``): new
+    readers read every old message; an old reader meets a new writer's fingerprint, which it
+    refuses by name like any newer contract (upgrade readers first)."""
+    return (
+        isinstance(old, dict)
+        and isinstance(new, dict)
+        and old.get("type") == new.get("type") == "enum"
+        and old.get("name") == new.get("name")
+        and new.get("symbols", [])[: len(old.get("symbols", []))] == old.get("symbols")
+        and {k: v for k, v in old.items() if k not in ("symbols", "doc")}
+        == {k: v for k, v in new.items() if k not in ("symbols", "doc")}
+    )
 
 
 def _same_record(old: Any, new: Any) -> bool:

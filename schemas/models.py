@@ -17,9 +17,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 Mode = Literal["auto", "paired", "coach"]
 FeedbackKind = Literal["approve", "reject", "edit", "rating", "tool_outcome"]
-PromptSource = Literal["seed", "gepa", "manual", "rollback"]
+PromptSource = Literal["seed", "gepa", "manual", "rollback", "calibration"]
 CheckpointSource = Literal["grpo", "manual", "rollback"]
-JobKind = Literal["gepa", "grpo"]
+JobKind = Literal["gepa", "grpo", "rim"]
 MemorySource = Literal["edit", "approval"]
 Arm = Literal["canary", "production"]
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
@@ -210,6 +210,7 @@ class ScoredTrace(Event):
     feedback_count: int = 0
     baseline_reward: float | None = None
     errors: list[str] = Field(default_factory=list)
+    rim_version: int = Field(0, ge=0)  # appended (v4): 0 = configs/rim.yaml, n = calibration
 
 
 class Demonstration(Record):

@@ -378,3 +378,15 @@ MIGRATIONS += (
         ),
     ),
 )
+
+MIGRATIONS += (
+    Migration(
+        13,
+        "scored_traces.rim_version: the RIM configuration version that scored the revision"
+        " (ScoredTrace v4; 0, the configured judges, for rows stored before)",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS rim_version UInt32 DEFAULT 0",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+        ),
+    ),
+)

@@ -28,6 +28,8 @@ MONITOR_QUERIES = (
     "human_agreement",
     "dead_letters",
 )
+# The other files of ``store/sql/``: the data a job reads (not part of `monitor`).
+DATASET_QUERIES = ("labelled_traces",)
 # The score from which a judge's (or a person's) verdict counts as positive in the confusion
 # and kappa of `human_agreement`, unless the caller says otherwise.
 DEFAULT_THRESHOLD = 0.5
@@ -63,3 +65,16 @@ def monitor(
         params = {key: values[key] for key in sql_parameters(sql)}
         results[name] = rows_as_dicts(client, sql, params)
     return results
+
+
+def labelled_traces(
+    client: Client, agent: str, since: Any, until: Any, limit: int = 100_000
+) -> list[tuple[str, dict[str, float], float]]:
+    """(trace_id, judge -> score, human score) of the agent's newest ``limit`` traces with
+    finite human and judge scores in [since, until) (``store/sql/labelled_traces.sql``)."""
+    values = {"agent": agent, "since": since, "until": until, "limit": limit}
+    rows = rows_as_dicts(client, load_sql("labelled_traces"), values)
+    return [
+        (r["trace_id"], dict(zip(r["judges"], r["scores"], strict=True)), float(r["human"]))
+        for r in rows
+    ]

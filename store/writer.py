@@ -66,6 +66,7 @@ SCORED_TRACE_COLUMNS = [
     "memory_entries",
     "memory_held_back",
     "rollouts",
+    "rim_version",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -160,6 +161,7 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
             (a.role, a.rollout_id, a.arm, a.canary_version, a.production_version)
             for a in event.rollouts
         ],
+        trace.rim_version,
     ]
 
 

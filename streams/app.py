@@ -170,7 +170,7 @@ def create_stream(
                 if candidate is not None:
                     sends.append((MEMORY_CANDIDATES, trace.agent_id.encode(), candidate.to_bytes()))
             if alerts is not None:
-                judges = processor.rim.judge_score(trace.judge_scores)
+                judges = processor.judge_score(trace)
                 watched = TraceSeen(
                     trace.agent_id,
                     trace.trace_id,

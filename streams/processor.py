@@ -16,6 +16,9 @@ Redaction (``runtime/redaction.py``): with a ``redactor``, judges and the human-
 the raw text (in memory, and in the trace's state, which the next feedback is merged into), and
 every ScoredTrace an outcome carries is redacted under its agent's policy: what leaves the
 processor holds placeholders, never the PII.
+
+RIM versions (``streams/rim_versions.py``): each revision is scored with the RIM version its
+agent follows at that moment (a replay may pin one), and the ScoredTrace records it.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rim.calibration import RimVersion
 from rim.reward import Reward, Rim
 from runtime.redaction import Redactor
 from runtime.redaction_events import redact_feedback, redact_scored_trace
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore, ScoredTrace, utcnow
+from streams.rim_versions import ConfiguredRim, RimVersionSource
 
 RESCORE = "atlas.rescore"  # metadata key of an interaction re-sent by `atlas replay`
 AFTER_REVISION = "atlas.after_revision"
+RIM_VERSION = "atlas.rim_version"  # a replay pinned to one RIM version (`--rim-version`)
+REPLAY_MARKERS = (RESCORE, AFTER_REVISION, RIM_VERSION)
 DAY_S = 86_400.0
 
 
@@ -125,8 +132,10 @@ def scored_trace(
     revision: int,
     feedback_count: int,
     baseline_reward: float | None = None,
+    rim_version: int = 0,
 ) -> ScoredTrace:
-    """The ScoredTrace of ``interaction``'s ``revision``, scored now with ``reward``."""
+    """The ScoredTrace of ``interaction``'s ``revision``, scored now with ``reward`` by RIM
+    version ``rim_version``."""
     return ScoredTrace(
         trace_id=interaction.trace_id,
         agent_id=interaction.agent_id,
@@ -142,6 +151,7 @@ def scored_trace(
         feedback_count=feedback_count,
         baseline_reward=baseline_reward,
         errors=reward.errors,
+        rim_version=rim_version,
     )
 
 
@@ -153,24 +163,41 @@ class RewardProcessor:
         pending_ttl_s: float = 3600.0,
         feedback_window_s: float = 7 * DAY_S,
         redactor: Redactor | None = None,
+        rim_versions: RimVersionSource | None = None,
     ):
         self.rim = rim
+        self.rim_versions = rim_versions or ConfiguredRim()
         self.redactor = redactor
         self.redacted: dict[str, int] = {}  # per PII kind, over every ScoredTrace sent
         self.max_pending_feedback = max_pending_feedback
         self.pending_ttl_s = pending_ttl_s
         self.feedback_window_s = feedback_window_s
 
-    def _scored(self, state: TraceState, reward: Reward) -> ScoredTrace:
-        assert state.interaction is not None
-        return scored_trace(
-            state.interaction, reward, state.revision, len(state.feedback), state.baseline_reward
-        )
+    def judge_score(self, trace: ScoredTrace) -> float | None:
+        """The judges' part of ``trace``'s reward, under the RIM version that scored it (the
+        agent's current one if this worker no longer knows it)."""
+        used = self.rim_versions.version(trace.agent_id, trace.rim_version)
+        used = used or self.rim_versions.current(trace.agent_id)
+        return self.rim.judge_score(trace.judge_scores, used.calibration)
 
-    def _outcome(self, trace_id: str, state: TraceState, reward: Reward) -> Outcome:
-        """The outcome scoring the state with ``reward``; records the reward in the state and
-        the one it replaces in the outcome."""
-        scored = self._scored(state, reward)
+    def _outcome(
+        self, trace_id: str, state: TraceState, pinned: RimVersion | None = None
+    ) -> Outcome:
+        """The outcome scoring the state with its agent's current RIM version (or ``pinned``);
+        records the reward in the state and the one it replaces in the outcome."""
+        assert state.interaction is not None
+        used = pinned or self.rim_versions.current(state.interaction.agent_id)
+        reward = self.rim.combine(
+            state.interaction, state.judge_scores, state.feedback, used.calibration
+        )
+        scored = scored_trace(
+            state.interaction,
+            reward,
+            state.revision,
+            len(state.feedback),
+            state.baseline_reward,
+            used.version,
+        )
         if self.redactor is not None:
             scored, counts = redact_scored_trace(self.redactor, scored)
             for kind, n in counts.items():
@@ -189,8 +216,7 @@ class RewardProcessor:
         revision is sent again, which the store keeps as one row per (trace, revision)."""
         if state.interaction is None or state.revision < 1:
             return Outcome(trace_id, state)  # still waiting for its interaction: nothing to send
-        reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return self._outcome(trace_id, state, reward)
+        return self._outcome(trace_id, state)
 
     def wants_judging(self, event: InteractionEvent, state: TraceState | None) -> bool:
         """False for an interaction its trace already has (a replay or a conflict)."""
@@ -212,6 +238,7 @@ class RewardProcessor:
         state = state or TraceState()
         try:
             floor = rescore_floor(event)
+            pinned = self._pinned(event)
         except ValueError as exc:
             return Outcome(event.trace_id, state, rejected=str(exc))
         if floor is not None:
@@ -240,8 +267,27 @@ class RewardProcessor:
         state.revision += 1
         state.sources = {}
         state.updated_at = time.time()
-        reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return self._outcome(event.trace_id, state, reward)
+        return self._outcome(event.trace_id, state, pinned)
+
+    def _pinned(self, event: InteractionEvent) -> RimVersion | None:
+        """The RIM version a replay asks for (None: the agent's current one); ValueError if it
+        is not a version number or not one this worker knows."""
+        raw = event.metadata.get(RIM_VERSION)
+        if raw is None or RESCORE not in event.metadata:
+            return None
+        try:
+            number = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"metadata {RIM_VERSION}={raw[:40]!r} is not a version number"
+            ) from None
+        known = self.rim_versions.version(event.agent_id, number) if 0 <= number < 2**31 else None
+        if known is None:
+            raise ValueError(
+                f"rim v{number} of agent {event.agent_id[:80]} is not known to this reward"
+                " worker (never published, or compacted away: publish it again first)"
+            )
+        return known
 
     def on_feedback(
         self,
@@ -271,8 +317,7 @@ class RewardProcessor:
         state.feedback.append(event)
         state.revision += 1
         state.updated_at = time.time()
-        reward = self.rim.combine(state.interaction, state.judge_scores, state.feedback)
-        return self._outcome(event.trace_id, state, reward)
+        return self._outcome(event.trace_id, state)
 
     def expired(self, pending: bool, clock: float, now: float | None = None) -> bool:
         """Feedback that waited longer than the TTL for an interaction that never came, or a
@@ -290,5 +335,5 @@ class RewardProcessor:
 def _without_replay_marker(event: InteractionEvent) -> InteractionEvent:
     if RESCORE not in event.metadata:
         return event
-    metadata = {k: v for k, v in event.metadata.items() if k not in (RESCORE, AFTER_REVISION)}
+    metadata = {k: v for k, v in event.metadata.items() if k not in REPLAY_MARKERS}
     return event.model_copy(update={"metadata": metadata})

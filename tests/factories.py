@@ -110,6 +110,7 @@ def scored(event: InteractionEvent, rng: random.Random, revision: int = 1) -> Sc
         escalated=rng.random() < 0.1,
         feedback_count=revision - 1,
         baseline_reward=0.0,
+        rim_version=2,  # a calibrated RIM's (0 would look like a reader's default)
     )
 
 

@@ -99,7 +99,10 @@ def expected_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, ScoredTrace):
         unions = {"score": "double", "uncertainty": "double", "error": "string"}
         return {
-            **{k: getattr(event, k) for k in ("trace_id", "revision", "reward", "escalated")},
+            **{
+                k: getattr(event, k)
+                for k in ("trace_id", "revision", "reward", "escalated", "rim_version")
+            },
             "scored_at": ms(event.scored_at),
             "baseline_reward": some("double", event.baseline_reward),
             "judge_scores": [

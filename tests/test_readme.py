@@ -31,7 +31,7 @@ from schemas.models import FeedbackEvent, InteractionEvent
 from schemas.topics import FEEDBACK, INTERACTIONS, TRIGGERS
 from store.client import connect
 from store.migrations import migrate
-from store.monitoring import MONITOR_QUERIES, load_sql, monitor, sql_parameters
+from store.monitoring import DATASET_QUERIES, MONITOR_QUERIES, load_sql, monitor, sql_parameters
 from store.writer import StoreWriter
 from tests.conftest import LLAMA_API_KEY
 from tests.factories import interaction, scored
@@ -219,10 +219,10 @@ def test_the_monitoring_queries_are_the_sql_files_the_readme_names(
 ) -> None:
     assert "`store/sql/`" in README
     files = {path.stem: path.read_text() for path in (ROOT / "store" / "sql").glob("*.sql")}
-    assert set(files) == set(MONITOR_QUERIES)
+    assert set(files) == set(MONITOR_QUERIES) | set(DATASET_QUERIES)
     for name, text in files.items():
         assert load_sql(name) == text
-        assert sql_parameters(text) <= {"since", "agent", "threshold"}, name
+        assert sql_parameters(text) <= {"since", "until", "limit", "agent", "threshold"}, name
         # no Python formatting left: every brace is a ClickHouse query parameter {name:Type}
         assert text.count("{") == text.count("}") == len(re.findall(r"\{\w+:[^{}]+\}", text))
     monitoring = (ROOT / "store" / "monitoring.py").read_text()
@@ -246,7 +246,7 @@ def test_the_monitoring_queries_are_the_sql_files_the_readme_names(
     results = monitor(client, datetime(2026, 1, 1, tzinfo=UTC))
     client.close()
     assert list(results) == list(MONITOR_QUERIES)
-    assert sorted(ran) == sorted(files.values())
+    assert sorted(ran) == sorted(files[name] for name in MONITOR_QUERIES)
     (summary,) = results["summary"]
     assert summary["agent_id"] == "agent-a" and summary["traces"] == 20
     assert results["reward_by_hour"] and results["tokens_by_mode"]

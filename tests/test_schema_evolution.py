@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 
 from schemas.catalog import standalone
 from schemas.codec import SCHEMA_DIR, AvroCodec, DecodeError, SchemaCatalog, evolution_problems
-from schemas.models import FeedbackEvent, InteractionEvent, ScoredTrace
+from schemas.models import FeedbackEvent, InteractionEvent, JobStatus, RetrainTrigger, ScoredTrace
 
 FEEDBACK_FILE = "io.atlas_stream.FeedbackEvent.avsc"
 
@@ -89,9 +90,14 @@ LACKING = {
 
 
 def _old_codec(schema_dir: Path, version: int) -> AvroCodec:
-    """A writer as agents and the reward stream were with InteractionEvent ``version``."""
+    """A writer as agents and the reward stream were with InteractionEvent ``version`` (and a
+    ScoredTrace before ``rim_version``, which came later)."""
     history = schema_dir / "history" / f"io.atlas_stream.InteractionEvent.v{version}.avsc"
     (schema_dir / "io.atlas_stream.InteractionEvent.avsc").write_text(history.read_text())
+    scored = schema_dir / "io.atlas_stream.ScoredTrace.avsc"
+    contract = json.loads(scored.read_text())
+    contract["fields"] = [f for f in contract["fields"] if f["name"] != "rim_version"]
+    scored.write_text(json.dumps(contract))
     return AvroCodec(catalog=SchemaCatalog.load(schema_dir))
 
 
@@ -102,7 +108,8 @@ def _old_models(lacking: set[str]) -> tuple[type[InteractionEvent], type[ScoredT
 
     class OldScoredTrace(ScoredTrace):
         def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-            return super().model_dump(**{**kwargs, "exclude": {"interaction": lacking}})
+            excluded = {"interaction": lacking, "rim_version": True}
+            return super().model_dump(**{**kwargs, "exclude": excluded})
 
     return OldInteraction, OldScoredTrace
 
@@ -145,3 +152,56 @@ def test_new_interactions_carry_their_memory_entries() -> None:
     )
     received = codec.decode(codec.encode(sent), InteractionEvent)
     assert (received.memory_entries, received.memory_held_back) == (["e1", "e2"], ["e3"])
+
+
+def test_enum_symbols_may_be_appended_never_removed_or_reordered() -> None:
+    def contract(symbols: list[str]) -> dict[str, Any]:
+        kind = {"type": "enum", "name": "K", "symbols": symbols}
+        return {"type": "record", "name": "R", "fields": [{"name": "kind", "type": kind}]}
+
+    old = contract(["gepa", "grpo"])
+    assert evolution_problems(old, contract(["gepa", "grpo", "rim"])) == []
+    for unsafe in (["grpo", "gepa", "rim"], ["gepa"], ["gepa", "rim"]):
+        assert evolution_problems(old, contract(unsafe)) == ["field 'kind' changed type"]
+
+
+def _writer_of(history: dict[str, int]) -> AvroCodec:
+    """A codec that writes these contracts as their history files (name -> version) hold them."""
+    catalog = SchemaCatalog.load()
+    for name, version in history.items():
+        path = SCHEMA_DIR / "history" / f"io.atlas_stream.{name}.v{version}.avsc"
+        raw = json.loads(path.read_text())
+        catalog.current[f"io.atlas_stream.{name}"] = fastavro.schema.parse_schema(
+            raw, _write_hint=False, _force=True
+        )
+    return AvroCodec(catalog=catalog)
+
+
+def test_messages_from_before_rim_calibration_decode_as_rim_version_0_and_gepa_jobs() -> None:
+    """ScoredTrace v3, RetrainTrigger v1 and JobStatus v1 (before ``rim_version`` and the
+    ``rim`` job kind) are still read: a trace as scored by RIM version 0."""
+    old_writer = _writer_of({"ScoredTrace": 3, "RetrainTrigger": 1, "JobStatus": 1})
+    reader = AvroCodec()
+
+    class OldScoredTrace(ScoredTrace):
+        def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+            return super().model_dump(**{**kwargs, "exclude": {"rim_version"}})
+
+    event = InteractionEvent(
+        agent_id="a", task_id="t", task_input="x", mode="auto", final_answer="y"
+    )
+    data = old_writer.encode(
+        OldScoredTrace(
+            trace_id=event.trace_id, agent_id="a", revision=1, interaction=event, reward=0.4
+        )
+    )
+    assert data[2:10] == bytes.fromhex("85dcd1b52373271c")
+    assert reader.decode(data, ScoredTrace).rim_version == 0
+    trigger = RetrainTrigger(kind="gepa", agent_id="a", reason="old")
+    assert reader.decode(old_writer.encode(trigger), RetrainTrigger) == trigger
+    status = JobStatus(job_id="j", trigger_id="t", kind="grpo", agent_id="a", state="QUEUED", seq=1)
+    assert reader.decode(old_writer.encode(status), JobStatus) == status
+    new = AvroCodec().encode(RetrainTrigger(kind="rim", agent_id="a", reason="calibrate"))
+    # a reader on the old JobKind refuses a rim trigger by name, never guesses (readers first)
+    with pytest.raises(DecodeError, match="rim not found in reader symbol list"):
+        AvroCodec(catalog=old_writer.catalog).decode(new, RetrainTrigger)

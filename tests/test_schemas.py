@@ -95,7 +95,7 @@ def test_decoding_the_wrong_type_names_the_event_and_the_topic() -> None:
         # SchemaNormalization.parsingFingerprint64 of Apache Avro's Java library, little-endian.
         (InteractionEvent, "1bc06279cd9d22ed"),
         (FeedbackEvent, "5b6a616fdb5656fc"),
-        (ScoredTrace, "85dcd1b52373271c"),
+        (ScoredTrace, "616bea52c5ff2f33"),
     ],
     ids=lambda v: getattr(v, "__name__", v),
 )
@@ -117,6 +117,7 @@ def test_the_earlier_interaction_and_scored_trace_schemas_are_still_readable() -
         assert bytes.fromhex(v1) in writers
     for v2 in ("df1d63c8b58aaa6f", "b855f7af9f7a1423"):
         assert bytes.fromhex(v2) in writers
+    assert bytes.fromhex("85dcd1b52373271c") in writers  # ScoredTrace before rim_version
 
 
 def test_an_unknown_fingerprint_is_refused_never_guessed() -> None:
@@ -246,4 +247,4 @@ def test_contracts_that_share_a_type_agree_on_it() -> None:
     status = catalog.current["io.atlas_stream.JobStatus"]
     [kind_in_trigger] = [f["type"] for f in trigger["fields"] if f["name"] == "kind"]
     [kind_in_status] = [f["type"] for f in status["fields"] if f["name"] == "kind"]
-    assert kind_in_trigger["symbols"] == kind_in_status["symbols"] == ["gepa", "grpo"]
+    assert kind_in_trigger["symbols"] == kind_in_status["symbols"] == ["gepa", "grpo", "rim"]

@@ -93,7 +93,12 @@ def _read(config: dict[str, str], topic: str, group: str) -> str:
 
 ALLOWED = {  # role: (writes, reads, its consumer group prefix)
     "agent": ([INTERACTIONS, FEEDBACK], [PROMPTS, CHECKPOINTS, MEMORY], "atlas-follow"),
-    "rewards": ([REWARDS, TRIGGERS, DEADLETTER], [INTERACTIONS, FEEDBACK], "atlas-rewards"),
+    # PROMPTS: the agents' RIM calibrations (role rim), which reward workers follow
+    "rewards": (
+        [REWARDS, TRIGGERS, DEADLETTER],
+        [INTERACTIONS, FEEDBACK, PROMPTS],
+        "atlas-rewards",
+    ),
     "sink": ([DEADLETTER], [REWARDS, FEEDBACK, DEADLETTER, JOBS], "atlas-sink"),
     "operator": ([TRIGGERS], [JOBS, PROMPTS], "atlas-follow"),
 }

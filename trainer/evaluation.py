@@ -10,6 +10,7 @@ now, under its own policy, never showing a held-out task the entry for its own i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -181,6 +182,49 @@ def gate(candidate: Sequence[float], current: Sequence[float], config: GateConfi
         f" non-degradation {kept:.3f}{kept_right} (n={n})"
     )
     return GateDecision(not failures, candidate_mean, current_mean, kept, retention, n, reason)
+
+
+class AgreementGateConfig(BaseModel):
+    """The gate a RIM calibration faces (`atlas retrain rim`): agreement with people on
+    held-out traces, the calibrated judges against the current ones."""
+
+    margin: float = Field(
+        0.01, ge=0, le=1, description="The held-out MAE against humans must fall by this."
+    )
+    kappa_tolerance: float = Field(
+        0.0, ge=0, le=2, description="The held-out Cohen's kappa may fall by at most this."
+    )
+
+
+def agreement_gate(
+    current: tuple[float, float | None],
+    candidate: tuple[float, float | None],
+    n: int,
+    config: AgreementGateConfig,
+) -> tuple[bool, str]:
+    """Publish a calibration only if, on ``n`` held-out traces, its (MAE, kappa) against the
+    humans beats the current configuration's: MAE lower by the margin and kappa not lower
+    than the tolerance allows (a kappa of None, all on one side, counts as 0). Returns
+    (passed, reason with the figures); non-finite figures never pass."""
+    (mae_now, kappa_now), (mae_new, kappa_new) = current, candidate
+    k_now, k_new = kappa_now or 0.0, kappa_new or 0.0
+    figures = [mae_now, mae_new, k_now, k_new]
+    if n < 1 or not all(math.isfinite(v) for v in figures):
+        return False, f"held-out figures are not usable (n={n}, MAE and kappa {figures})"
+    failures = []
+    if mae_new > mae_now - config.margin:
+        failures.append(
+            f"held-out MAE {mae_new:.3f} is not below the current {mae_now:.3f}"
+            f" - margin {config.margin:.3f}"
+        )
+    if k_new < k_now - config.kappa_tolerance:
+        failures.append(
+            f"held-out kappa {k_new:.3f} < current {k_now:.3f} - {config.kappa_tolerance:.3f}"
+        )
+    reason = "; ".join(failures) or (
+        f"held-out MAE {mae_now:.3f} -> {mae_new:.3f}, kappa {k_now:.3f} -> {k_new:.3f} (n={n})"
+    )
+    return not failures, reason
 
 
 OnBatch = Callable[[int], None]

@@ -64,23 +64,35 @@ def replay(
     ctx: typer.Context,
     since: Annotated[Window, since_option("Traces created in this window: 30m, 24h, 7d ...")],
     agent: AgentFilter = "",
+    rim_version: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Score with this RIM version of each trace's agent (0: configs/rim.yaml;"
+            " default: the version each agent follows now).",
+        ),
+    ] = None,
 ) -> None:
     """Re-score stored traces with the current judges, as a new revision of each.
 
     The stored interactions are re-sent to the reward stream marked for re-scoring; the
-    reward worker (`atlas worker rewards`) scores them and the sink stores the new revisions.
+    reward worker (`atlas worker rewards`) scores them and the sink stores the new revisions,
+    each naming the RIM version that scored it (rim_version). A version the worker does not
+    know (never published for that agent) dead-letters the trace with that reason.
     """
     from runtime.producer import EventProducer
     from store.client import connect
     from store.queries import stored_interactions
-    from streams.processor import AFTER_REVISION, RESCORE
+    from streams.processor import AFTER_REVISION, RESCORE, RIM_VERSION
 
     settings = get_settings(ctx)
     stored = stored_interactions(connect(settings.store()), since.start(), agent)
     replay_id = f"replay-{int(time.time())}"
+    pinned = {} if rim_version is None else {RIM_VERSION: str(rim_version)}
     with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
         for event, revision in stored:
-            metadata = {**event.metadata, RESCORE: replay_id, AFTER_REVISION: str(revision)}
+            marks = {RESCORE: replay_id, AFTER_REVISION: str(revision), **pinned}
+            metadata = {**event.metadata, **marks}
             producer.record_interaction(event.model_copy(update={"metadata": metadata}))
     console.print(f"{replay_id}: {len(stored)} trace(s) sent for re-scoring")
 

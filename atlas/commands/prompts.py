@@ -45,6 +45,17 @@ def _seeds(settings: Settings) -> StaticPrompts:
     return load_agent_config(settings.config_dir).seeds()
 
 
+def _seeds_with_rim(settings: Settings) -> StaticPrompts:
+    """The seeds plus version 0 of the ``rim`` role: configs/rim.yaml's weights, no map."""
+    from rim.calibration import RIM_ROLE
+    from rim.config import load_rim_config
+    from runtime.prompts import StaticPrompts
+
+    seeds = _seeds(settings)
+    configured = load_rim_config(settings.config_dir).as_calibration().to_text()
+    return StaticPrompts({**seeds.texts, RIM_ROLE: configured}, seeds.demonstrations, seeds.memory)
+
+
 def current_versions(
     settings: Settings, agent: str, seeds: StaticPrompts | None = None
 ) -> dict[str, PromptVersion]:
@@ -66,7 +77,7 @@ def publish_versions(settings: Settings, versions: list[PromptVersion]) -> None:
 def prompts_list(
     ctx: typer.Context,
     agent: AgentOption,
-    role: Annotated[str, typer.Option(help="One role.")] = "",
+    role: Annotated[str, typer.Option(help="One role (rim: the judges' calibrations).")] = "",
 ) -> None:
     """Every stored version of the agent's prompts, with lineage, held-out figures and the
     labels on it now (production: what agents use, marked *; canary with its share)."""
@@ -102,7 +113,10 @@ def prompts_list(
         cells = (non_degradation, ", ".join(on), v.job_id or "", text)
         table.add_row(*version_cells(v, live), *cells)
     console.print(table)
-    console.print("* = in use now (production); version 0 is the seed in configs/agent.yaml")
+    console.print(
+        "* = in use now (production); version 0 is the seed in configs/agent.yaml"
+        " (role rim, the judges' calibration: configs/rim.yaml)"
+    )
 
 
 @app.command("show")
@@ -197,13 +211,18 @@ def gated(
 def prompts_rollback(
     ctx: typer.Context,
     agent: AgentOption,
-    role: RoleOption = "teacher",
+    role: Annotated[
+        str, typer.Option(help="student, teacher, or rim (the judges' calibration).")
+    ] = "teacher",
     to: Annotated[
         int | None,
         typer.Option(help="Version to restore (default: the parent of the current one)."),
     ] = None,
 ) -> None:
-    """Restore an earlier prompt's text as a new version (agents pick it up live)."""
+    """Restore an earlier prompt's text as a new version (agents pick it up live). With
+    --role rim, an earlier RIM calibration (version 0: configs/rim.yaml), which reward workers
+    pick up live."""
+    from rim.calibration import RIM_ROLE
     from runtime.prompts import (
         NoParentVersion,
         VersionNotStored,
@@ -213,9 +232,10 @@ def prompts_rollback(
     from store.client import connect
     from store.queries import prompt_version
 
-    check_role(role)
+    if role != RIM_ROLE:
+        check_role(role)
     settings = get_settings(ctx)
-    seeds = _seeds(settings)
+    seeds = _seeds_with_rim(settings)
     current = current_versions(settings, agent, seeds)
     try:
         restored = restored_prompt(

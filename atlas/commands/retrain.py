@@ -1,4 +1,4 @@
-"""`atlas retrain gepa|grpo`: an operator's RetrainTrigger, for a worker to pick up."""
+"""`atlas retrain gepa|grpo|rim`: an operator's RetrainTrigger, for a worker to pick up."""
 
 from __future__ import annotations
 
@@ -44,12 +44,17 @@ def _request_retrain(
     usage error otherwise, and nothing produced); print its id."""
     from runtime.producer import EventProducer
     from schemas.models import RetrainTrigger
+    from trainer.calibration import load_calibration_config
     from trainer.gepa_config import load_gepa_config
     from trainer.grpo_config import load_grpo_config
 
     params = _parse_params(param)
     settings = get_settings(ctx)
-    loader = {"gepa": load_gepa_config, "grpo": load_grpo_config}[kind]
+    loader = {
+        "gepa": load_gepa_config,
+        "grpo": load_grpo_config,
+        "rim": load_calibration_config,
+    }[kind]
     try:
         loader(settings.config_dir).with_overrides(budget, params)
     except ValueError as exc:  # pydantic's ValidationError is one too
@@ -97,3 +102,21 @@ def retrain_grpo(
 ) -> None:
     """Fine-tune the agent's model with GRPO on its stored traces (`atlas worker grpo`)."""
     _request_retrain(ctx, "grpo", agent, since, budget, param)
+
+
+@app.command("rim")
+@clear_errors
+def retrain_rim(
+    ctx: typer.Context,
+    agent: AgentOption,
+    since: SinceOption = DAY,
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Weight-search rounds (default: calibration.yaml).")
+    ] = None,
+    param: ParamOption = [],  # noqa: B006
+) -> None:
+    """Calibrate the judges to the agent's users (`atlas worker rim`): fit the judge weights and
+    a monotone map of their score on the traces with human feedback in the window, and publish
+    a new RIM version (that reward workers switch to) only if agreement with the humans improves
+    on held-out traces; otherwise the job ends REJECTED with both sides' figures."""
+    _request_retrain(ctx, "rim", agent, since, budget, param)

@@ -1,6 +1,6 @@
-"""`atlas worker rewards|rollouts|sink|gepa|grpo|otlp`: the long-running stream workers and
-the OTLP receiver, in the foreground until SIGTERM or SIGINT, logging at INFO to stderr (every
-record scrubbed of secrets), each serving Prometheus metrics with --metrics-port (or
+"""`atlas worker rewards|rollouts|sink|gepa|grpo|rim|otlp`: the long-running stream workers
+and the OTLP receiver, in the foreground until SIGTERM or SIGINT, logging at INFO to stderr
+(every record scrubbed of secrets), each serving Prometheus metrics with --metrics-port (or
 ATLAS_METRICS_PORT)."""
 
 from __future__ import annotations
@@ -168,3 +168,16 @@ def worker_otlp(
     finally:
         lease.release()
     console.print(f"otlp receiver stopped: {receiver.counts}", highlight=False)
+
+
+@app.command("rim")
+@clear_errors
+def worker_rim(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
+    """Run RIM calibration jobs from `rim` triggers (`atlas retrain rim`): judge weights and a
+    monotone score map fitted on the agent's traces with human feedback, the held-out agreement
+    gate, then a signed rim version on atlas.prompts.v1 that reward workers switch to. Needs no
+    model. Keep ATLAS_WORKER_ID stable so a restart fails the job it interrupted."""
+    from atlas.workers import run_trigger_worker
+
+    jobs_run = run_trigger_worker(worker_settings(ctx, metrics_port), "rim")
+    console.print(f"rim worker stopped after {jobs_run} job(s)")

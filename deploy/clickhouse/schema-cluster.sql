@@ -332,3 +332,10 @@ SETTINGS replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS rollout_statuses ON CLUSTER 'atlas' AS rollout_statuses_local
 ENGINE = Distributed('atlas', currentDatabase(), rollout_statuses_local, cityHash64(agent_id, role, rollout_id, updated_at, state));
+
+-- migration 13: scored_traces.rim_version: the RIM configuration version that scored the revision (ScoredTrace v4; 0, the configured judges, for rows stored before)
+ALTER TABLE scored_traces_local ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS rim_version UInt32 DEFAULT 0;
+
+ALTER TABLE scored_traces ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS rim_version UInt32 DEFAULT 0;
+
+CREATE OR REPLACE VIEW latest_traces ON CLUSTER 'atlas' AS SELECT * FROM scored_traces FINAL ORDER BY trace_id, revision DESC LIMIT 1 BY trace_id;

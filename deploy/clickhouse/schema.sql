@@ -264,3 +264,8 @@ CREATE TABLE IF NOT EXISTS rollout_statuses (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (agent_id, role, rollout_id, updated_at, state)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- migration 13: scored_traces.rim_version: the RIM configuration version that scored the revision (ScoredTrace v4; 0, the configured judges, for rows stored before)
+ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS rim_version UInt32 DEFAULT 0;
+
+CREATE OR REPLACE VIEW latest_traces AS SELECT * FROM scored_traces FINAL ORDER BY trace_id, revision DESC LIMIT 1 BY trace_id;

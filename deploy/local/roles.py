@@ -54,8 +54,9 @@ ROLES: dict[str, Role] = {
     ),
     "rewards": Role(
         writes=(REWARDS, TRIGGERS, DEADLETTER, MEMORY, ALERTS),
-        reads=(INTERACTIONS, FEEDBACK),
-        group_prefixes=("atlas-rewards",),
+        # PROMPTS: each agent's RIM calibration (role rim, signed by the learner)
+        reads=(INTERACTIONS, FEEDBACK, PROMPTS),
+        group_prefixes=("atlas-rewards", FOLLOWER_GROUPS),
         # each worker's transactional producer (streams/engine.py)
         transactional_prefixes=("atlas-rewards-",),
         # its changelogs, the retrain policy's and alerts' observations, the memory's candidates
@@ -74,8 +75,14 @@ ROLES: dict[str, Role] = {
         # MEMORY: a prompt version is measured with the memory entries agents hold;
         # ROLLOUT_OBSERVATIONS: the reward stream's tasks in a rollout, for the controller
         reads=(TRIGGERS, JOBS, PROMPTS, CHECKPOINTS, MEMORY, ROLLOUT_OBSERVATIONS),
-        group_prefixes=("atlas-gepa", "atlas-grpo", "atlas-rollouts", FOLLOWER_GROUPS),
-        transactional_prefixes=("atlas-gepa-", "atlas-grpo-", "atlas-cli-", "atlas-rollouts-"),
+        group_prefixes=("atlas-gepa", "atlas-grpo", "atlas-rim", "atlas-rollouts", FOLLOWER_GROUPS),
+        transactional_prefixes=(
+            "atlas-gepa-",
+            "atlas-grpo-",
+            "atlas-rim-",
+            "atlas-cli-",
+            "atlas-rollouts-",
+        ),
         owned_topic_prefixes=("atlas-rollouts-",),  # the controller's changelog
     ),
     "operator": Role(
