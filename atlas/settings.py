@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     clickhouse_verify: bool = Field(
         default=True, description="Verify the server's certificate (https); never off in prod."
     )
+    console_port: int = Field(
+        default=8770, ge=1, le=65535, description="The web console's port on 127.0.0.1."
+    )
+    console_password: SecretStr | None = Field(
+        default=None,
+        description="The web console's password (user atlas); unset = "
+        "$ATLAS_HOME/secrets/console.password, made on first use.",
+    )
     max_field_bytes: int = Field(
         default=EventLimits().max_field_bytes,
         ge=1024,

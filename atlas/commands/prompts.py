@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from atlas.actions import ActionRefused, current_versions
 from atlas.commands.common import (
     DAY,
     AgentOption,
@@ -31,7 +32,6 @@ from atlas.commands.common import (
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
-    from runtime.prompts import StaticPrompts
     from schemas.models import Lineage, PromptVersion
 
 app = typer.Typer(
@@ -39,24 +39,12 @@ app = typer.Typer(
 )
 
 
-def _seeds(settings: Settings) -> StaticPrompts:
-    from atlas.agent import load_agent_config
-
-    return load_agent_config(settings.config_dir).seeds()
-
-
-def current_versions(
-    settings: Settings, agent: str, seeds: StaticPrompts | None = None
-) -> dict[str, PromptVersion]:
-    """What the agent's runtime uses now, per role: the prompts topic, else the seeds."""
-    from runtime.prompts import current_prompts
-
-    seeds = _seeds(settings) if seeds is None else seeds
-    return current_prompts(settings.kafka_config(), agent, seeds, settings.codec())
-
-
 def publish_versions(settings: Settings, versions: list[PromptVersion]) -> None:
     publish_as_learner(settings, versions)
+    print_published(versions)
+
+
+def print_published(versions: list[PromptVersion]) -> None:
     for v in versions:
         console.print(f"published {v.agent_id}/{v.role} v{v.version} ({v.source})")
 
@@ -204,35 +192,17 @@ def prompts_rollback(
     ] = None,
 ) -> None:
     """Restore an earlier prompt's text as a new version (agents pick it up live)."""
-    from runtime.prompts import (
-        NoParentVersion,
-        VersionNotStored,
-        next_versions,
-        restored_prompt,
-    )
-    from store.client import connect
-    from store.queries import prompt_version
+    from atlas.actions import rollback_prompt
 
     check_role(role)
     settings = get_settings(ctx)
-    seeds = _seeds(settings)
-    current = current_versions(settings, agent, seeds)
     try:
-        restored = restored_prompt(
-            current[role],
-            to,
-            seeds.snapshot(agent)[role],
-            lambda version: prompt_version(connect(settings.store()), agent, role, version),
-        )
-    except NoParentVersion as exc:
-        raise typer.BadParameter(str(exc)) from None
-    except VersionNotStored as exc:
-        raise typer.BadParameter(str(exc), param_hint="--to") from None
-    texts, shots = {role: restored.text}, {role: restored.demonstrations}
-    memory = restored.memory if role == "student" else None
-    publish_versions(settings, next_versions(current, texts, "rollback", shots, memory=memory))
-    restored_what = "text, demonstrations and memory policy" if memory else "text"
-    console.print(f"{agent}/{role}: {restored_what} of v{restored.version} restored")
+        rollback = rollback_prompt(settings, agent, role, to)
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    print_published(rollback.published)
+    restored = rollback.restored
+    console.print(f"{agent}/{role}: {rollback.restored_what} of v{restored.version} restored")
 
 
 @app.command("label")
