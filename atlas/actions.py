@@ -151,3 +151,73 @@ def request_retrain(
     with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
         producer.send(trigger)
     return trigger
+
+
+def label_prompt(
+    settings: Settings,
+    agent: str,
+    role: str,
+    label: str,
+    version: int | None,
+    share: float,
+    remove: bool,
+) -> str:
+    """Put ``label`` on stored prompt version ``version`` of the agent's ``role`` (a canary
+    takes ``share`` of its tasks under a new rollout id), or remove the label (a tombstone);
+    published by the learner. Production is not a label one sets, and one canary runs per
+    agent/role at a time. Returns what was done, in words."""
+    import re
+    import uuid
+
+    from runtime.prompts import current_labels
+    from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
+    from schemas.topics import PROMPTS, version_key
+    from store.client import connect
+    from store.queries import prompt_version
+
+    if not re.fullmatch(LABEL_PATTERN, label):
+        raise ActionRefused(
+            f"{label[:40]!r}: a label is lower case letters, digits, '-' and '_' (at most 32),"
+            " starting with a letter",
+            "--label",
+        )
+    if label == PRODUCTION:
+        raise ActionRefused(
+            "production is what agents use: it moves with `atlas prompts set` and `rollback`",
+            "--label",
+        )
+    labels = current_labels(settings.kafka_config(), agent, settings.codec())
+    if remove:
+        if version is not None:
+            raise ActionRefused("--remove takes no --version", "--version")
+        if (role, label) not in labels:
+            raise ActionRefused(f"{agent}/{role} has no version labelled {label}")
+        publish_as_learner(settings, [], [(PROMPTS, version_key(agent, role, label).encode())])
+        return f"removed label {label} from {agent}/{role} v{labels[(role, label)].version}"
+    if version is None:
+        raise ActionRefused("give the --version to label", "--version")
+    production = labels.get((role, PRODUCTION))
+    if label == CANARY and (production is None or production.version == version):
+        raise ActionRefused(
+            f"a canary needs another version in production to be compared with ({agent}/{role}"
+            f" runs {'its seed' if production is None else f'v{production.version}'})",
+            "--version",
+        )
+    running = labels.get((role, CANARY)) if label == CANARY else None
+    if running is not None:
+        raise ActionRefused(
+            f"{agent}/{role} has a canary already (v{running.version}, rollout"
+            f" {running.rollout_id}): one at a time; remove it first with --remove"
+        )
+    stored = prompt_version(connect(settings.store()), agent, role, version)
+    if stored is None:
+        raise ActionRefused(f"no stored version {version} of {agent}/{role}")
+    rollout = (
+        {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
+        if label == CANARY
+        else {"rollout_id": None, "traffic_share": None}
+    )
+    labelled = stored.model_copy(update={"label": label, **rollout})
+    publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
+    what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
+    return f"labelled {agent}/{role} v{version} {label}{what}"

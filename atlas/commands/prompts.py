@@ -6,7 +6,6 @@ transaction (signed when this host has the key); agents pick it up live.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -232,61 +231,11 @@ def prompts_label(
     tasks (an arm per task from a hash of its trace id and the rollout id, recorded in each
     InteractionEvent); other labels are bookmarks. Production is not a label you set: it moves
     with `atlas prompts set` and `rollback`. One canary per agent/role at a time."""
-    import uuid
-
-    from runtime.prompts import current_labels
-    from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
-    from schemas.topics import PROMPTS, version_key
-    from store.client import connect
-    from store.queries import prompt_version
+    from atlas.actions import label_prompt
 
     check_role(role)
-    if not re.fullmatch(LABEL_PATTERN, label):
-        raise typer.BadParameter(
-            f"{label[:40]!r}: a label is lower case letters, digits, '-' and '_' (at most 32),"
-            " starting with a letter",
-            param_hint="--label",
-        )
-    if label == PRODUCTION:
-        raise typer.BadParameter(
-            "production is what agents use: it moves with `atlas prompts set` and `rollback`",
-            param_hint="--label",
-        )
-    settings = get_settings(ctx)
-    labels = current_labels(settings.kafka_config(), agent, settings.codec())
-    key = version_key(agent, role, label).encode()
-    if remove:
-        if version is not None:
-            raise typer.BadParameter("--remove takes no --version", param_hint="--version")
-        if (role, label) not in labels:
-            raise typer.BadParameter(f"{agent}/{role} has no version labelled {label}")
-        publish_as_learner(settings, [], [(PROMPTS, key)])
-        console.print(f"removed label {label} from {agent}/{role} v{labels[(role, label)].version}")
-        return
-    if version is None:
-        raise typer.BadParameter("give the --version to label", param_hint="--version")
-    production = labels.get((role, PRODUCTION))
-    if label == CANARY and (production is None or production.version == version):
-        raise typer.BadParameter(
-            f"a canary needs another version in production to be compared with ({agent}/{role}"
-            f" runs {'its seed' if production is None else f'v{production.version}'})",
-            param_hint="--version",
-        )
-    running = labels.get((role, CANARY)) if label == CANARY else None
-    if running is not None:
-        raise typer.BadParameter(
-            f"{agent}/{role} has a canary already (v{running.version}, rollout"
-            f" {running.rollout_id}): one at a time; remove it first with --remove"
-        )
-    stored = prompt_version(connect(settings.store()), agent, role, version)
-    if stored is None:
-        raise typer.BadParameter(f"no stored version {version} of {agent}/{role}")
-    rollout = (
-        {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
-        if label == CANARY
-        else {"rollout_id": None, "traffic_share": None}
-    )
-    labelled = stored.model_copy(update={"label": label, **rollout})
-    publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
-    what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
-    console.print(f"labelled {agent}/{role} v{version} {label}{what}", highlight=False)
+    try:
+        done = label_prompt(get_settings(ctx), agent, role, label, version, share, remove)
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    console.print(done, highlight=False)

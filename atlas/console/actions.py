@@ -1,7 +1,7 @@
-"""The console's buttons: prompt and checkpoint rollback, retrain. A GET shows what will
-happen (and the CLI command that does the same) with a confirm button; only the confirming
-POST, with the page's CSRF token, acts, by calling the very function the CLI calls
-(``atlas.actions``), so the event published is the one the CLI would publish.
+"""The console's buttons: prompt and checkpoint rollback, labels on prompt versions, retrain.
+A GET shows what will happen (and the CLI command that does the same) with a confirm button;
+only the confirming POST, with the page's CSRF token, acts, by calling the very function the
+CLI calls (``atlas.actions``), so the event published is the one the CLI would publish.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Action:
 def _read(form: Mapping[str, Any]) -> dict[str, Any]:
     """Every field any action takes, checked; the empty ones None."""
     fields: dict[str, str | None] = {}
-    for name in ("agent", "role", "to", "kind", "window", "budget"):
+    for name in ("agent", "role", "to", "kind", "window", "budget", "label", "share"):
         value = form.get(name)
         if value is not None and not isinstance(value, str):  # a file in a multipart form
             raise BadInput(f"{name}: a text field")
@@ -49,7 +49,19 @@ def _read(form: Mapping[str, Any]) -> dict[str, Any]:
         "kind": kind,
         "window": params.window(fields["window"], "24h"),
         "budget": params.integer(fields["budget"], "budget", 1),
+        "label": params.text(fields["label"], "label", 64),
+        "share": _share(fields["share"]),
     }
+
+
+def _share(value: str | None) -> float:
+    """A canary's share of tasks: what `atlas prompts label --share` takes, 0.1 by default."""
+    share = params.number(value, "share", 1.0)
+    if share is None:
+        return 0.1
+    if not 0.001 <= share <= 0.5:
+        raise BadInput("share: between 0.001 and 0.5")
+    return share
 
 
 def _target(v: dict[str, Any]) -> str:
@@ -84,6 +96,22 @@ def _retrain(settings: Settings, v: dict[str, Any]) -> str:
     written, length = v["window"]
     trigger = request_retrain(settings, v["kind"], v["agent"], written, length, v["budget"], {})
     return f"trigger {trigger.trigger_id} sent: a {v['kind']} worker will pick it up"
+
+
+def _label(settings: Settings, v: dict[str, Any]) -> str:
+    from atlas.actions import label_prompt
+
+    return label_prompt(settings, v["agent"], v["role"], v["label"], v["to"], v["share"], False)
+
+
+def _unlabel(settings: Settings, v: dict[str, Any]) -> str:
+    from atlas.actions import label_prompt
+
+    return label_prompt(settings, v["agent"], v["role"], v["label"], None, v["share"], True)
+
+
+def _share_text(v: dict[str, Any]) -> str:
+    return f" on {v['share']:.1%} of tasks" if v["label"] == "canary" else ""
 
 
 ACTIONS = {
@@ -122,9 +150,38 @@ ACTIONS = {
         ),
         _retrain,
     ),
+    "label": Action(
+        "Label a prompt version",
+        ("agent", "role", "to", "label", "share"),
+        lambda v: (
+            f"Put the label {v['label']} on {v['agent']}/{v['role']} v{v['to']}"
+            f"{_share_text(v)}; agents follow labels live."
+        ),
+        lambda v: (
+            f"atlas prompts label --agent {v['agent']} --role {v['role']} --label"
+            f" {v['label']} --version {v['to']}"
+            + (f" --share {v['share']:g}" if v["label"] == "canary" else "")
+        ),
+        _label,
+    ),
+    "unlabel": Action(
+        "Remove a label",
+        ("agent", "role", "label"),
+        lambda v: f"Remove the label {v['label']} from {v['agent']}/{v['role']} (a tombstone).",
+        lambda v: (
+            f"atlas prompts label --agent {v['agent']} --role {v['role']} --label"
+            f" {v['label']} --remove"
+        ),
+        _unlabel,
+    ),
 }
-REQUIRED = {"prompt-rollback": ("agent", "role"), "checkpoint-rollback": ("agent", "role")}
-REQUIRED["retrain"] = ("agent", "kind")
+REQUIRED = {
+    "prompt-rollback": ("agent", "role"),
+    "checkpoint-rollback": ("agent", "role"),
+    "retrain": ("agent", "kind"),
+    "label": ("agent", "role", "to", "label"),
+    "unlabel": ("agent", "role", "label"),
+}
 
 
 def _action(name: str, form: Mapping[str, Any]) -> tuple[Action, dict[str, Any]]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +123,24 @@ def create_app(settings: Settings, password: SecretStr) -> FastAPI:
     from deploy.local.processes import StackError
     from store.client import StoreUnavailable
 
-    app = FastAPI(title="atlas console", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from starlette.concurrency import run_in_threadpool
+
+        from atlas.console.live import follow_jobs
+
+        app.state.jobs = await run_in_threadpool(follow_jobs, settings)
+        try:
+            yield
+        finally:
+            if app.state.jobs is not None:
+                app.state.jobs.close()
+
+    app = FastAPI(
+        title="atlas console", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.settings = settings
+    app.state.jobs = None  # the live follower of atlas.jobs.v1, once started
     app.state.csrf = csrf_token(password)
     app.add_middleware(Guard, password=password)
     app.include_router(views.router)

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from atlas.console import params
 from atlas.console.app import BadInput, page
 from atlas.settings import Settings
+from schemas.models import JobStatus
 
 router = APIRouter()
 
@@ -29,6 +30,11 @@ def _store(request: Request) -> Client:
     from store.client import connect
 
     return connect(_settings(request).store())
+
+
+def _live_jobs(request: Request) -> dict[str, JobStatus]:
+    follower = request.app.state.jobs
+    return {} if follower is None else follower.latest()
 
 
 @router.get("/", include_in_schema=False)
@@ -137,11 +143,15 @@ def trace(request: Request, trace_id: str) -> HTMLResponse:
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs(request: Request, agent: str | None = None) -> HTMLResponse:
-    """Every job's last report, newest first; the page refreshes itself while one runs."""
+    """Every job's last report, newest first (live from atlas.jobs.v1 when it is ahead of the
+    store); the page refreshes itself while one runs."""
+    from atlas.console.live import merged_states
     from consumers.jobs import TERMINAL
     from store.queries import latest_job_states
 
-    states = latest_job_states(_store(request), params.text(agent, "agent") or "")
+    agent = params.text(agent, "agent")
+    live = {k: v for k, v in _live_jobs(request).items() if agent in (None, v.agent_id)}
+    states = merged_states(latest_job_states(_store(request), agent or ""), live)
     running = any(job.state not in TERMINAL for job in states)
     return page(request, "jobs.html", jobs=states, running=running, agent=agent or "")
 
@@ -150,12 +160,14 @@ def jobs(request: Request, agent: str | None = None) -> HTMLResponse:
 def job(request: Request, job_id: str) -> HTMLResponse:
     """A job's reports in order, its gate figures, and its lineage: trigger (with the data
     window) -> job -> the versions it published."""
+    from atlas.console.live import merged_reports
     from consumers.jobs import TERMINAL
     from store.console_queries import job_outputs
     from store.queries import job_reports, stored_trigger
 
     client = _store(request)
-    reports = job_reports(client, params.text(job_id, "job id") or "")
+    job_id = params.text(job_id, "job id") or ""
+    reports = merged_reports(job_reports(client, job_id), _live_jobs(request).get(job_id))
     if not reports:
         return page(request, "error.html", 404, title="Not found", message="no such job")
     last = reports[-1]
