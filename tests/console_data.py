@@ -12,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from schemas.alerts import Alert
-from schemas.models import FeedbackEvent, JobStatus, PromptRef, PromptVersion, RetrainTrigger
+from schemas.models import (
+    CheckpointEvent,
+    FeedbackEvent,
+    JobStatus,
+    PromptRef,
+    PromptVersion,
+    RetrainTrigger,
+)
 from store.writer import StoreWriter
 from tests.factories import interaction, scored
 
@@ -132,3 +139,20 @@ def prompt_lineage(agent: str, seeded: Seeded) -> list[PromptVersion]:
         non_degradation=0.98,
     )
     return [first, second]
+
+
+def checkpoint_lineage(agent: str) -> list[CheckpointEvent]:
+    """Two student checkpoints: v1 from the base model, v2 its child."""
+    return [
+        CheckpointEvent(
+            agent_id=agent,
+            role="student",
+            version=version,
+            parent_version=version - 1,
+            uri=f"file:///checkpoints/{agent}/v{version}",
+            base_model="SmolLM2-135M-Instruct",
+            sha256={"model.safetensors": f"{version:02d}" * 32},
+            source="grpo",
+        )
+        for version in (1, 2)
+    ]

@@ -30,9 +30,10 @@ from atlas.console.server import ConsoleState, stop_console
 from atlas.settings import Settings
 from consumers.sink import ClickHouseSink
 from deploy.local.processes import free_port
+from runtime.checkpoints import current_checkpoints
 from store.client import connect
-from store.queries import prompt_history, stored_trigger
-from tests.console_data import EDIT, prompt_lineage, seed_history
+from store.queries import checkpoint_history, prompt_history, stored_trigger
+from tests.console_data import EDIT, checkpoint_lineage, prompt_lineage, seed_history
 from tests.workers import eventually, stack_cli
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's, installed by deploy/setup.sh
@@ -47,6 +48,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def console(stack_settings: Settings) -> Iterator[ConsoleState]:
     state = stack.start_console(stack_settings, free_port())
+    assert stack_settings.local_stack()["console"]["pid"] == state.pid  # `atlas down` stops it
     try:
         yield state
     finally:
@@ -123,8 +125,11 @@ def test_the_console_in_a_browser(
     client = connect(stack_settings.store())
     seeded = seed_history(client, agent)
     first, second = prompt_lineage(agent, seeded)
-    publish_as_learner(stack_settings, [first, second])  # what a job and `prompts set` publish
+    checkpoints = checkpoint_lineage(agent)
+    # what a job, `prompts set` and the GRPO worker publish, as the learner
+    publish_as_learner(stack_settings, [first, second, *checkpoints])
     eventually(lambda: len(prompt_history(client, agent)) == 2, 60, "versions stored", 0.5)
+    eventually(lambda: len(checkpoint_history(client, agent)) == 2, 60, "checkpoints", 0.5)
     password = console_password(stack_settings).get_secret_value()
     shots = Shots(tmp_path / "screenshots")
     shots.folder.mkdir()
@@ -228,6 +233,24 @@ def test_the_console_in_a_browser(
             expect(page.locator("#done")).to_contain_text("removed label staging")
             assert labels_now(stack_settings, agent) == {"production": 3}
             page.goto(f"{console.url}/versions/{agent}")
+
+            # Checkpoint rollback: v1's weights come back as v3, on the checkpoints topic.
+            expect(page.locator("#checkpoint-student-2")).to_contain_text("in use")
+            page.locator("#checkpoint-student-1 a").click()
+            expect(page.locator("body")).to_contain_text(
+                f"atlas checkpoints rollback --agent {agent} --role student --to 1"
+            )
+            page.click("#confirm")
+            expect(page.locator("#done")).to_contain_text("checkpoint v1 restored as v3")
+            now = current_checkpoints(
+                stack_settings.kafka_config(), agent, ["student"], stack_settings.codec()
+            )["student"]
+            assert (now.version, now.parent_version, now.source) == (3, 2, "rollback")
+            assert now.uri == checkpoints[0].uri and now.sha256 == checkpoints[0].sha256
+            eventually(lambda: len(checkpoint_history(client, agent)) == 3, 60, "v3 stored", 0.5)
+            page.goto(f"{console.url}/versions/{agent}")
+            expect(page.locator("#checkpoint-student-3")).to_contain_text("in use")
+            shots.take(page, "versions-after-checkpoint-rollback")
 
             # Retrain: the trigger the CLI would send, stored by the sink.
             page.select_option("#retrain select[name=kind]", "gepa")

@@ -120,6 +120,7 @@ def status(
             console_out.print(f"{name}={value}", highlight=False, soft_wrap=True)
         return
     _print_status(local_stack.read_status(settings))
+    _print_console(settings)
     if settings.kafka_bootstrap:
         console_out.print(
             f"ATLAS_KAFKA_BOOTSTRAP overrides the local broker: {settings.kafka_bootstrap}"
@@ -128,6 +129,16 @@ def status(
         console_out.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.store()}")
     _print_workers(settings)
     _print_alerts(settings)
+
+
+def _print_console(settings: Settings) -> None:
+    from atlas.console.server import ConsoleState, console_running
+
+    recorded = settings.local_stack().get("console")
+    if recorded:
+        state = ConsoleState(**recorded)
+        running = "running" if console_running(state) else "stopped"
+        console_out.print(f"console: {running} on {state.url} (pid {state.pid})", highlight=False)
 
 
 def _print_alerts(settings: Settings) -> None:
