@@ -85,6 +85,7 @@ HOSTILE = [
     {"until": "not a time"},
     {"limit": "-1"},
     {"agent": "a\x00b"},
+    {"agent": "<script>alert(1)</script>"},
 ]
 
 
@@ -99,6 +100,7 @@ def test_hostile_search_input_is_a_readable_400_or_no_rows(
         assert 'id="error"' in answer.text and "Traceback" not in answer.text
     else:
         assert answer.text.count("/traces/") == 0
+    assert "<script>alert" not in answer.text  # every value is escaped on the page
     assert browser.get("/traces", params={"agent": AGENT}).text.count("/traces/") == 24
 
 
@@ -162,3 +164,31 @@ def test_the_password_file_is_private_and_made_once(tmp_path: Path) -> None:
     path = settings.secrets_dir / "console.password"
     assert path.stat().st_mode & 0o777 == 0o600
     assert console_password(settings).get_secret_value() == first.get_secret_value()
+
+
+def test_live_job_reports_add_to_the_stores_only_when_they_are_further() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from atlas.console.live import merged_reports, merged_states
+    from schemas.models import JobStatus
+
+    at = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+    def report(job: str, seq: int, minutes: int = 0) -> JobStatus:
+        return JobStatus(
+            job_id=job,
+            trigger_id="t",
+            kind="gepa",
+            agent_id="a",
+            state="RUNNING",
+            seq=seq,
+            updated_at=at + timedelta(minutes=minutes),
+        )
+
+    stored = [report("old", 3, 0), report("ahead", 2, 1)]
+    live = {"ahead": report("ahead", 5, 5), "old": report("old", 1, 9), "new": report("new", 1, 7)}
+    merged = merged_states(stored, live)
+    assert [(j.job_id, j.seq) for j in merged] == [("new", 1), ("ahead", 5), ("old", 3)]
+    assert [r.seq for r in merged_reports(stored[1:], live["ahead"])] == [2, 5]
+    assert [r.seq for r in merged_reports(stored[:1], live["old"])] == [3]
+    assert [r.seq for r in merged_reports([], live["new"])] == [1]

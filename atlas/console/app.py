@@ -157,6 +157,7 @@ def create_app(settings: Settings, password: SecretStr) -> FastAPI:
     @app.exception_handler(StoreUnavailable)
     @app.exception_handler(StackError)
     @app.exception_handler(KafkaException)
+    @app.exception_handler(TimeoutError)  # a topic that could not be read in time
     def unavailable(request: Request, exc: Exception) -> HTMLResponse:
         message = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         log.warning("console: %s", message)
