@@ -2,8 +2,8 @@
 revisions, and the versions a job published.
 
 Every value a person types reaches ClickHouse only as a query parameter; a search's WHERE
-clause is assembled from the constant fragments of ``TRACE_FILTERS``, chosen by which filters
-are set, never from the values themselves.
+clauses are assembled from the constant fragments of ``TRACE_FILTERS`` and ``REWARD_FILTERS``,
+chosen by which filters are set, never from the values themselves.
 """
 
 from __future__ import annotations
@@ -35,31 +35,45 @@ class TraceSearch:
 
 
 # Filter name -> its constant fragment of the WHERE clause; the value goes in as the parameter
-# of the same name.
+# of the same name. A trace's agent, time and prompt versions are the same in every revision,
+# so those filters apply before the latest revision is picked (and agent and time use the
+# table's sort key); the reward is a revision's, so its filters apply after.
 TRACE_FILTERS = {
     "agent": "agent_id = {agent:String}",
     "since": "created_at >= {since:DateTime64(3)}",
     "until": "created_at < {until:DateTime64(3)}",
-    "reward_min": "reward >= {reward_min:Float64}",
-    "reward_max": "reward <= {reward_max:Float64}",
     "version": "has(mapValues(prompt_versions), {version:Int32})",
 }
-TRACE_COLUMNS = """
+REWARD_FILTERS = {
+    "reward_min": "reward >= {reward_min:Float64}",
+    "reward_max": "reward <= {reward_max:Float64}",
+}
+TRACE_SEARCH = """
 SELECT trace_id, agent_id, created_at, revision, task_family, mode, prompt_versions, reward,
        human_score, escalated, feedback_count, substring(task_input, 1, 120) AS task
-FROM latest_traces
+FROM (
+    SELECT * FROM scored_traces FINAL
+    WHERE {trace_filters}
+    ORDER BY trace_id, revision DESC
+    LIMIT 1 BY trace_id
+)
+WHERE {reward_filters}
+ORDER BY created_at DESC
+LIMIT {{limit:UInt32}}
 """
 
 
 def search_traces(client: Client, search: TraceSearch) -> list[dict[str, Any]]:
     """The latest revision of each trace that matches ``search``, newest first, at most
     ``search.limit`` (capped at ``MAX_SEARCH_ROWS``)."""
-    values: dict[str, Any] = {
-        name: getattr(search, name) for name in TRACE_FILTERS if getattr(search, name) is not None
-    }
-    where = " AND ".join(TRACE_FILTERS[name] for name in values) or "1"
+    values: dict[str, Any] = {}
+    clauses = []
+    for filters in (TRACE_FILTERS, REWARD_FILTERS):
+        chosen = [name for name in filters if getattr(search, name) is not None]
+        values.update({name: getattr(search, name) for name in chosen})
+        clauses.append(" AND ".join(filters[name] for name in chosen) or "1")
     values["limit"] = max(1, min(search.limit, MAX_SEARCH_ROWS))
-    sql = f"{TRACE_COLUMNS}WHERE {where}\nORDER BY created_at DESC\nLIMIT {{limit:UInt32}}"
+    sql = TRACE_SEARCH.format(trace_filters=clauses[0], reward_filters=clauses[1])
     return rows_as_dicts(client, sql, values)
 
 

@@ -34,6 +34,7 @@ class Seeded:
     job_id: str
     trigger_id: str
     window: tuple[datetime, datetime]
+    edited_rewards: tuple[float, float]  # revision 1's, then revision 2's
 
 
 def seed_history(client: Client, agent: str, traces: int = 24) -> Seeded:
@@ -110,7 +111,8 @@ def seed_history(client: Client, agent: str, traces: int = 24) -> Seeded:
         ),
     ]
     StoreWriter(client).write(events)
-    return Seeded(agent, edited.trace_id, low.trace_id, job_id, trigger.trigger_id, window)
+    rewards = (edited.reward, revised.reward)
+    return Seeded(agent, edited.trace_id, low.trace_id, job_id, trigger.trigger_id, window, rewards)
 
 
 def prompt_lineage(agent: str, seeded: Seeded) -> list[PromptVersion]:

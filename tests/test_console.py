@@ -70,6 +70,11 @@ def test_the_trace_search_filters_by_agent_reward_time_and_version(
     nobody = browser.get("/traces", params={"agent": "nobody"})
     assert nobody.status_code == 200 and nobody.text.count("/traces/") == 0
     assert seeded.low_trace[:12] in browser.get("/traces", params={"agent": AGENT}).text
+    # The reward filter reads each trace's latest revision only.
+    first, latest = (repr(r) for r in seeded.edited_rewards)
+    for reward, found in ((first, False), (latest, True)):
+        exact = {"agent": AGENT, "reward_min": reward, "reward_max": reward}
+        assert (seeded.edited_trace[:12] in browser.get("/traces", params=exact).text) == found
 
 
 HOSTILE = [
