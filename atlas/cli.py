@@ -10,6 +10,7 @@ import typer
 
 from atlas.commands import agent as agent_commands
 from atlas.commands import checkpoints as checkpoint_commands
+from atlas.commands import console as console_commands
 from atlas.commands import demo as demo_commands
 from atlas.commands import memory as memory_commands
 from atlas.commands import observe as observe_commands
@@ -49,6 +50,7 @@ app.add_typer(rollout_commands.app, name="rollout")
 app.add_typer(signing_commands.app, name="signing")
 app.add_typer(worker_commands.app, name="worker")
 app.add_typer(proxy_commands.app)
+app.add_typer(console_commands.app)
 
 if __name__ == "__main__":
     app()

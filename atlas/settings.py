@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         description="A ClickHouse cluster (remote_servers) name: migrations run ON CLUSTER with "
         "replicated tables and Distributed tables under the usual names; unset = one server.",
     )
+    console_port: int = Field(
+        default=8770, ge=1, le=65535, description="The web console's port on 127.0.0.1."
+    )
+    console_password: SecretStr | None = Field(
+        default=None,
+        description="The web console's password (user atlas); unset = "
+        "$ATLAS_HOME/secrets/console.password, made on first use.",
+    )
     max_field_bytes: int = Field(
         default=EventLimits().max_field_bytes,
         ge=1024,

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -38,6 +38,9 @@ from schemas.secrets import ensure_secret, private_dir, write_private
 from schemas.signing import PRIVATE_KEY_FILE, create_keys
 from store.client import StoreTarget, connect
 from store.migrations import migrate
+
+if TYPE_CHECKING:
+    from atlas.console.server import ConsoleState
 
 STORE_MAIN = "deploy.local.store_server"
 
@@ -273,10 +276,27 @@ def up(
     return StackStatus(kafka, store, True, True)
 
 
+def start_console(settings: Settings, port: int) -> ConsoleState:
+    """Start the web console as a process of the stack (stopped by ``down``)."""
+    from atlas.console.server import start_console as start
+
+    state = start(settings, port)
+    raw = settings.local_stack()
+    raw["console"] = asdict(state)
+    _save_state(settings, raw)
+    return state
+
+
 def down(settings: Settings) -> list[str]:
     """Stop what ``up`` started, by PID; return what was stopped."""
     status = read_status(settings)
     stopped = []
+    console = settings.local_stack().get("console")
+    if console:
+        from atlas.console.server import ConsoleState, stop_console
+
+        if stop_console(ConsoleState(**console)):
+            stopped.append(f"console (pid {console['pid']})")
     if status.store and stop_pid(status.store.pid, STORE_MAIN):
         stopped.append(f"store (pid {status.store.pid})")
     if status.kafka and stop_pid(status.kafka.pid, KAFKA_MAIN):

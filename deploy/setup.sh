@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for atlas-stream, and is safe to re-run (everything is cached):
-#   - a JDK, Maven and kcat from apt when missing (the local Kafka runs on the JVM),
+#   - a JDK, Maven, kcat and chromium from apt when missing (the local Kafka runs on the JVM;
+#     chromium is the browser of the console's tests),
 #   - a virtualenv in .venv with atlas-stream and its extras (pip's cache keeps the wheels),
 #   - Apache Kafka's jars from Maven Central into ~/.cache/atlas-stream ($ATLAS_CACHE_DIR),
 #   - the offline model (SmolLM2) converted from its GGUF there too, so that `atlas demo` and the
@@ -13,6 +14,8 @@ missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+# The web console's browser tests drive Debian's chromium through Playwright (no browser download).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing with apt-get: ${missing[*]}"
   sudo=""

@@ -102,6 +102,7 @@ def test_the_cli_lists_its_commands_in_their_old_order() -> None:
         "signing",
         "worker",
         "proxy",
+        "console",
     ]
 
 

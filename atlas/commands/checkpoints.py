@@ -18,7 +18,6 @@ from atlas.commands.common import (
     clear_errors,
     console,
     get_settings,
-    publish_as_learner,
     version_cells,
 )
 
@@ -69,24 +68,11 @@ def checkpoints_rollback(
 ) -> None:
     """Make an earlier checkpoint current again, as a new version (agents that follow
     checkpoints switch before their next task)."""
-    from runtime.checkpoints import current_checkpoints, rollback_checkpoint
-    from runtime.prompts import NoParentVersion, VersionNotStored
-    from store.client import connect
-    from store.queries import checkpoint_version
+    from atlas.actions import ActionRefused, rollback_checkpoint
 
     check_role(role)
-    settings = get_settings(ctx)
-    current = current_checkpoints(settings.kafka_config(), agent, [role], settings.codec())
     try:
-        restored, event = rollback_checkpoint(
-            agent,
-            role,
-            current.get(role),
-            to,
-            settings.cache_dir,
-            lambda version: checkpoint_version(connect(settings.store()), agent, role, version),
-        )
-    except (NoParentVersion, VersionNotStored) as exc:
+        restored, event = rollback_checkpoint(get_settings(ctx), agent, role, to)
+    except ActionRefused as exc:
         raise typer.BadParameter(str(exc)) from None
-    publish_as_learner(settings, [event])
     console.print(f"{agent}/{role}: checkpoint v{restored} restored as v{event.version}")

@@ -6,13 +6,13 @@ transaction (signed when this host has the key); agents pick it up live.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from atlas.actions import ActionRefused, current_versions
 from atlas.commands.common import (
     DAY,
     AgentOption,
@@ -31,7 +31,6 @@ from atlas.commands.common import (
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
-    from runtime.prompts import StaticPrompts
     from schemas.models import Lineage, PromptVersion
 
 app = typer.Typer(
@@ -39,35 +38,12 @@ app = typer.Typer(
 )
 
 
-def _seeds(settings: Settings) -> StaticPrompts:
-    from atlas.agent import load_agent_config
-
-    return load_agent_config(settings.config_dir).seeds()
-
-
-def _seeds_with_rim(settings: Settings) -> StaticPrompts:
-    """The seeds plus version 0 of the ``rim`` role: configs/rim.yaml's weights, no map."""
-    from rim.calibration import RIM_ROLE
-    from rim.config import load_rim_config
-    from runtime.prompts import StaticPrompts
-
-    seeds = _seeds(settings)
-    configured = load_rim_config(settings.config_dir).as_calibration().to_text()
-    return StaticPrompts({**seeds.texts, RIM_ROLE: configured}, seeds.demonstrations, seeds.memory)
-
-
-def current_versions(
-    settings: Settings, agent: str, seeds: StaticPrompts | None = None
-) -> dict[str, PromptVersion]:
-    """What the agent's runtime uses now, per role: the prompts topic, else the seeds."""
-    from runtime.prompts import current_prompts
-
-    seeds = _seeds(settings) if seeds is None else seeds
-    return current_prompts(settings.kafka_config(), agent, seeds, settings.codec())
-
-
 def publish_versions(settings: Settings, versions: list[PromptVersion]) -> None:
     publish_as_learner(settings, versions)
+    print_published(versions)
+
+
+def print_published(versions: list[PromptVersion]) -> None:
     for v in versions:
         console.print(f"published {v.agent_id}/{v.role} v{v.version} ({v.source})")
 
@@ -219,40 +195,20 @@ def prompts_rollback(
         typer.Option(help="Version to restore (default: the parent of the current one)."),
     ] = None,
 ) -> None:
-    """Restore an earlier prompt's text as a new version (agents pick it up live). With
-    --role rim, an earlier RIM calibration (version 0: configs/rim.yaml), which reward workers
-    pick up live."""
+    """Restore an earlier prompt's text as a new version (agents pick it up live)."""
+    from atlas.actions import rollback_prompt
     from rim.calibration import RIM_ROLE
-    from runtime.prompts import (
-        NoParentVersion,
-        VersionNotStored,
-        next_versions,
-        restored_prompt,
-    )
-    from store.client import connect
-    from store.queries import prompt_version
 
     if role != RIM_ROLE:
         check_role(role)
     settings = get_settings(ctx)
-    seeds = _seeds_with_rim(settings)
-    current = current_versions(settings, agent, seeds)
     try:
-        restored = restored_prompt(
-            current[role],
-            to,
-            seeds.snapshot(agent)[role],
-            lambda version: prompt_version(connect(settings.store()), agent, role, version),
-        )
-    except NoParentVersion as exc:
-        raise typer.BadParameter(str(exc)) from None
-    except VersionNotStored as exc:
-        raise typer.BadParameter(str(exc), param_hint="--to") from None
-    texts, shots = {role: restored.text}, {role: restored.demonstrations}
-    memory = restored.memory if role == "student" else None
-    publish_versions(settings, next_versions(current, texts, "rollback", shots, memory=memory))
-    restored_what = "text, demonstrations and memory policy" if memory else "text"
-    console.print(f"{agent}/{role}: {restored_what} of v{restored.version} restored")
+        rollback = rollback_prompt(settings, agent, role, to)
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    print_published(rollback.published)
+    restored = rollback.restored
+    console.print(f"{agent}/{role}: {rollback.restored_what} of v{restored.version} restored")
 
 
 @app.command("label")
@@ -282,61 +238,11 @@ def prompts_label(
     tasks (an arm per task from a hash of its trace id and the rollout id, recorded in each
     InteractionEvent); other labels are bookmarks. Production is not a label you set: it moves
     with `atlas prompts set` and `rollback`. One canary per agent/role at a time."""
-    import uuid
-
-    from runtime.prompts import current_labels
-    from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
-    from schemas.topics import PROMPTS, version_key
-    from store.client import connect
-    from store.queries import prompt_version
+    from atlas.actions import label_prompt
 
     check_role(role)
-    if not re.fullmatch(LABEL_PATTERN, label):
-        raise typer.BadParameter(
-            f"{label[:40]!r}: a label is lower case letters, digits, '-' and '_' (at most 32),"
-            " starting with a letter",
-            param_hint="--label",
-        )
-    if label == PRODUCTION:
-        raise typer.BadParameter(
-            "production is what agents use: it moves with `atlas prompts set` and `rollback`",
-            param_hint="--label",
-        )
-    settings = get_settings(ctx)
-    labels = current_labels(settings.kafka_config(), agent, settings.codec())
-    key = version_key(agent, role, label).encode()
-    if remove:
-        if version is not None:
-            raise typer.BadParameter("--remove takes no --version", param_hint="--version")
-        if (role, label) not in labels:
-            raise typer.BadParameter(f"{agent}/{role} has no version labelled {label}")
-        publish_as_learner(settings, [], [(PROMPTS, key)])
-        console.print(f"removed label {label} from {agent}/{role} v{labels[(role, label)].version}")
-        return
-    if version is None:
-        raise typer.BadParameter("give the --version to label", param_hint="--version")
-    production = labels.get((role, PRODUCTION))
-    if label == CANARY and (production is None or production.version == version):
-        raise typer.BadParameter(
-            f"a canary needs another version in production to be compared with ({agent}/{role}"
-            f" runs {'its seed' if production is None else f'v{production.version}'})",
-            param_hint="--version",
-        )
-    running = labels.get((role, CANARY)) if label == CANARY else None
-    if running is not None:
-        raise typer.BadParameter(
-            f"{agent}/{role} has a canary already (v{running.version}, rollout"
-            f" {running.rollout_id}): one at a time; remove it first with --remove"
-        )
-    stored = prompt_version(connect(settings.store()), agent, role, version)
-    if stored is None:
-        raise typer.BadParameter(f"no stored version {version} of {agent}/{role}")
-    rollout = (
-        {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
-        if label == CANARY
-        else {"rollout_id": None, "traffic_share": None}
-    )
-    labelled = stored.model_copy(update={"label": label, **rollout})
-    publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
-    what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
-    console.print(f"labelled {agent}/{role} v{version} {label}{what}", highlight=False)
+    try:
+        done = label_prompt(get_settings(ctx), agent, role, label, version, share, remove)
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    console.print(done, highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -42,36 +41,15 @@ def _request_retrain(
 ) -> None:
     """Produce the trigger, once its budget and params are known to fit the job's config (a
     usage error otherwise, and nothing produced); print its id."""
-    from runtime.producer import EventProducer
-    from schemas.models import RetrainTrigger
-    from trainer.calibration import load_calibration_config
-    from trainer.gepa_config import load_gepa_config
-    from trainer.grpo_config import load_grpo_config
+    from atlas.actions import ActionRefused, request_retrain
 
     params = _parse_params(param)
-    settings = get_settings(ctx)
-    loader = {
-        "gepa": load_gepa_config,
-        "grpo": load_grpo_config,
-        "rim": load_calibration_config,
-    }[kind]
     try:
-        loader(settings.config_dir).with_overrides(budget, params)
-    except ValueError as exc:  # pydantic's ValidationError is one too
-        raise typer.BadParameter(str(exc).splitlines()[0], param_hint="--param") from None
-    now = datetime.now(UTC)
-    trigger = RetrainTrigger(
-        kind=kind,  # type: ignore[arg-type]
-        agent_id=agent,
-        reason=f"operator request ({since} of traces)",
-        requested_by="operator",
-        window_start=now - since.length,
-        window_end=now,
-        budget=budget,
-        params=params,
-    )
-    with EventProducer(settings.kafka_config(), codec=settings.codec()) as producer:
-        producer.send(trigger)
+        trigger = request_retrain(
+            get_settings(ctx), kind, agent, since.text, since.length, budget, params
+        )
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
     console.print(trigger.trigger_id)
 
 

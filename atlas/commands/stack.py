@@ -10,7 +10,8 @@ from confluent_kafka import KafkaException
 from rich.table import Table
 
 from atlas import stack as local_stack
-from atlas.commands.common import clear_errors, console, get_settings
+from atlas.commands.common import clear_errors, get_settings
+from atlas.commands.common import console as console_out
 from atlas.settings import Settings
 from deploy.local.processes import StackError
 
@@ -47,6 +48,17 @@ def up(
             " 127.0.0.1 (4318 is OTLP's usual one); `atlas down` stops it.",
         ),
     ] = None,
+    console: Annotated[
+        bool,
+        typer.Option(
+            help="Also start the web console (`atlas console`) on 127.0.0.1; `atlas down` stops"
+            " it. If its port is taken, the stack starts without it and says so."
+        ),
+    ] = True,
+    console_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="The console's port (default: ATLAS_CONSOLE_PORT)."),
+    ] = None,
 ) -> None:
     """Start the local stack: a Kafka broker (KRaft) and the local ClickHouse store, on 127.0.0.1.
 
@@ -57,7 +69,7 @@ def up(
     """
     settings = get_settings(ctx)
     started = time.perf_counter()
-    with console.status("starting the local stack") as status:
+    with console_out.status("starting the local stack") as status:
         result = local_stack.up(
             settings,
             kafka_port,
@@ -71,11 +83,28 @@ def up(
         from atlas import otlp_service
 
         receiver = otlp_service.start(settings, otlp)
-        console.print(
+        console_out.print(
             f"OTLP receiver on {receiver.url} (pid {receiver.pid}, log {receiver.log})",
             highlight=False,
         )
-    console.print(f"up in {time.perf_counter() - started:.1f}s")
+    if console:
+        _start_console(settings, console_port or settings.console_port)
+    console_out.print(f"up in {time.perf_counter() - started:.1f}s")
+
+
+def _start_console(settings: Settings, port: int) -> None:
+    """The console beside the stack; a line saying why not if it cannot start."""
+    from atlas.console.server import password_source
+
+    try:
+        state = local_stack.start_console(settings, port)
+    except StackError as exc:
+        console_out.print(f"console not started: {exc} (`atlas console --port N` starts it)")
+        return
+    console_out.print(
+        f"console on {state.url} (user atlas, password: {password_source(settings)})",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -87,7 +116,7 @@ def down(ctx: typer.Context) -> None:
     settings = get_settings(ctx)
     receiver = otlp_service.stop(settings)
     stopped = ([receiver] if receiver else []) + local_stack.down(settings)
-    console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+    console_out.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 
 @app.command()
@@ -110,17 +139,28 @@ def status(
         if "sasl.username" not in config:
             raise typer.BadParameter("the local stack is not secure: it has no credentials")
         for name, value in config.items():
-            console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+            console_out.print(f"{name}={value}", highlight=False, soft_wrap=True)
         return
     _print_status(local_stack.read_status(settings))
+    _print_console(settings)
     if settings.kafka_bootstrap:
-        console.print(
+        console_out.print(
             f"ATLAS_KAFKA_BOOTSTRAP overrides the local broker: {settings.kafka_bootstrap}"
         )
     if settings.clickhouse_url:
-        console.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.store()}")
+        console_out.print(f"ATLAS_CLICKHOUSE_URL overrides the local store: {settings.store()}")
     _print_workers(settings)
     _print_alerts(settings)
+
+
+def _print_console(settings: Settings) -> None:
+    from atlas.console.server import ConsoleState, console_running
+
+    recorded = settings.local_stack().get("console")
+    if recorded:
+        state = ConsoleState(**recorded)
+        running = "running" if console_running(state) else "stopped"
+        console_out.print(f"console: {running} on {state.url} (pid {state.pid})", highlight=False)
 
 
 def _print_alerts(settings: Settings) -> None:
@@ -132,9 +172,9 @@ def _print_alerts(settings: Settings) -> None:
     try:
         alerts = current_alerts(connect(settings.store()))
     except Exception as exc:  # the store may be down: status still shows the rest
-        console.print(f"alerts: the store cannot be read ({type(exc).__name__})")
+        console_out.print(f"alerts: the store cannot be read ({type(exc).__name__})")
         return
-    console.print(alerts_table(alerts))
+    console_out.print(alerts_table(alerts))
 
 
 def _print_workers(settings: Settings) -> None:
@@ -145,11 +185,11 @@ def _print_workers(settings: Settings) -> None:
     for w in registry.running(settings.home):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.started_at))
         workers.add_row(w.kind, w.worker_id, str(w.pid), w.group, started)
-    console.print(workers if workers.row_count else "no workers run on this host")
+    console_out.print(workers if workers.row_count else "no workers run on this host")
     try:
         lags = group_lags(settings.kafka_config("admin"))  # every group: the stack's own view
     except (StackError, KafkaException) as exc:
-        console.print(f"consumer groups: Kafka unreachable ({exc})")
+        console_out.print(f"consumer groups: Kafka unreachable ({exc})")
         return
     groups = Table("consumer group", "lag (messages)", "oldest unconsumed", title="consumer groups")
     for lag in lags:
@@ -157,7 +197,7 @@ def _print_workers(settings: Settings) -> None:
         groups.add_row(
             lag.group, f"{lag.lag:,}" if lag.committed else f"{lag.lag:,} (never ran)", age
         )
-    console.print(groups)
+    console_out.print(groups)
 
 
 def _age(seconds: float) -> str:
@@ -188,4 +228,4 @@ def _print_status(current: local_stack.StackStatus) -> None:
             continue
         address, pid, data = where
         table.add_row(name, "running" if running else "stopped", address, str(pid), data)
-    console.print(table)
+    console_out.print(table)
