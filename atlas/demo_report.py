@@ -130,9 +130,10 @@ def plot_rollouts(
         bounds.fill_between(
             xs, [s.lower for s in statuses], [s.upper for s in statuses], alpha=0.3, label=name
         )
-        bounds.plot(xs, [(s.lower + s.upper) / 2 for s in statuses], linewidth=1)
+        observed = [_difference(s) for s in statuses]
+        bounds.plot(xs, observed, linewidth=1)  # the observed difference in means
         if last.state != "running":
-            bounds.annotate(f"{last.state}", (xs[-1], last.upper), fontsize=8)
+            bounds.annotate(last.state.replace("_", " "), (xs[-1], observed[-1]), fontsize=8)
             decided = _utc(last.updated_at)
             after = [i for i, r in enumerate(timeline) if _utc(r["created_at"]) >= decided]
             if after:
@@ -144,6 +145,12 @@ def plot_rollouts(
         bounds.legend(fontsize=8, loc="upper right")
 
 
+def _difference(status: RolloutStatus) -> float:
+    if status.canary_mean is None or status.production_mean is None:
+        return 0.0
+    return status.canary_mean - status.production_mean
+
+
 def _utc(moment: datetime) -> datetime:
     # The store's DateTime64 columns come back naive; contracts' instants are aware (UTC).
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -152,26 +159,28 @@ def _utc(moment: datetime) -> datetime:
 def rollout_table(runs: list[RolloutRun], stored: list[RolloutStatus]) -> Table:
     """Each rollout the demo ran: its arms and what ended it (the stored figures)."""
     table = Table(
-        "rollout", "canary", "tasks", "canary n", "canary mean", "prod.", "prod. n",
-        "prod. mean", "difference", "decision", title="Canary rollouts",
+        "rollout", "canary", "tasks", "canary mean (n)", "prod.", "prod. mean (n)",
+        "difference", "decision", title="Canary rollouts",
     )  # fmt: skip
     latest = {s.rollout_id: s for s in stored}
     for run in runs:
         s = run.decision or latest.get(run.canary.rollout_id or "")
         figures = (
-            ["", "", "", "", "", ""]
+            ["", "", "", ""]
             if s is None
             else [
-                str(s.canary_count),
-                "" if s.canary_mean is None else f"{s.canary_mean:.3f}",
+                _mean(s.canary_mean, s.canary_count),
                 f"v{s.production_version}",
-                str(s.production_count),
-                "" if s.production_mean is None else f"{s.production_mean:.3f}",
+                _mean(s.production_mean, s.production_count),
                 f"[{s.lower:+.3f}, {s.upper:+.3f}]",
             ]
         )
         table.add_row(run.name, f"v{run.canary.version}", str(run.tasks), *figures, run.outcome)
     return table
+
+
+def _mean(mean: float | None, count: int) -> str:
+    return f"- ({count})" if mean is None else f"{mean:.3f} ({count})"
 
 
 def report(
