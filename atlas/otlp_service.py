@@ -5,19 +5,13 @@ and address in ``$ATLAS_HOME/otlp.json``), ``atlas down`` stops it by PID first.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from atlas.background import MARKER, start_service
 from atlas.settings import Settings
-from deploy.local.processes import StackError, log_tail, pid_alive, require_free_port, stop_pid
+from deploy.local.processes import pid_alive, require_free_port, stop_pid
 from schemas.secrets import write_private
-
-MARKER = "atlas.cli"  # in the receiver's command line: guards against PID reuse
 
 
 @dataclass
@@ -50,31 +44,12 @@ def start(settings: Settings, port: int, timeout: float = 60.0) -> OtlpState:
         return current
     require_free_port(port, "the OTLP receiver")
     log = settings.home / "workers" / "otlp.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        os.chmod(log, 0o600)
-        process = subprocess.Popen(
-            [sys.executable, "-m", MARKER, "worker", "otlp", "--port", str(port)],
-            env={**os.environ, "ATLAS_HOME": str(settings.home)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    state = OtlpState(process.pid, f"http://127.0.0.1:{port}", port, str(log))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"the OTLP receiver exited during start-up: {log_tail(log, 3)}")
-        try:
-            with urllib.request.urlopen(f"{state.url}/atlas/stats", timeout=1) as answer:
-                if answer.status == 200:
-                    write_private(_state_file(settings), json.dumps(asdict(state)))
-                    return state
-        except OSError:
-            time.sleep(0.2)
-    stop_pid(process.pid, MARKER)
-    raise StackError(f"the OTLP receiver did not answer within {timeout:.0f}s; see {log}")
+    url = f"http://127.0.0.1:{port}"
+    args, probe = ["worker", "otlp", "--port", str(port)], f"{url}/atlas/stats"
+    pid = start_service("the OTLP receiver", args, settings.home, log, probe, timeout)
+    state = OtlpState(pid, url, port, str(log))
+    write_private(_state_file(settings), json.dumps(asdict(state)))
+    return state
 
 
 def stop(settings: Settings) -> str | None:

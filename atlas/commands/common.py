@@ -126,6 +126,10 @@ DAY = parse_since("24h")  # the default window
 SinceOption = Annotated[Window, since_option("Data window ending now: 30m, 24h, 7d ...")]
 AgentOption = Annotated[str, typer.Option("--agent", help="The agent's id.")]
 RoleOption = Annotated[str, typer.Option(help="student or teacher.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+HostOption = Annotated[
+    str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless a network needs it.")
+]
 MetricsPort = Annotated[
     int | None,
     typer.Option(

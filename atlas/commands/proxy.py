@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 
 from atlas.commands.common import (
+    HostOption,
     MetricsPort,
+    PortOption,
     clear_errors,
     configure_logging,
     console,
@@ -31,10 +33,8 @@ def proxy(
             " would be): OpenAI, vLLM, llama.cpp's server ...",
         ),
     ],
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8787,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless a network needs it.")
-    ] = "127.0.0.1",
+    port: PortOption = 8787,
+    host: HostOption = "127.0.0.1",
     agent: Annotated[
         str,
         typer.Option(

@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from atlas.commands.common import (
+    HostOption,
     MetricsPort,
+    PortOption,
     clear_errors,
     configure_logging,
     console,
@@ -114,10 +116,8 @@ def worker_grpo(ctx: typer.Context, metrics_port: MetricsPort = None) -> None:
 @clear_errors
 def worker_otlp(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 4318,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless a network needs it.")
-    ] = "127.0.0.1",
+    port: PortOption = 4318,
+    host: HostOption = "127.0.0.1",
     agent: Annotated[
         str,
         typer.Option(

@@ -7,20 +7,13 @@ It listens on 127.0.0.1 only; the password (user ``atlas``) is ATLAS_CONSOLE_PAS
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
+from atlas.background import MARKER, start_service
 from atlas.settings import Settings
-from deploy.local.processes import StackError, log_tail, pid_alive, require_free_port, stop_pid
+from deploy.local.processes import pid_alive, require_free_port, stop_pid
 
 HOST = "127.0.0.1"
-MARKER = "atlas.cli"  # in the console process's command line: guards PID reuse
 
 
 @dataclass
@@ -57,29 +50,11 @@ def start_console(settings: Settings, port: int, timeout: float = 60.0) -> Conso
     require_free_port(port, "the console")
     console_password(settings)  # made now, so the caller can say where it is
     log = settings.home / "console.out"
-    with log.open("ab") as out:
-        os.chmod(log, 0o600)
-        process = subprocess.Popen(
-            [sys.executable, "-m", MARKER, "console", "--port", str(port)],
-            env={**os.environ, "ATLAS_HOME": str(settings.home)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    state = ConsoleState(process.pid, f"http://{HOST}:{port}", port, str(log))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"the console exited during start-up: {log_tail(Path(log), 3)}")
-        try:
-            with urllib.request.urlopen(f"{state.url}/ping", timeout=1) as response:
-                if response.status == 200:
-                    return state
-        except (OSError, urllib.error.URLError):
-            time.sleep(0.2)
-    stop_pid(process.pid, MARKER)
-    raise StackError(f"the console did not answer within {timeout:.0f}s; see {log}")
+    url = f"http://{HOST}:{port}"
+    pid = start_service(
+        "the console", ["console", "--port", str(port)], settings.home, log, f"{url}/ping", timeout
+    )
+    return ConsoleState(pid, url, port, str(log))
 
 
 def stop_console(state: ConsoleState) -> bool:
