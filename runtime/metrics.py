@@ -25,6 +25,11 @@ metric                                         type       labels
 
 ``worker`` is one of rewards, rollouts, sink, gepa, grpo, proxy; ``kind`` gepa or grpo.
 
+Readiness: the same port answers ``GET /ready`` with 200 once every consumer group this
+process reads with (each ``ConsumerLag``) has been joined (the broker gave the consumer a
+member id), 503 and the groups still waiting before that; a process without one (the proxy, the
+OTLP receiver) is ready while it serves. Kubernetes' readiness probe reads it.
+
 Guarantees: a stream or sink counts a batch's events only once its effect is durable (the
 transaction committed, the rows inserted and the offsets committed), so a batch retried after a
 failure is counted once; dead letters count by source ``topic`` and ``reason`` (the dead
@@ -38,11 +43,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from schemas.configfile import ConfigError
 
@@ -97,15 +104,49 @@ JOBS = Counter(
 JOBS_ACTIVE = Gauge("atlas_jobs_active", "Jobs this worker runs now.", ["kind"])
 
 
+_GROUPS: list[ConsumerLag] = []  # this process's consumers, for /ready
+_GROUPS_LOCK = threading.Lock()
+
+
+def readiness() -> tuple[bool, str]:
+    """Whether every consumer group of this process has been joined, and what waits."""
+    with _GROUPS_LOCK:
+        waiting = sorted({lag.group for lag in _GROUPS if not lag.joined})
+    if waiting:
+        return False, "waiting to join consumer group " + ", ".join(waiting)
+    return True, "ready"
+
+
+def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """WSGI: ``/ready`` (200 or 503, a line of text), everything else Prometheus' metrics."""
+    if environ.get("PATH_INFO") == "/ready":
+        ready, why = readiness()
+        status = "200 OK" if ready else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [why.encode() + b"\n"]
+    return _PROMETHEUS(environ, start_response)
+
+
+_PROMETHEUS = make_wsgi_app()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds are not worth a log line each."""
+
+
 @contextlib.contextmanager
 def serving(host: str, port: int) -> Iterator[None]:
-    """Serve /metrics on ``host:port`` on a daemon thread while the block runs; nothing when
-    ``port`` is 0. A port that cannot be bound is a ConfigError (one line, the port named)."""
+    """Serve /metrics and /ready on ``host:port`` on a daemon thread while the block runs;
+    nothing when ``port`` is 0. A port that cannot be bound is a ConfigError (one line, the
+    port named)."""
     if not port:
         yield
         return
     try:
-        server, thread = start_http_server(port, addr=host)
+        server = make_server(host, port, metrics_app, ThreadingWSGIServer, _QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
     except OSError as exc:
         raise ConfigError(
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): set "
@@ -187,17 +228,22 @@ class ConsumerLag:
         self._watched_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lag-{group}", daemon=True)
+        self.joined = False  # the group gave the worker's consumer a member id
+        with _GROUPS_LOCK:
+            _GROUPS.append(self)
 
     def start(self) -> ConsumerLag:
         self._thread.start()
         return self
 
     def watch(self, consumer: Consumer) -> None:
-        """Take note of ``consumer``'s assignment (at most once a second: call it freely)."""
+        """Take note of ``consumer``'s assignment and whether it joined its group (at most
+        once a second: call it freely)."""
         now = time.monotonic()
         if now - self._watched_at >= 1.0:
             self._watched_at = now
             self._assigned = frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
+            self.joined = self.joined or bool(consumer.memberid())
 
     def close(self) -> None:
         """Stop reading and drop this worker's series (its partitions move to other workers)."""
@@ -205,6 +251,9 @@ class ConsumerLag:
         if self._thread.is_alive():
             self._thread.join(30)
         self._show({})
+        with _GROUPS_LOCK:
+            if self in _GROUPS:
+                _GROUPS.remove(self)
 
     def _run(self) -> None:
         reader = Consumer(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +114,49 @@ def lag_of(port: int, group: str) -> dict[tuple[str, str], float]:
     }
 
 
+def ready(port: int) -> tuple[int, str]:
+    """GET /ready on the metrics port: (status, its line)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as answer:
+            return answer.status, answer.read().decode().strip()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode().strip()
+
+
+class _Joining:
+    """A consumer whose group membership the test decides."""
+
+    member: str | None = None
+
+    def assignment(self) -> list[object]:
+        return []
+
+    def memberid(self) -> str | None:
+        return self.member
+
+
+def test_ready_waits_for_every_consumer_group_of_the_process() -> None:
+    first, second = _Joining(), _Joining()
+    lags = [ConsumerLag({}, "atlas-a"), ConsumerLag({}, "atlas-b")]  # never started: no reads
+    try:
+        with served() as port:
+            assert ready(port) == (503, "waiting to join consumer group atlas-a, atlas-b")
+            first.member = "m-1"
+            lags[0].watch(first)  # type: ignore[arg-type]
+            lags[1].watch(second)  # type: ignore[arg-type]
+            assert ready(port) == (503, "waiting to join consumer group atlas-b")
+            second.member = "m-2"
+            lags[1]._watched_at = 0.0  # the once-a-second limit, not under test here
+            lags[1].watch(second)  # type: ignore[arg-type]
+            assert ready(port) == (200, "ready")
+            assert scrape(port)  # /metrics is served beside it
+    finally:
+        for lag in lags:
+            lag.close()
+    with served() as port:
+        assert ready(port) == (200, "ready")  # closed consumers wait for nothing
+
+
 def test_consumer_lag_is_what_the_group_has_not_committed(kafka_config: dict[str, str]) -> None:
     topic, group = f"metrics-lag-{uuid.uuid4().hex[:8]}", f"metrics-lag-{uuid.uuid4().hex[:6]}"
     admin = AdminClient(kafka_config)  # kept until the topic is made
@@ -132,6 +177,7 @@ def test_consumer_lag_is_what_the_group_has_not_committed(kafka_config: dict[str
     lag = ConsumerLag(kafka_config, group, interval_s=0.2).start()
     try:
         with served() as port:
+            assert ready(port) == (503, f"waiting to join consumer group {group}")
             taken = []
 
             def assigned_and_read() -> bool:
@@ -142,6 +188,11 @@ def test_consumer_lag_is_what_the_group_has_not_committed(kafka_config: dict[str
                 return len(consumer.assignment()) == 2
 
             eventually(assigned_and_read, 60, "the partitions assigned", interval=0)
+            eventually(
+                lambda: lag.watch(consumer) or ready(port) == (200, "ready"),
+                30,
+                "ready once the group is joined",
+            )
             # nothing committed yet: every message counts, from the partitions' start
             eventually(
                 lambda: lag_of(port, group) == {(topic, "0"): 4, (topic, "1"): 3},
