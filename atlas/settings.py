@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = None
+    kafka_learner_username: str | None = Field(
+        default=None,
+        description="Outside the local stack: the learner's SASL user, for a process whose own "
+        "user (ATLAS_KAFKA_SASL_*) may not do a learner's acts (publish a prompt or checkpoint "
+        "version, remove a label): the console's rollback and label buttons, `atlas prompts "
+        "rollback`; unset = ATLAS_KAFKA_SASL_* for those acts too.",
+    )
+    kafka_learner_password: SecretStr | None = None
     kafka_role: str | None = Field(
         default=None,
         description="On the local --secure stack: whose Kafka credentials this process uses "
@@ -265,6 +273,10 @@ class Settings(BaseSettings):
             "ssl.ca.location": self.kafka_ssl_ca_location,
         }
         config.update({k: v for k, v in optional.items() if v})
+        learner = self.kafka_learner_username and self.kafka_learner_password
+        if learner and self.kafka_bootstrap and (self.kafka_role or role) == "learner":
+            config["sasl.username"] = self.kafka_learner_username  # type: ignore[assignment]
+            config["sasl.password"] = self.kafka_learner_password.get_secret_value()  # type: ignore[union-attr]
         return config
 
     def store(self) -> StoreTarget:

@@ -20,12 +20,19 @@ calibration from the first one's result on the same traces, which the gate must 
 says how often other seeds' windows of the same size earn a published calibration.
 
     .venv/bin/python benchmarks/calibration.py [--traces 600] [--seed 3] [--repeats 20]
+
+With ``--agent A`` it reads agent A's traces with human feedback from the store of this host's
+stack instead (``ATLAS_HOME``; e.g. what `atlas demo` left: its model's real answers and its
+simulated users' feedback), over ``--since`` (default 7 days), and prints the same table.
+
+    ATLAS_HOME=... .venv/bin/python benchmarks/calibration.py --agent demo-20261127-215016
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,6 +77,17 @@ def simulated_traces(n: int, seed: int, noise: float) -> list[Labelled]:
     return out
 
 
+def stored_traces(agent: str, window: timedelta) -> list[Labelled]:
+    """The agent's traces with human feedback in the last ``window``, as the job reads them."""
+    from atlas.settings import Settings
+    from store.client import connect
+    from store.monitoring import labelled_traces
+
+    until = datetime.now(UTC)
+    rows = labelled_traces(connect(Settings().store()), agent, until - window, until)
+    return [Labelled(*row) for row in rows]
+
+
 def row(name: str, a: Agreement) -> str:
     def num(v: float | None) -> str:
         return "  n/a" if v is None else f"{v:5.3f}"
@@ -86,10 +104,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--noise", type=float, default=0.1, help="Simulated users' carelessness.")
     parser.add_argument("--repeats", type=int, default=20, help="More seeds for the summary.")
+    parser.add_argument("--agent", help="Read this agent's labelled traces from the store.")
+    parser.add_argument("--since", type=float, default=168.0, help="--agent: hours back.")
     args = parser.parse_args()
     config = load_calibration_config(PROJECT_CONFIGS)
     rim_config = load_rim_config(PROJECT_CONFIGS)
-    traces = simulated_traces(args.traces, args.seed, args.noise)
+    if args.agent:
+        traces = stored_traces(args.agent, timedelta(hours=args.since))
+        source = f"agent {args.agent}'s stored traces with feedback"
+    else:
+        traces = simulated_traces(args.traces, args.seed, args.noise)
+        source = f"simulated (seed {args.seed}, user noise {args.noise})"
     current = rim_config.as_calibration()
     outcome = calibrate(traces, current, config)
     print(f"calibration job: {outcome.state}: {outcome.reason}")
@@ -98,8 +123,7 @@ def main() -> None:
     _, heldout = split(traces, config.heldout_share)
     humans = [t.human for t in heldout]
     print(
-        f"\n{len(traces)} traces (seed {args.seed}, user noise {args.noise}),"
-        f" {len(heldout)} held out; threshold {config.threshold}"
+        f"\n{len(traces)} traces, {source}; {len(heldout)} held out; threshold {config.threshold}"
     )
     print(f"{'held-out: vs humans':<24} {'n':>5} {'spearman':>8} {'kappa':>6} {'MAE':>6}"
           f"   {'tp':>4} {'fp':>4} {'fn':>4} {'tn':>4}")  # fmt: skip
@@ -135,6 +159,8 @@ def main() -> None:
 
     again = calibrate(traces, outcome.candidate, config)
     print(f"second calibration from the calibrated version: {again.state}: {again.reason}")
+    if args.agent:
+        return  # one agent's window: no other seeds to draw
 
     # How often a window of this size earns a calibration: other seeds (other tasks, answers,
     # users and held-out splits), the same rates.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from atlas.settings import Settings
 from consumers.jobs import fresh_run_dir
 from runtime.backends.base import BackendError
 from runtime.checkpoints import sha256_of, verify
@@ -147,3 +148,37 @@ def test_a_checkpoint_must_hash_every_file_and_carry_safetensors(tmp_path: Path)
         verify(_checkpoint(folder, digests))
     with pytest.raises(BackendError, match="bad file name"):
         verify(_checkpoint(folder, {**digests, "../../etc/passwd": "0" * 64}))
+
+
+def test_outside_the_local_stack_only_learner_acts_use_the_learner_credentials(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        home=tmp_path,
+        kafka_bootstrap="kafka.example:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="atlas-operator",
+        kafka_sasl_password="operator-secret-1",
+        kafka_learner_username="atlas-learner",
+        kafka_learner_password="learner-secret-2",
+    )
+    who = {
+        role: settings.kafka_config(role)["sasl.username"] for role in (None, "operator", "agent")
+    }
+    assert set(who.values()) == {"atlas-operator"}  # its own user for everything else
+    learner = settings.kafka_config("learner")
+    assert (learner["sasl.username"], learner["sasl.password"]) == (
+        "atlas-learner",
+        "learner-secret-2",
+    )
+    assert learner["security.protocol"] == "SASL_SSL"  # the rest of the connection unchanged
+    forced = settings.model_copy(update={"kafka_role": "learner"})
+    assert forced.kafka_config("operator")["sasl.username"] == "atlas-learner"
+    assert "learner-secret-2" not in repr(settings) and "learner-secret-2" not in str(
+        settings.model_dump()
+    )
+    assert scrub("failed with learner-secret-2") == "failed with ***"
+    alone = settings.model_copy(update={"kafka_learner_password": None})
+    assert alone.kafka_config("learner")["sasl.username"] == "atlas-operator"  # unset: its own
