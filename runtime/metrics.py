@@ -229,10 +229,12 @@ class ConsumerLag:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lag-{group}", daemon=True)
         self.joined = False  # the group gave the worker's consumer a member id
-        with _GROUPS_LOCK:
-            _GROUPS.append(self)
 
     def start(self) -> ConsumerLag:
+        """Start reading; from now until ``close`` the process is not ready before the group
+        is joined."""
+        with _GROUPS_LOCK:
+            _GROUPS.append(self)
         self._thread.start()
         return self
 

@@ -137,7 +137,8 @@ class _Joining:
 
 def test_ready_waits_for_every_consumer_group_of_the_process() -> None:
     first, second = _Joining(), _Joining()
-    lags = [ConsumerLag({}, "atlas-a"), ConsumerLag({}, "atlas-b")]  # never started: no reads
+    nowhere = {"bootstrap.servers": "127.0.0.1:1"}  # nothing assigned, so nothing is read
+    lags = [ConsumerLag(nowhere, group, interval_s=0.1).start() for group in ("atlas-a", "atlas-b")]
     try:
         with served() as port:
             assert ready(port) == (503, "waiting to join consumer group atlas-a, atlas-b")

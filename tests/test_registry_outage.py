@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from atlas.settings import Settings
 from schemas.codec import AvroCodec, DecodeError, RegistryUnavailable
@@ -106,8 +107,8 @@ class Pausable(ScriptedConsumer):
         self.paused: list[Any] = []
         self.resumed: list[Any] = []
 
-    def assignment(self) -> list[str]:
-        return ["atlas.rewards.v1[0]"]
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("atlas.rewards.v1", 0)]
 
     def pause(self, partitions: list[Any]) -> None:
         self.paused += partitions
@@ -148,16 +149,17 @@ def test_the_sink_pauses_through_an_outage_and_dead_letters_nothing(
     sink.codec = FlakyCodec(outages=2)
     message = Message()
     decoded: list[tuple[object, object]] = []
+    left_out: list[object] = []
     failures: list[float] = []
     assert sink._until_done(
-        lambda: decoded.extend(sink._decode([message])),  # type: ignore[list-item]
+        lambda: decoded.extend(sink._decode([message], left_out)),  # type: ignore[arg-type]
         (RegistryUnavailable,),
         lambda exc, backoff: failures.append(backoff),
         threading.Event(),
     )
     assert decoded == [(message, "event")] and failures == [0.5, 0.2]  # capped backoff
-    assert consumer.paused == consumer.resumed == ["atlas.rewards.v1[0]"]
-    assert sink.stats.dead_letters == 0 and sink.stats.skipped == 0
+    assert consumer.paused == consumer.resumed == [TopicPartition("atlas.rewards.v1", 0)]
+    assert sink.stats.dead_letters == 0 and sink.stats.skipped == 0 and left_out == []
 
 
 def test_the_cli_uses_the_registry_and_says_so_in_one_line(stack_settings: Settings) -> None:

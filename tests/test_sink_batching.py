@@ -35,6 +35,9 @@ class ScriptedConsumer:
     def assignment(self) -> list[Any]:  # the sink notes it for its lag metric
         return []
 
+    def memberid(self) -> str:  # joined its group, for /ready
+        return "member-1"
+
 
 def sink_with(kafka_config: dict[str, str], consumer: ScriptedConsumer, **options: Any) -> Any:
     sink = ClickHouseSink(kafka_config, lambda: None, **options)  # type: ignore[arg-type,return-value]

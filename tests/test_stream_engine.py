@@ -234,6 +234,9 @@ class Rebalancing:
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition("in", 1)]
 
+    def memberid(self) -> str:
+        return "member-1"
+
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, 7) for tp in partitions]
 
