@@ -188,8 +188,11 @@ def test_the_gpu_config_needs_exactly_one_deepspeed_line() -> None:
             gpu_grpo_config(broken)
 
 
-def test_every_worker_command_exists(rendered) -> None:
+def test_every_worker_command_exists_and_every_worker_is_deployed(rendered) -> None:
+    from atlas.commands.workers import app as workers
+
     runner = CliRunner()
+    deployed = set()
     for workload in objects(rendered["production"], *WORKLOADS):
         for container in workload["spec"]["template"]["spec"]["containers"]:
             command = container["command"]
@@ -197,3 +200,5 @@ def test_every_worker_command_exists(rendered) -> None:
                 continue  # the console's command comes with the console (issue 20 item 1)
             result = runner.invoke(app, [*command[1:], "--help"])
             assert result.exit_code == 0, (command, result.output)
+            deployed.add(command[2])
+    assert deployed == {command.name for command in workers.registered_commands}
