@@ -157,7 +157,7 @@ def test_an_action_needs_the_confirm_forms_token_and_its_own_origin(
     )
     assert elsewhere.status_code == 400 and "another site" in elsewhere.text
     bad = browser.get("/actions/retrain", params={"agent": AGENT, "kind": "sql", "window": "1y"})
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and "kind: one of gepa, grpo, rim" in bad.text
     assert browser.get("/actions/format-disk", params={"agent": AGENT}).status_code == 400
 
 

@@ -253,6 +253,8 @@ def test_the_console_in_a_browser(
             shots.take(page, "versions-after-checkpoint-rollback")
 
             # Retrain: the trigger the CLI would send, stored by the sink.
+            kinds = page.locator("#retrain select[name=kind] option").all_inner_texts()
+            assert kinds == ["gepa", "grpo", "rim"]  # every job kind the CLI can ask for
             page.select_option("#retrain select[name=kind]", "gepa")
             page.fill("#retrain input[name=window]", "12h")
             page.click("#retrain button")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from atlas.console import params
 from atlas.console.app import BadInput, check_csrf, page
 from atlas.settings import Settings
+from schemas.models import JobKind
 
 router = APIRouter(prefix="/actions")
 
@@ -40,8 +41,8 @@ def _read(form: Mapping[str, Any]) -> dict[str, Any]:
             raise BadInput(f"{name}: a text field")
         fields[name] = value
     kind = params.text(fields["kind"], "kind")
-    if kind is not None and kind not in ("gepa", "grpo"):
-        raise BadInput("kind: gepa or grpo")
+    if kind is not None and kind not in get_args(JobKind):
+        raise BadInput(f"kind: one of {', '.join(get_args(JobKind))}")
     return {
         "agent": params.text(fields["agent"], "agent"),
         "role": params.role(fields["role"]) if fields["role"] else None,

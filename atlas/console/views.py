@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, Request
@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from atlas.console import params
 from atlas.console.app import BadInput, page
 from atlas.settings import Settings
-from schemas.models import JobStatus
+from schemas.models import JobKind, JobStatus
 
 router = APIRouter()
 
@@ -225,6 +225,7 @@ def versions(request: Request, agent: str) -> HTMLResponse:
         labels=labels,
         checkpoints=checkpoints,
         in_use=in_use,
+        job_kinds=get_args(JobKind),
     )
 
 
