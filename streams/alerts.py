@@ -13,7 +13,10 @@ Three kinds, each an episode that goes ``firing`` then ``resolved``:
   the mean absolute deviation from the median x 1.2533 stands in (Iglewicz and Hoaglin's
   modified z-score), and never less than ``mad_floor``. The condition is
   ``recent median < baseline median - k x scale``, judged once the baseline holds
-  ``min_baseline`` traces and the recent window is full. While the condition holds or fires,
+  ``min_baseline`` traces and the recent window is full. Known limit: after a backlog (a
+  worker catching up) that brings many traces before their feedback, the windows fill with
+  the judges' rewards first, and a drop that users' feedback shows on traces already past the
+  recent window lands in the baseline and may not fire. While the condition holds or fires,
   the baseline is frozen (traces leaving the recent window are not added to it), so a lasting
   drop does not become the new normal and keeps firing until the reward comes back.
 * **agreement_below_floor** (per agent). Over the latest ``window`` traces with both a judges'

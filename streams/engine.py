@@ -108,6 +108,7 @@ class StreamEngine:
         self._in_flight: InFlight | None = None  # the batch committing in the background
         self.metrics = WorkerMetrics(worker or group_id)
         self._lag = ConsumerLag(kafka_config, group_id)
+        self._ready: Callable[[], None] | None = None  # run's, until the first assignment
         # a batch's outputs that are not events it delivers: table changes, dead letters
         self._not_events = {table.changelog for table in self.tables} | {DEADLETTER}
 
@@ -143,6 +144,12 @@ class StreamEngine:
         )
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self._restore(consumer, assigned)
+        if self._ready is not None:  # the first assignment's tables are restored: it consumes
+            self._ready, ready = None, self._ready
+            ready()
+
+    def _restore(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self._assignment_changed = True
         try:
             committed = consumer.committed(assigned, timeout=60)
@@ -179,13 +186,14 @@ class StreamEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
-        """Process until ``stop`` is set; the open batch is finished first."""
+        """Process until ``stop`` is set; the open batch is finished first. ``ready`` is
+        called once the group assigned this worker its partitions (none is an assignment too)
+        and their tables are restored: from then on it consumes."""
+        self._ready = ready
         self._transactor.stop = stop
         self._connect()
         assert self._consumer is not None
         self._lag.start()
-        if ready:
-            ready()
         backoff = 0.5
         try:
             while not stop.is_set():
