@@ -31,8 +31,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from atlas import stack
+from atlas.commands.common import publish_as_learner
 from atlas.demo_report import report
-from atlas.demo_rollout import publish_canary, run_rollout, worse_candidate
+from atlas.demo_rollout import run_rollout, worse_candidate
 from atlas.settings import Settings
 from deploy.local.processes import StackError, pid_alive, stop_pid
 from schemas.configfile import read_yaml
@@ -300,7 +301,7 @@ def run_demo(
                 console.print(f"hot-swapped: {agent} uses student prompt v{version}")
         if plan.canary_share:
             worse = worse_candidate(prompts, agent, plan.task, plan.canary_share)
-            publish_canary(settings, worse)
+            publish_as_learner(settings, [worse])  # as the learner, signed: like GEPA's
             console.print(
                 f"published student v{worse.version} (wrong demonstrations, past no gate) as a"
                 f" canary on {plan.canary_share:.0%} of tasks"

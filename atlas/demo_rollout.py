@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atlas.commands.common import publish_as_learner
 from atlas.commands.rollout import end_canary
 from atlas.settings import Settings
 from runtime.prompts import PromptSubscriber, newest_versions, next_versions
@@ -82,10 +81,6 @@ def worse_candidate(
         newest=newest_versions(prompts.labels(agent)),
     )
     return for_rollout(version, share, None, queue=False)
-
-
-def publish_canary(settings: Settings, canary: PromptVersion) -> None:
-    publish_as_learner(settings, [canary])
 
 
 def run_rollout(
