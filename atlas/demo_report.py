@@ -157,25 +157,27 @@ def _utc(moment: datetime) -> datetime:
 
 
 def rollout_table(runs: list[RolloutRun], stored: list[RolloutStatus]) -> Table:
-    """Each rollout the demo ran: its arms and what ended it (the stored figures)."""
-    table = Table(
-        "rollout", "canary", "tasks", "canary mean (n)", "prod.", "prod. mean (n)",
-        "difference", "decision", title="Canary rollouts",
-    )  # fmt: skip
+    """Each rollout the demo ran, one column each: its arms, the share of production's right
+    answers its canary kept on the same tasks, and what ended it (the stored figures)."""
+    table = Table("", *(run.name for run in runs), title="Canary rollouts")
     latest = {s.rollout_id: s for s in stored}
-    for run in runs:
-        s = run.decision or latest.get(run.canary.rollout_id or "")
-        figures = (
-            ["", "", "", ""]
-            if s is None
-            else [
-                _mean(s.canary_mean, s.canary_count),
-                f"v{s.production_version}",
-                _mean(s.production_mean, s.production_count),
-                f"[{s.lower:+.3f}, {s.upper:+.3f}]",
-            ]
-        )
-        table.add_row(run.name, f"v{run.canary.version}", str(run.tasks), *figures, run.outcome)
+    found = [run.decision or latest.get(run.canary.rollout_id or "") for run in runs]
+    rows: list[tuple[str, list[str]]] = [
+        ("versions", [
+            f"v{run.canary.version}" + (f" vs v{s.production_version}" if s else "")
+            for run, s in zip(runs, found, strict=True)
+        ]),
+        ("tasks", [str(run.tasks) for run in runs]),
+        ("canary mean (n)", [_mean(s.canary_mean, s.canary_count) if s else "" for s in found]),
+        ("production mean (n)", [
+            _mean(s.production_mean, s.production_count) if s else "" for s in found
+        ]),
+        ("difference", [f"[{s.lower:+.3f}, {s.upper:+.3f}]" if s else "" for s in found]),
+        ("right answers kept (n)", [_mean(s.retention, s.right_count) if s else "" for s in found]),
+        ("decision", [run.state for run in runs]),
+    ]  # fmt: skip
+    for label, cells in rows:
+        table.add_row(label, *cells)
     return table
 
 
@@ -190,12 +192,12 @@ def report(
     since: datetime,
     job: Any,
     home: Path,
-    min_non_degradation: float,
+    gate_minimums: tuple[float, float],
     rollouts: list[RolloutRun],
 ) -> None:
     """Print the demo's tables and lineage, and write its chart under ``home``;
-    ``min_non_degradation`` is the gate threshold the demo's GEPA job ran with, ``rollouts``
-    the canaries it ran."""
+    ``gate_minimums`` are the non-degradation and retention the demo's GEPA job's gate (and
+    its rollouts) required, ``rollouts`` the canaries it ran."""
     from store.queries import prompt_history, rollout_statuses, stored_trigger
 
     rows = demo_report_rows(store, agent, since)
@@ -261,10 +263,12 @@ def report(
             f"{metrics['heldout_retention']:.3f}" if "heldout_retention" in metrics else "-",
         )
     console.print(gate)
+    product = GateConfig()
     console.print(
         f"the demo's gate: candidate mean >= production + 0.01, non-degradation >="
-        f" {min_non_degradation} (the product default is 0.97) and >="
-        f" {GateConfig().min_retention} of the examples production gets right kept right"
+        f" {gate_minimums[0]} and >= {gate_minimums[1]} of the examples production gets right"
+        f" kept right (the product's defaults: {product.min_non_degradation} and"
+        f" {product.min_retention}); its rollouts require the same on live tasks"
     )
     trigger = stored_trigger(store, job.trigger_id)
     console.print(

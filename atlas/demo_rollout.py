@@ -48,10 +48,14 @@ class RolloutRun:
     decision: RolloutStatus | None  # the stored decision; None when the demo ended it
 
     @property
+    def state(self) -> str:
+        return "ended undecided" if self.decision is None else self.decision.state.replace("_", " ")
+
+    @property
     def outcome(self) -> str:
         if self.decision is None:
             return f"undecided after {self.tasks} tasks: ended by the demo"
-        return self.decision.state.replace("_", " ")
+        return self.state
 
 
 def wrong_demonstrations(family: str, n: int = 3) -> list[Demonstration]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from rim.calibration import Calibration, weighted
 from rim.judges import Judge, text_similarity
 from schemas.models import FeedbackEvent, InteractionEvent, JudgeScore
+
+AnswerField = Literal["baseline_answer", "production_answer"]
 
 
 class RewardWeights(BaseModel):
@@ -164,20 +167,22 @@ class Rim:
             for trace, scores, events in zip(traces, judged, feedback, strict=True)
         ]
 
-    def baseline_rewards(self, traces: Sequence[InteractionEvent]) -> list[float | None]:
-        """The judge score the student's un-taught answer would have earned, from the judges
-        that need no model, so measuring non-degradation costs no model calls. None where
-        there is no baseline answer or no programmatic judge."""
+    def baseline_rewards(
+        self, traces: Sequence[InteractionEvent], answer: AnswerField = "baseline_answer"
+    ) -> list[float | None]:
+        """The judge score each trace's ``answer`` would have earned as its final answer: the
+        student's un-taught answer (``baseline_answer``), or production's shadow answer on a
+        canary task (``production_answer``). From the judges that need no model, so measuring
+        non-degradation costs no model calls. None where there is no such answer or no
+        programmatic judge."""
         judges = [j for j in self.judges if getattr(j, "programmatic", False)]
-        with_baseline = [t for t in traces if t.baseline_answer is not None]
-        if not judges or not with_baseline:
+        answers = [getattr(t, answer) for t in traces]
+        with_answer = [(t, a) for t, a in zip(traces, answers, strict=True) if a is not None]
+        if not judges or not with_answer:
             return [None] * len(traces)
-        rewrites = [t.model_copy(update={"final_answer": t.baseline_answer}) for t in with_baseline]
+        rewrites = [t.model_copy(update={"final_answer": a}) for t, a in with_answer]
         scores = iter(Rim(judges, self.weights).judge_many(rewrites))
-        return [
-            self.judge_score(next(scores)) if t.baseline_answer is not None else None
-            for t in traces
-        ]
+        return [self.judge_score(next(scores)) if a is not None else None for a in answers]
 
 
 def _split_finite(

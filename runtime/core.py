@@ -10,6 +10,9 @@ Modes (chosen per task by the ``ModePolicy`` unless forced):
 
 The student's first, un-taught answer is always produced first: it is the capability probe
 (its mean token log-probability) and the baseline against which non-degradation is measured.
+On the canary arm of a student rollout (``runtime/rollout.py``), production's student is also
+asked the same first question (a shadow call: never shown, not a step of the loop), so the
+rollout controller compares the two un-taught answers on live tasks (``production_answer``).
 ``run_many`` runs each phase for all tasks as one batched backend call, so a batch of tasks
 costs a handful of batched generations rather than several calls per task.
 """
@@ -100,6 +103,10 @@ class _Episode:
     recall: Recall = field(default_factory=Recall)
     trace_id: str = field(default_factory=new_id)
     rollouts: list[RolloutArm] = field(default_factory=list)
+    # On a student canary arm: production's student version, asked the shadow question.
+    shadow: PromptVersion | None = None
+    shadow_recall: Recall = field(default_factory=Recall)
+    production_answer: str | None = None
 
     def system(self, role: str) -> Message:
         return {"role": "system", "content": self.prompts[role].text}
@@ -163,14 +170,19 @@ class Runtime:
         for task in tasks:
             trace_id = new_id()
             versions, arms = with_canaries(production, canaries, trace_id)
-            episodes.append(_Episode(task, versions, trace_id=trace_id, rollouts=arms))
+            shadow = None
+            if any(a.role == "student" and a.arm == "canary" for a in arms):
+                shadow = production["student"]
+            episodes.append(
+                _Episode(task, versions, trace_id=trace_id, rollouts=arms, shadow=shadow)
+            )
         if self.memory is not None:
             for episode in episodes:
-                policy = self.memory_policy or episode.prompts["student"].memory
-                episode.recall = recall(
-                    self.memory, policy, episode.task.input, episode.trace_id, self.memory_holdout
-                )
+                episode.recall = self._recall(episode, episode.prompts["student"])
+                if episode.shadow is not None:
+                    episode.shadow_recall = self._recall(episode, episode.shadow)
         self._first_answers(episodes)
+        self._production_answers([e for e in episodes if e.shadow is not None])
         for episode in episodes:
             if mode is not None:
                 episode.mode, episode.reason = mode, "forced"
@@ -209,22 +221,33 @@ class Runtime:
             )
         return results
 
-    def _student_turn(self, episode: _Episode, content: str) -> list[Message]:
+    def _recall(self, episode: _Episode, student: PromptVersion) -> Recall:
+        assert self.memory is not None
+        policy = self.memory_policy or student.memory
+        return recall(
+            self.memory, policy, episode.task.input, episode.trace_id, self.memory_holdout
+        )
+
+    def _student_turn(self, episode: _Episode, content: str, shadow: bool = False) -> list[Message]:
         """The student's conversation: system prompt, the prompt version's demonstrations as
         solved user/assistant turns, then the entries recalled from memory for this task (the
-        most similar last, nearest the request), then the request."""
+        most similar last, nearest the request), then the request. With ``shadow``, as
+        production's student version would have it (its prompt, demonstrations and recall)."""
+        student = episode.shadow if shadow and episode.shadow else episode.prompts["student"]
+        recalled = episode.shadow_recall if shadow else episode.recall
         shots: list[Message] = []
-        for demo in episode.prompts["student"].demonstrations:
+        for demo in student.demonstrations:
             shots += [
                 {"role": "user", "content": demo.input},
                 {"role": "assistant", "content": demo.output},
             ]
-        for entry in reversed(episode.recall.entries):
+        for entry in reversed(recalled.entries):
             shots += [
                 {"role": "user", "content": entry.input},
                 {"role": "assistant", "content": entry.output},
             ]
-        return [episode.system("student"), *shots, {"role": "user", "content": content}]
+        system: Message = {"role": "system", "content": student.text}
+        return [system, *shots, {"role": "user", "content": content}]
 
     def _teacher_turn(self, episode: _Episode, content: str) -> list[Message]:
         return [episode.system("teacher"), {"role": "user", "content": content}]
@@ -242,6 +265,21 @@ class Runtime:
         for episode, result in zip(episodes, results, strict=True):
             episode.answer = episode.baseline = result.text
             episode.probe = result.mean_logprobs[0] if result.mean_logprobs else None
+
+    def _production_answers(self, episodes: list[_Episode]) -> None:
+        """Production's un-taught answer to each canary task, asked as the first answer was,
+        in one batched call: the comparison non-degradation needs, at one extra generation
+        per canary task and none on production's arm."""
+        if not episodes:
+            return
+        params = GenerationParams(
+            temperature=self.limits.temperature, max_tokens=self.limits.answer_tokens
+        )
+        conversations = [self._student_turn(e, e.task.input, shadow=True) for e in episodes]
+        for episode, result in zip(
+            episodes, self.student.complete(conversations, params), strict=True
+        ):
+            episode.production_answer = result.text
 
     def _coach(self, episodes: list[_Episode]) -> None:
         if not episodes:
@@ -362,4 +400,5 @@ class Runtime:
             memory_entries=episode.recall.ids,
             memory_held_back=list(episode.recall.held_back),
             rollouts=episode.rollouts,
+            production_answer=episode.production_answer,
         )

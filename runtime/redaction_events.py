@@ -2,8 +2,9 @@
 trace or a dead letter, under the policy of the event's agent (``runtime/redaction.py``).
 
 What is redacted (everything a person or a model wrote):
-* InteractionEvent: ``task_input``, ``reference``, ``final_answer``, ``baseline_answer``, each
-  step's ``content``, and ``metadata`` values (except the system's own ``atlas.*`` keys).
+* InteractionEvent: ``task_input``, ``reference``, ``final_answer``, ``baseline_answer``,
+  ``production_answer``, each step's ``content``, and ``metadata`` values (except the
+  system's own ``atlas.*`` keys).
 * FeedbackEvent: ``edited_text``, ``comment``, and ``user_id`` (masked, never dropped: an
   e-mail used as a user id becomes ``<EMAIL>``, an opaque id is left as it is).
 * ScoredTrace: its interaction as above, its ``rationale`` and ``errors``, and each judge's
@@ -79,6 +80,7 @@ def _interaction(event: InteractionEvent, text: _Text) -> InteractionEvent:
             "reference": text(event.reference),
             "final_answer": text(event.final_answer),
             "baseline_answer": text(event.baseline_answer),
+            "production_answer": text(event.production_answer),
             "steps": steps,
             "metadata": metadata,
         },

@@ -163,6 +163,8 @@ class InteractionEvent(Event):
     # Appended (contract v3): entries that matched but the randomized holdout kept back.
     memory_held_back: list[str] = Field(default_factory=list)
     rollouts: list[RolloutArm] = Field(default_factory=list)
+    # Appended (contract v4): production's shadow answer on a student canary task.
+    production_answer: str | None = None
 
 
 class FeedbackEvent(Event):
@@ -211,6 +213,7 @@ class ScoredTrace(Event):
     baseline_reward: float | None = None
     errors: list[str] = Field(default_factory=list)
     rim_version: int = Field(0, ge=0)  # appended (v4): 0 = configs/rim.yaml, n = calibration
+    production_reward: float | None = None  # appended (v5): production_answer's judge score
 
 
 class Demonstration(Record):

@@ -33,6 +33,14 @@ class RolloutStatus(Event):
     upper: float
     alpha: float
     reason: str
+    # Appended (contract v2): non-degradation on the canary's tasks, against production's
+    # shadow answers (streams/rollout_stats.py, PairStats).
+    paired_count: int = Field(0, ge=0)
+    non_degradation: float | None = None
+    non_degradation_upper: float | None = None
+    right_count: int = Field(0, ge=0)
+    retention: float | None = None
+    retention_upper: float | None = None
 
     @property
     def key(self) -> str:

@@ -389,4 +389,22 @@ MIGRATIONS += (
             f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
         ),
     ),
+    Migration(
+        14,
+        "non-degradation in canary rollouts: scored_traces.production_answer and"
+        " production_reward (production's shadow answer on a canary task and its score,"
+        " InteractionEvent v4, ScoredTrace v5), and rollout_statuses' paired figures"
+        " (RolloutStatus v2); NULL and 0 for rows stored before",
+        (
+            "ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS production_answer"
+            " Nullable(String), ADD COLUMN IF NOT EXISTS production_reward Nullable(Float64)",
+            f"CREATE OR REPLACE VIEW latest_traces AS {LATEST_TRACES}",
+            "ALTER TABLE rollout_statuses ADD COLUMN IF NOT EXISTS paired_count Int64 DEFAULT 0,"
+            " ADD COLUMN IF NOT EXISTS non_degradation Nullable(Float64),"
+            " ADD COLUMN IF NOT EXISTS non_degradation_upper Nullable(Float64),"
+            " ADD COLUMN IF NOT EXISTS right_count Int64 DEFAULT 0,"
+            " ADD COLUMN IF NOT EXISTS retention Nullable(Float64),"
+            " ADD COLUMN IF NOT EXISTS retention_upper Nullable(Float64)",
+        ),
+    ),
 )

@@ -67,6 +67,8 @@ SCORED_TRACE_COLUMNS = [
     "memory_held_back",
     "rollouts",
     "rim_version",
+    "production_answer",
+    "production_reward",
 ]
 JUDGE_SCORE_COLUMNS = [
     "trace_id",
@@ -162,6 +164,8 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
             for a in event.rollouts
         ],
         trace.rim_version,
+        event.production_answer,
+        trace.production_reward,
     ]
 
 

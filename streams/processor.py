@@ -51,6 +51,7 @@ class TraceState(BaseModel):
     interaction: InteractionEvent | None = None
     judge_scores: list[JudgeScore] = Field(default_factory=list)
     baseline_reward: float | None = None
+    production_reward: float | None = None  # of the shadow answer, on a canary task
     feedback: list[FeedbackEvent] = Field(default_factory=list)
     revision: int = 0
     first_seen: float = Field(default_factory=time.time)
@@ -96,6 +97,7 @@ class Judgement:
 
     judge_scores: list[JudgeScore]
     baseline_reward: float | None
+    production_reward: float | None = None
 
 
 @dataclass
@@ -133,6 +135,7 @@ def scored_trace(
     feedback_count: int,
     baseline_reward: float | None = None,
     rim_version: int = 0,
+    production_reward: float | None = None,
 ) -> ScoredTrace:
     """The ScoredTrace of ``interaction``'s ``revision``, scored now with ``reward`` by RIM
     version ``rim_version``."""
@@ -152,6 +155,7 @@ def scored_trace(
         baseline_reward=baseline_reward,
         errors=reward.errors,
         rim_version=rim_version,
+        production_reward=production_reward,
     )
 
 
@@ -197,6 +201,7 @@ class RewardProcessor:
             len(state.feedback),
             state.baseline_reward,
             used.version,
+            state.production_reward,
         )
         if self.redactor is not None:
             scored, counts = redact_scored_trace(self.redactor, scored)
@@ -228,7 +233,8 @@ class RewardProcessor:
         events = [_without_replay_marker(e) for e in events]
         judged = self.rim.judge_many(events)
         baselines = self.rim.baseline_rewards(events)
-        return [Judgement(s, b) for s, b in zip(judged, baselines, strict=True)]
+        shadows = self.rim.baseline_rewards(events, "production_answer")
+        return [Judgement(s, b, p) for s, b, p in zip(judged, baselines, shadows, strict=True)]
 
     def on_interaction(
         self, event: InteractionEvent, state: TraceState | None, judgement: Judgement | None
@@ -260,10 +266,9 @@ class RewardProcessor:
             state.interaction = event
         if judgement is None:
             raise ValueError(f"interaction {event.event_id} was not judged")
-        state.judge_scores, state.baseline_reward = (
-            judgement.judge_scores,
-            judgement.baseline_reward,
-        )
+        state.judge_scores = judgement.judge_scores
+        state.baseline_reward = judgement.baseline_reward
+        state.production_reward = judgement.production_reward
         state.revision += 1
         state.sources = {}
         state.updated_at = time.time()

@@ -17,6 +17,11 @@ that took part in a rollout (``InteractionEvent.rollouts``), keyed by agent, on
   still undecided ``max_duration_s`` after its first task is aborted, saying so when its
   canary arm saw nothing for that long (the clock is the traces' scoring time: a rollout
   that gets no scored task at all is only looked at again when one comes);
+* a canary task whose trace also scored production's shadow answer (``production_reward``,
+  with its own un-taught answer's ``baseline_reward``) is counted once more, as a pair, into
+  the rollout's non-degradation check (:func:`streams.rollout_stats.degradation`): a canary
+  shown to lose what production answers is rolled back even when the mean rewards cannot
+  tell the arms apart, and a promotion waits while either share is under its minimum;
 * a decision is final: the rollout is moved to ``decided`` (the last ``DECIDED_KEPT`` per
   agent), and a later observation of it (a late re-score, a replay after ``kill -9``) is
   ignored, so nothing is decided twice.
@@ -37,7 +42,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.models import Id, RolloutArm, ScoredTrace
 from schemas.rollouts import RolloutStateName, RolloutStatus
 from streams.rollout_config import RolloutConfig
-from streams.rollout_stats import ArmStats, Decision, RolloutState, decide, unusable
+from streams.rollout_stats import (
+    ArmStats,
+    Decision,
+    PairStats,
+    RolloutState,
+    decide,
+    degradation,
+    unusable,
+)
 
 DECIDED_KEPT = 100  # decided rollouts remembered per agent, so none is decided twice
 VERDICT_STATE: dict[str, RolloutStateName] = {
@@ -61,6 +74,8 @@ class RolloutObservation(BaseModel):
     reward: float
     previous_reward: float | None = None
     at: float  # the trace's scoring time, seconds since the epoch
+    baseline_reward: float | None = None  # the task's un-taught answer's score
+    production_reward: float | None = None  # production's shadow answer's, on a canary task
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -86,6 +101,8 @@ def observation_of(trace: ScoredTrace, previous_reward: float | None) -> Rollout
         reward=trace.reward,
         previous_reward=previous_reward,
         at=trace.scored_at.timestamp(),
+        baseline_reward=trace.baseline_reward,
+        production_reward=trace.production_reward,
     )
 
 
@@ -101,6 +118,7 @@ class Rollout(BaseModel):
     last_canary_at: float | None = None  # the latest canary task's time; None: none yet
     observations: int = 0
     arms: RolloutState = Field(default_factory=RolloutState)
+    pairs: PairStats = Field(default_factory=PairStats)
 
 
 class RolloutBook(BaseModel):
@@ -114,9 +132,10 @@ class RolloutBook(BaseModel):
 
 def status_of(
     agent_id: str, rollout_id: str, rollout: Rollout, decision: Decision, state: RolloutStateName,
-    reason: str, alpha: float, at: float,
+    reason: str, config: RolloutConfig, at: float,
 ) -> RolloutStatus:  # fmt: skip
-    arms = rollout.arms
+    arms, pairs = rollout.arms, rollout.pairs
+    paired = degradation(pairs, config.non_degradation, config.test)
     return RolloutStatus(
         agent_id=agent_id,
         role=rollout.role,
@@ -132,8 +151,14 @@ def status_of(
         production_mean=arms.production.mean,
         lower=max(decision.lower, -1.0),
         upper=min(decision.upper, 1.0),
-        alpha=alpha,
+        alpha=config.test.alpha,
         reason=reason,
+        paired_count=pairs.count,
+        non_degradation=paired.non_degradation,
+        non_degradation_upper=paired.non_degradation_upper,
+        right_count=pairs.right,
+        retention=paired.retention,
+        retention_upper=paired.retention_upper,
     )
 
 
@@ -165,13 +190,13 @@ def observe(
         rollout = rollout.model_copy(
             update={
                 "arms": arms,
+                "pairs": _paired(rollout.pairs, arm, seen, config),
                 "observations": rollout.observations + 1,
                 "last_canary_at": seen.at if arm.arm == "canary" else rollout.last_canary_at,
             }
         )
         decision = decide(arms, test)
-        state: RolloutStateName = VERDICT_STATE.get(decision.verdict, "running")
-        reason = decision.reason
+        state, reason = _verdict(decision, rollout.pairs, config)
         if state == "running" and seen.at - rollout.started_at > config.max_duration_s:
             quiet = seen.at - (rollout.last_canary_at or rollout.started_at)
             why = (
@@ -185,20 +210,47 @@ def observe(
             decided[arm.rollout_id] = state
             statuses.append(
                 status_of(seen.agent_id, arm.rollout_id, rollout, decision, state, reason,
-                          test.alpha, seen.at)
+                          config, seen.at)
             )  # fmt: skip
             continue
         running[arm.rollout_id] = rollout
         if rollout.observations % config.report_every == 0:
             statuses.append(
                 status_of(seen.agent_id, arm.rollout_id, rollout, decision, "running", reason,
-                          test.alpha, seen.at)
+                          config, seen.at)
             )  # fmt: skip
     while len(decided) > DECIDED_KEPT:
         del decided[next(iter(decided))]
     new = book.model_copy(update={"running": running, "decided": decided})
     done = [s for s in statuses if s.state != "running"]
     return new, statuses, f"{len(seen.arms)} arms counted, {len(done)} decided"
+
+
+def _paired(
+    pairs: PairStats, arm: RolloutArm, seen: RolloutObservation, config: RolloutConfig
+) -> PairStats:
+    """``pairs`` with ``seen`` counted when it is the first revision of a student canary task
+    that scored production's shadow answer too (later revisions change no answer)."""
+    if arm.arm != "canary" or arm.role != "student" or seen.previous_reward is not None:
+        return pairs
+    canary, production = seen.baseline_reward, seen.production_reward
+    if canary is None or production is None or unusable(canary, production, 1) is not None:
+        return pairs
+    return pairs.counted(canary, production, config.non_degradation)
+
+
+def _verdict(
+    decision: Decision, pairs: PairStats, config: RolloutConfig
+) -> tuple[RolloutStateName, str]:
+    """The rollout's state and why: the sequential test's verdict, unless the paired tasks
+    show the canary degrading (rolled back, whatever the means say) or hold its promotion."""
+    state: RolloutStateName = VERDICT_STATE.get(decision.verdict, "running")
+    paired = degradation(pairs, config.non_degradation, config.test)
+    if paired.rollback is not None and state != "rolled_back":
+        return "rolled_back", f"{paired.rollback}; {decision.reason}"
+    if state == "promoted" and paired.hold is not None:
+        return "running", f"{paired.hold}; {decision.reason}"
+    return state, decision.reason
 
 
 def ended_by_operator(
@@ -218,6 +270,6 @@ def ended_by_operator(
     decision = decide(rollout.arms, config.test)
     status = status_of(
         agent_id, arm.rollout_id, rollout, decision, "aborted", f"{why}: {decision.reason}",
-        config.test.alpha, at,
+        config, at,
     )  # fmt: skip
     return book.model_copy(update={"running": running, "decided": decided}), status

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.configfile import load_config
-from streams.rollout_stats import RolloutTestConfig
+from streams.rollout_stats import NonDegradationConfig, RolloutTestConfig
 
 
 class RolloutConfig(BaseModel):
@@ -27,6 +27,11 @@ class RolloutConfig(BaseModel):
         gt=0,
         description="A rollout still undecided this long after its first scored task, or whose"
         " canary arm saw no task for this long, is aborted (by trace time).",
+    )
+    non_degradation: NonDegradationConfig = Field(
+        default_factory=NonDegradationConfig,
+        description="Non-degradation on the canary's live tasks against production's shadow"
+        " answers (streams/rollout_stats.py): minimum shares and the right-answer score.",
     )
     report_every: int = Field(
         25, ge=1, description="A 'running' status every this many observations of a rollout."

@@ -45,7 +45,10 @@ Decision (:func:`decide`), with ``m = margin`` (non-inferiority margin, default 
   not to be worse) and owns the wall-clock limit, since this module reads no clock;
 * ``extend`` otherwise.
 
-Non-degradation on baseline answers is the controller's other input, not this module's.
+Non-degradation (:func:`degradation`): on the canary's tasks that also carry production's
+shadow answer, the share where the canary's un-taught answer scores at least production's and
+the share of production's right answers it keeps, each with an always-valid upper bound: a
+share shown under its minimum rolls the canary back, a share under it holds a promotion.
 """
 
 from __future__ import annotations
@@ -265,3 +268,101 @@ def decide(state: RolloutState, config: RolloutTestConfig) -> Decision:
 
 def _fmt(mean: float | None) -> str:
     return "n/a" if mean is None else f"{mean:.3f}"
+
+
+class NonDegradationConfig(BaseModel):
+    """Non-degradation on live traffic: on the canary's tasks, the canary student's un-taught
+    answer against production's shadow answer to the same task (``production_answer``), both
+    scored by the programmatic judges, as the held-out gate compares them
+    (``trainer/evaluation.py``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min_non_degradation: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of paired tasks where the canary's answer must score at least"
+        " production's: rolled back once the share's always-valid upper bound is below it;"
+        " promotion waits while the share itself is below it.",
+    )
+    min_retention: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of the paired tasks production answers right that the canary must"
+        " still answer right (the same rule).",
+    )
+    success_reward: float = Field(
+        0.5, ge=0, le=1, description="An answer scoring at least this is right."
+    )
+    min_pairs: int = Field(
+        20, ge=1, description="No rollback on either share before it has this many tasks."
+    )
+    tolerance: float = Field(
+        1e-6, ge=0, description="Score differences below this count as a tie, not a loss."
+    )
+
+
+class PairStats(BaseModel):
+    """A rollout's paired tasks (canary arm, both un-taught answers scored): counts only."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    count: int = Field(0, ge=0)
+    kept: int = Field(0, ge=0)  # the canary scored at least production's answer
+    right: int = Field(0, ge=0)  # production's answer was right
+    retained: int = Field(0, ge=0)  # ... and the canary's too
+
+    def counted(self, canary: float, production: float, config: NonDegradationConfig) -> PairStats:
+        """These counts with one task whose canary answer scored ``canary`` and production's
+        ``production`` (finite numbers in [0, 1]: callers check with :func:`unusable`)."""
+        right = production >= config.success_reward
+        return PairStats(
+            count=self.count + 1,
+            kept=self.kept + (canary >= production - config.tolerance),
+            right=self.right + right,
+            retained=self.retained + (right and canary >= config.success_reward),
+        )
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """What the paired tasks say: the shares with their upper bounds (None without tasks),
+    and why the rollout must be rolled back, or why its promotion must wait (None: neither)."""
+
+    non_degradation: float | None
+    non_degradation_upper: float | None
+    retention: float | None
+    retention_upper: float | None
+    rollback: str | None
+    hold: str | None
+
+
+def degradation(
+    pairs: PairStats, config: NonDegradationConfig, test: RolloutTestConfig
+) -> Degradation:
+    """The non-degradation check. Each share has an always-valid upper bound from the same
+    confidence sequence as an arm's mean (a share is the mean of 0/1 outcomes), so a canary
+    whose true share meets the minimum is rolled back by it with probability at most
+    alpha / 2 per share, at every look; holding a promotion only removes promotions, so it
+    keeps :func:`decide`'s bound on wrong promotions."""
+    shares = []
+    for hits, n, minimum, name in (
+        (pairs.kept, pairs.count, config.min_non_degradation, "non-degradation"),
+        (pairs.retained, pairs.right, config.min_retention, "retention of right answers"),
+    ):
+        share = hits / n if n else None
+        upper = arm_bounds(ArmStats(count=n, total=float(hits)), test)[1] if n else None
+        shares.append((share, upper, n, minimum, name))
+    rollback = hold = None
+    for share, upper, n, minimum, name in shares:
+        if share is None or upper is None:
+            continue
+        figures = f"{name} {share:.3f} over {n} paired tasks (upper bound {upper:.3f})"
+        if n >= config.min_pairs and upper < minimum and rollback is None:
+            rollback = f"{figures} below the minimum {minimum:g}"
+        elif share < minimum and hold is None:
+            hold = f"promotion waits: {figures}, under the minimum {minimum:g}"
+    (nd, nd_upper, *_), (ret, ret_upper, *_) = shares
+    return Degradation(nd, nd_upper, ret, ret_upper, rollback, hold)

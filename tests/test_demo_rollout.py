@@ -84,7 +84,8 @@ def _status(rollout: str, state: str, n: int, lower: float, upper: float, at: da
         agent_id="a", role="student", rollout_id=rollout, canary_version=2,
         production_version=1, state=state, started_at=at, updated_at=at,  # type: ignore[arg-type]
         canary_count=n, canary_mean=0.2, production_count=n, production_mean=0.9,
-        lower=lower, upper=upper, alpha=0.05, reason=f"{state} after {n}",
+        lower=lower, upper=upper, alpha=0.05, reason=f"{state} after {n}", paired_count=n,
+        right_count=n // 2, retention=0.25,
     )  # fmt: skip
 
 
@@ -105,11 +106,17 @@ def test_the_report_shows_each_rollout_and_draws_its_bounds(tmp_path: Path) -> N
         agent_id="a", role="student", version=2, text="x", source="manual", label=CANARY,
         rollout_id="r1", traffic_share=0.5,
     )  # fmt: skip
-    runs = [RolloutRun("worse candidate", canary, 40, history[-1])]
-    console = Console(record=True, width=200)
+    runs = [
+        RolloutRun("worse candidate", canary, 40, history[-1]),
+        RolloutRun("another", canary.model_copy(update={"rollout_id": "r9"}), 160, None),
+    ]
+    console = Console(record=True, width=80)
     console.print(rollout_table(runs, [history[-1]]))
     text = console.export_text()
     assert "worse candidate" in text and "rolled back" in text and "[-0.900, -0.200]" in text
+    assert "v2 vs v1" in text and "0.250 (10)" in text  # production's right answers kept
+    assert "ended undecided" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
     naive = [  # the store's timestamps come back naive
         {"created_at": (start + timedelta(seconds=s)).replace(tzinfo=None), "reward": 0.5}
         for s in (5, 15, 25, 35)

@@ -128,8 +128,30 @@ def test_the_runtime_runs_each_task_on_its_arm_and_records_it() -> None:
         assert {r.role: r.version for r in event.prompt_versions}["student"] == used
         assert arm.arm == arm_of(event.trace_id, "r-1", 0.3)
         assert (arm.canary_version, arm.production_version) == (2, 1)
+        # a canary task also asks production's student, in a shadow call that is no step
+        assert event.production_answer == ("student v1" if arm.arm == "canary" else None)
+        assert [s.kind for s in event.steps] == ["baseline"]
     plain = Runtime("a", student, student, SEEDS).run(TASK, "auto")
-    assert plain.rollouts == []
+    assert plain.rollouts == [] and plain.production_answer is None
+
+
+def test_a_teacher_canary_asks_production_for_no_shadow_answer() -> None:
+    class TeacherCanary(StaticPrompts):
+        def snapshot(self, agent_id: str) -> dict[str, PromptVersion]:
+            teacher = version(1).model_copy(update={"role": "teacher"})
+            return {**super().snapshot(agent_id), "teacher": teacher}
+
+        def canaries(self, agent_id: str) -> dict[str, PromptVersion]:
+            return {"teacher": version(2, "canary", 0.5).model_copy(update={"role": "teacher"})}
+
+    student = ScriptedBackend("s", echo_system)
+    runtime = Runtime(
+        "a", student, ScriptedBackend("t", lambda _c: "PASS"), TeacherCanary(SEEDS.texts)
+    )
+    events = runtime.run_many([TASK] * 20, mode="paired")
+    assert "canary" in {e.rollouts[0].arm for e in events}
+    # the un-taught answer does not involve the teacher: nothing to compare
+    assert all(e.production_answer is None for e in events)
 
 
 @pytest.mark.integration

@@ -1,7 +1,8 @@
 """Canary rollouts end to end (issue 17's must-show) on the real broker and store: a better
 canary is promoted and a worse one rolled back by `atlas worker rollouts`, the agents' versions
 switch, the decisions are on atlas.rollouts.v1 and in ClickHouse, and a controller killed with
-``kill -9`` mid-rollout decides once."""
+``kill -9`` mid-rollout decides once; a canary whose mean reward equals production's but that
+loses production's right answers is rolled back by non-degradation on live traffic."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tests.workers import WorkerProcess, eventually, stack_cli
 pytestmark = pytest.mark.integration
 SEEDS = StaticPrompts({"student": "seed", "teacher": "seed"})
 TASK = Task("What is 2 + 2?", "t", "arithmetic", "4", "integer")
+OTHER_TASK = Task("What is 3 + 3?", "t2", "arithmetic", "6", "integer")
 RIGHT, WRONG = "4", "5"  # the scripted student answers with its prompt's text
 
 
@@ -104,8 +106,8 @@ class Agent:
         student = ScriptedBackend("s", echo_system)
         self.runtime = Runtime(name, student, student, self.prompts)
 
-    def traffic(self, n: int) -> None:
-        events = self.runtime.run_many([TASK] * n, mode="auto")
+    def traffic(self, n: int, tasks: Sequence[Task] = (TASK,)) -> None:
+        events = self.runtime.run_many([tasks[i % len(tasks)] for i in range(n)], mode="auto")
         with EventProducer(self.settings.kafka_config("agent")) as producer:
             for event in events:
                 producer.record_interaction(event)
@@ -155,3 +157,57 @@ def test_a_better_canary_is_promoted_a_worse_one_rolled_back_and_a_kill_decides_
             worker.stop()
         good.prompts.close()
         bad.prompts.close()
+
+
+def test_a_canary_as_rewarded_as_production_but_losing_its_answers_is_rolled_back(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """Production answers 2 + 2 right and 3 + 3 wrong, the canary the other way round: both
+    arms' mean reward is 0.5, so the rewards cannot tell them apart, but on its own tasks the
+    canary loses every answer production gets right (production's shadow answers say so)."""
+    cli = stack_cli(stack_settings)
+    env = {"ATLAS_CONFIG_DIR": str(fast_configs(tmp_path))}
+    store = connect(stack_settings.store())
+    workers = [WorkerProcess(stack_settings, k, tmp_path) for k in ("rewards", "sink")]
+    workers.append(WorkerProcess(stack_settings, "rollouts", tmp_path, env))
+    agent = Agent(stack_settings, cli, f"swap-{uuid.uuid4().hex[:8]}", production="4", canary="6")
+    try:
+        deadline = time.monotonic() + 240
+        while agent.prompts.canaries(agent.name) and time.monotonic() < deadline:
+            agent.traffic(20, (TASK, OTHER_TASK))
+            time.sleep(2)
+        assert agent.prompts.canaries(agent.name) == {}
+        assert agent.prompts.snapshot(agent.name)["student"].text == "4"  # production stays
+        [decided] = [
+            s for s in statuses(stack_settings.kafka_config(), agent.rollout_id)
+            if s.state != "running"
+        ]  # fmt: skip
+        assert decided.state == "rolled_back", decided
+        assert decided.lower < 0 < decided.upper  # the means could not tell
+        # the canary kept none of production's right answers on its tasks (about half)
+        assert decided.paired_count >= 20 and decided.right_count > 0
+        assert decided.retention == 0.0 and decided.non_degradation is not None
+        assert decided.non_degradation_upper is not None and decided.non_degradation_upper < 0.9
+        assert "below the minimum" in decided.reason
+        print(f"\n[rollout-e2e] {agent.name}: {decided.state}: {decided.reason}")
+        sql = (
+            "SELECT paired_count, right_count, retention FROM rollout_statuses FINAL"
+            " WHERE rollout_id = {r:String} AND state = 'rolled_back'"
+        )
+        eventually(
+            lambda: store.query(sql, parameters={"r": agent.rollout_id}).result_rows
+            == [(decided.paired_count, decided.right_count, 0.0)],
+            60, "the decision's figures in ClickHouse", interval=1,
+        )  # fmt: skip
+        shadow = (
+            "SELECT tupleElement(r, 'arm'), production_answer, production_reward"
+            " FROM latest_traces ARRAY JOIN rollouts AS r"
+            " WHERE agent_id = {a:String} AND task_id = 't'"
+        )
+        rows = store.query(shadow, parameters={"a": agent.name}).result_rows
+        assert {r for r in rows if r[0] == "canary"} == {("canary", "4", 1.0)}
+        assert {r for r in rows if r[0] == "production"} == {("production", None, None)}
+    finally:
+        for worker in reversed(workers):
+            worker.stop()
+        agent.prompts.close()

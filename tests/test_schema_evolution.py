@@ -84,19 +84,21 @@ def test_every_shipped_history_schema_evolves_safely(old_path: Path) -> None:
 
 # The InteractionEvent fields each earlier contract lacks (ScoredTrace embeds it).
 LACKING = {
-    1: {"memory_entries", "memory_held_back", "rollouts"},
-    2: {"memory_held_back", "rollouts"},
+    1: {"memory_entries", "memory_held_back", "rollouts", "production_answer"},
+    2: {"memory_held_back", "rollouts", "production_answer"},
+    3: {"production_answer"},
 }
+LATER_SCORED_FIELDS = ("rim_version", "production_reward")  # ScoredTrace fields added after
 
 
 def _old_codec(schema_dir: Path, version: int) -> AvroCodec:
     """A writer as agents and the reward stream were with InteractionEvent ``version`` (and a
-    ScoredTrace before ``rim_version``, which came later)."""
+    ScoredTrace before ``rim_version`` and ``production_reward``, which came later)."""
     history = schema_dir / "history" / f"io.atlas_stream.InteractionEvent.v{version}.avsc"
     (schema_dir / "io.atlas_stream.InteractionEvent.avsc").write_text(history.read_text())
     scored = schema_dir / "io.atlas_stream.ScoredTrace.avsc"
     contract = json.loads(scored.read_text())
-    contract["fields"] = [f for f in contract["fields"] if f["name"] != "rim_version"]
+    contract["fields"] = [f for f in contract["fields"] if f["name"] not in LATER_SCORED_FIELDS]
     scored.write_text(json.dumps(contract))
     return AvroCodec(catalog=SchemaCatalog.load(schema_dir))
 
@@ -108,10 +110,15 @@ def _old_models(lacking: set[str]) -> tuple[type[InteractionEvent], type[ScoredT
 
     class OldScoredTrace(ScoredTrace):
         def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-            excluded = {"interaction": lacking, "rim_version": True}
+            excluded = {"interaction": lacking} | dict.fromkeys(LATER_SCORED_FIELDS, True)
             return super().model_dump(**{**kwargs, "exclude": excluded})
 
     return OldInteraction, OldScoredTrace
+
+
+def _empty(name: str) -> object:
+    """What a field reads as when the writer lacked it: its default."""
+    return InteractionEvent.model_fields[name].get_default(call_default_factory=True)
 
 
 @pytest.mark.parametrize("version", sorted(LACKING))
@@ -125,7 +132,7 @@ def test_old_interactions_and_scored_traces_decode_with_the_new_fields_empty(
         agent_id="a", task_id="t", task_input="2+2?", mode="auto", final_answer="4"
     )
     decoded = reader.decode(old_writer.encode(interaction), InteractionEvent)
-    assert all(getattr(decoded, name) == [] for name in lacking)
+    assert all(getattr(decoded, name) == _empty(name) for name in lacking)
     assert (
         decoded.model_dump()
         == InteractionEvent.model_validate(interaction.model_dump(exclude=lacking)).model_dump()
@@ -136,7 +143,8 @@ def test_old_interactions_and_scored_traces_decode_with_the_new_fields_empty(
     data = old_writer.encode(trace)
     assert data[2:10] != reader.catalog.fingerprint("io.atlas_stream.ScoredTrace")
     decoded_trace = reader.decode(data, ScoredTrace)
-    assert all(getattr(decoded_trace.interaction, name) == [] for name in lacking)
+    assert all(getattr(decoded_trace.interaction, name) == _empty(name) for name in lacking)
+    assert decoded_trace.production_reward is None
 
 
 def test_new_interactions_carry_their_memory_entries() -> None:
@@ -185,7 +193,8 @@ def test_messages_from_before_rim_calibration_decode_as_rim_version_0_and_gepa_j
 
     class OldScoredTrace(ScoredTrace):
         def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-            return super().model_dump(**{**kwargs, "exclude": {"rim_version"}})
+            later = {"interaction": LACKING[3]} | dict.fromkeys(LATER_SCORED_FIELDS, True)
+            return super().model_dump(**{**kwargs, "exclude": later})
 
     event = InteractionEvent(
         agent_id="a", task_id="t", task_input="x", mode="auto", final_answer="y"

@@ -93,9 +93,9 @@ def test_decoding_the_wrong_type_names_the_event_and_the_topic() -> None:
     ("event_type", "spec_bytes"),
     [
         # SchemaNormalization.parsingFingerprint64 of Apache Avro's Java library, little-endian.
-        (InteractionEvent, "1bc06279cd9d22ed"),
+        (InteractionEvent, "6c6562eeaa0e1f11"),
         (FeedbackEvent, "5b6a616fdb5656fc"),
-        (ScoredTrace, "616bea52c5ff2f33"),
+        (ScoredTrace, "7ddf3837d1846e48"),
     ],
     ids=lambda v: getattr(v, "__name__", v),
 )
