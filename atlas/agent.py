@@ -8,9 +8,9 @@ from pydantic import BaseModel, Field
 
 from atlas.settings import Settings
 from runtime.backends.base import ModelBackend
-from runtime.core import GenerationLimits
 from runtime.policy import ModePolicyConfig
 from runtime.prompts import StaticPrompts
+from runtime.turns import GenerationLimits
 from schemas.configfile import load_config
 from schemas.models import MemoryPolicy
 from streams.memory_config import load_memory_config
@@ -80,7 +80,8 @@ class Backends:
 
     def hot_loading(self, agent_id: str) -> tuple[ModelBackend, ModelBackend]:
         """Student and teacher as separate local models that follow the checkpoints
-        published for ``agent_id`` (each role can run its own checkpoint)."""
+        published for ``agent_id`` (each role can run its own checkpoint, and a canary
+        checkpoint beside it, loaded as a third model while its rollout runs)."""
         from runtime.backends.local import LocalBackend, default_model_dir
         from runtime.checkpoints import CheckpointFollower, HotLoadingBackend
 
@@ -91,6 +92,10 @@ class Backends:
             s.kafka_config(), codec=s.codec(), verifier=s.verifier()
         ).start()
         roles = {"student": s.student_model, "teacher": s.teacher_model}
+
+        def canary_model(folder: Path) -> LocalBackend:  # a canary checkpoint, beside production
+            return LocalBackend(folder, max_batch=s.local_max_batch)
+
         student, teacher = (
             HotLoadingBackend(
                 LocalBackend(
@@ -99,6 +104,7 @@ class Backends:
                 follower,
                 agent_id,
                 role,
+                canary_model,
             )
             for role, m in roles.items()
         )

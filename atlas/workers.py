@@ -148,8 +148,13 @@ def run_rollouts_worker(settings: Settings, stop: threading.Event | None = None)
     lease = registry.claim(settings.home, "rollouts", ROLLOUTS_GROUP, settings.worker_id)
     kafka = settings.kafka_config("learner")
     codec = settings.codec()
-    canaries = CanaryFollower(kafka, codec, settings.verifier())
-    book, handler = rollout_stream(config, codec, canaries.start(), settings.signer())
+    canaries = CanaryFollower(kafka, codec, settings.verifier()).start()
+    try:
+        checkpoints = CanaryFollower(kafka, codec, settings.verifier(), "checkpoint").start()
+    except BaseException:
+        canaries.close()
+        raise
+    book, handler = rollout_stream(config, codec, canaries, settings.signer(), checkpoints)
     engine = StreamEngine(
         kafka,
         ROLLOUTS_GROUP,
@@ -164,6 +169,7 @@ def run_rollouts_worker(settings: Settings, stop: threading.Event | None = None)
             run_engine(engine, stop, lease, "rollouts")
     finally:
         canaries.close()
+        checkpoints.close()
         lease.release()
 
 

@@ -23,9 +23,10 @@ from atlas.settings import PROJECT_CONFIGS, Settings
 from consumers.grpo_worker import free_port
 from rim.config import build_rim, load_rim_config
 from runtime.backends.local import LocalBackend, default_model_dir
-from runtime.core import GenerationLimits, Runtime
+from runtime.core import Runtime
 from runtime.prompts import StaticPrompts
 from runtime.tasks import Task, generate, is_correct
+from runtime.turns import GenerationLimits
 from store.queries import TrainingTrace
 from trainer.datasets import DatasetConfig, Example, build_splits
 from trainer.evaluation import PromptEvaluator

@@ -58,10 +58,11 @@ from benchmarks.memory_loop import AGENT, MemoryLoop, template_of
 from rim.config import build_rim, load_rim_config
 from rim.reward import Rim
 from runtime.backends.local import LocalBackend, default_model_dir
-from runtime.core import GenerationLimits, Runtime
+from runtime.core import Runtime
 from runtime.memory import MemoryPolicy, MemorySearch
 from runtime.prompts import StaticPrompts
 from runtime.tasks import FAMILIES, Task, generate, is_correct
+from runtime.turns import GenerationLimits
 from schemas.models import Demonstration, FeedbackEvent, InteractionEvent, ScoredTrace
 from store.queries import TrainingTrace
 from streams.memory_config import MemoryConfig, load_memory_config

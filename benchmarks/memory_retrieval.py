@@ -51,10 +51,11 @@ from benchmarks.learning import SEEDS
 from benchmarks.memory_loop import AGENT, MemoryLoop, template_of
 from deploy.local.processes import free_port, stop_pid
 from runtime.backends.local import LocalBackend, default_model_dir
-from runtime.core import GenerationLimits, Runtime
+from runtime.core import Runtime
 from runtime.memory import LookupStats, MemoryIndex, MemoryPolicy, MemorySearch
 from runtime.prompts import StaticPrompts
 from runtime.tasks import FAMILIES, Task, generate, is_correct
+from runtime.turns import GenerationLimits
 from schemas.models import MemoryEntry
 from schemas.secrets import ensure_secret
 from store.client import StoreTarget, connect

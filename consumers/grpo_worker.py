@@ -33,8 +33,8 @@ from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
 from runtime.checkpoints import CARD, current_checkpoints, sha256_of, verify
-from runtime.core import GenerationLimits
 from runtime.prompts import StaticPrompts, current_prompts
+from runtime.turns import GenerationLimits
 from schemas.codec import AvroCodec
 from schemas.models import CheckpointEvent, Lineage, RetrainTrigger, under
 from trainer.datasets import DatasetConfig, Example

@@ -2,7 +2,8 @@
 
 ``CheckpointFollower`` follows ``atlas.checkpoints.v1``; ``HotLoadingBackend`` wraps a
 ``LocalBackend`` and, between calls (so never mid-task), switches to the newest checkpoint
-published for its agent and role after checking every file against the card's sha256.
+published for its agent and role after checking every file against the card's sha256, and
+runs a checkpoint under the canary label beside it for the tasks of the canary's arm.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from runtime.backends.base import (
     GenerationParams,
     Message,
     MixedBackend,
+    ModelBackend,
 )
 from runtime.backends.local import SMOLLM2_NAME, LocalBackend, default_model_dir
 from runtime.follow import RoleVersionFollower
 from runtime.prompts import NoParentVersion, VersionNotStored
 from schemas.codec import AvroCodec
-from schemas.models import PATH_SAFE, CheckpointEvent
+from schemas.models import CANARY, PATH_SAFE, Arm, CheckpointEvent
 from schemas.signing import Verifier
 from schemas.topics import CHECKPOINTS
 
@@ -136,10 +138,20 @@ def verify(checkpoint: CheckpointEvent) -> Path:
 class HotLoadingBackend(MixedBackend):
     """A local backend that follows its agent/role's published checkpoints. Calls go to the
     wrapped backend as they are (``complete_each`` whole, so judging through this one keeps
-    its batching); the wrapped backend's lock lets a generate call finish before a swap."""
+    its batching); the wrapped backend's lock lets a generate call finish before a swap.
+
+    A checkpoint under the ``canary`` label is loaded beside production into a second model
+    (``load_canary``: a folder -> a backend), so the runtime can run each task on its arm
+    (:meth:`rollout`, :meth:`on_arm`); when the canary is promoted, that model becomes
+    production without loading it again, and when its label goes, it is dropped."""
 
     def __init__(
-        self, backend: LocalBackend, follower: CheckpointFollower, agent_id: str, role: str
+        self,
+        backend: LocalBackend,
+        follower: CheckpointFollower,
+        agent_id: str,
+        role: str,
+        load_canary: Callable[[Path], LocalBackend] | None = None,
     ):
         self.backend = backend
         self.follower = follower
@@ -147,25 +159,82 @@ class HotLoadingBackend(MixedBackend):
         self.role = role
         self.version: int | None = None
         self.base_name = backend.model_name
+        self.load_canary = load_canary
+        self.canary: CheckpointEvent | None = None
+        self.canary_backend: LocalBackend | None = None
+        self._refused: str | None = None  # a canary's rollout that failed to load: not retried
 
     @property
     def model_name(self) -> str:
         return self.backend.model_name
 
-    def between_tasks(self) -> None:
-        """Called by the runtime before each batch of tasks: switch if a newer one exists."""
+    def production(self) -> CheckpointEvent:
+        """The checkpoint production runs: the latest published, or version 0, the base."""
         latest = self.follower.latest(self.agent_id, self.role)
-        if latest is None or latest.version == self.version:
-            return
-        try:
-            self.backend.load(verify(latest))
-        except (BackendError, OSError, ValueError) as exc:  # from_pretrained: OSError/ValueError
-            log.error("not switching to checkpoint v%d: %s", latest.version, exc)
-            self.version = latest.version  # do not retry a broken checkpoint on every call
-            return
+        if latest is not None and latest.version == self.version:
+            return latest
+        return CheckpointEvent(
+            agent_id=self.agent_id, role=self.role, version=self.version or 0,
+            uri=f"file://{self.backend.model_dir}", base_model=self.base_name, source="manual",
+        )  # fmt: skip
+
+    def between_tasks(self) -> None:
+        """Called by the runtime before each batch of tasks: switch if a newer one exists,
+        and follow the role's canary."""
+        latest = self.follower.latest(self.agent_id, self.role)
+        if latest is not None and latest.version != self.version:
+            self._switch(latest)
+        if self.load_canary is not None:
+            self._follow_canary(self.follower.labelled(self.agent_id, CANARY).get(self.role))
+
+    def _switch(self, latest: CheckpointEvent) -> None:
+        if (
+            self.canary is not None
+            and self.canary_backend
+            and self.canary.version == latest.version
+        ):
+            self.backend, self.canary, self.canary_backend = self.canary_backend, None, None
+        else:
+            try:
+                self.backend.load(verify(latest))
+            except (BackendError, OSError, ValueError) as exc:  # from_pretrained raises these
+                log.error("not switching to checkpoint v%d: %s", latest.version, exc)
+                self.version = latest.version  # do not retry a broken checkpoint on every call
+                return
         self.version = latest.version
         self.backend.model_name = f"{self.base_name}@v{latest.version}"
         log.info("%s/%s now runs checkpoint v%d", self.agent_id, self.role, latest.version)
+
+    def _follow_canary(self, wanted: CheckpointEvent | None) -> None:
+        if wanted is None or wanted.rollout_id is None:
+            self.canary = self.canary_backend = None  # ended: its memory is freed
+            return
+        if self.canary is not None and self.canary.rollout_id == wanted.rollout_id:
+            return
+        if self._refused == wanted.rollout_id:
+            return
+        assert self.load_canary is not None
+        try:
+            loaded = self.load_canary(verify(wanted))
+        except (BackendError, OSError, ValueError) as exc:
+            log.error("not running canary checkpoint v%d: %s", wanted.version, exc)
+            self._refused, self.canary, self.canary_backend = wanted.rollout_id, None, None
+            return
+        loaded.model_name = f"{self.base_name}@v{wanted.version}"
+        self.canary, self.canary_backend = wanted, loaded
+        log.info("%s/%s runs canary checkpoint v%d", self.agent_id, self.role, wanted.version)
+
+    def rollout(self) -> tuple[CheckpointEvent, CheckpointEvent] | None:
+        """(production, canary) while a canary checkpoint is loaded, else None."""
+        if self.canary is None or self.canary_backend is None:
+            return None
+        return self.production(), self.canary
+
+    def on_arm(self, arm: Arm) -> ModelBackend:
+        """The model of ``arm``: the canary's while one is loaded, else production's."""
+        if arm == "canary" and self.canary_backend is not None:
+            return self.canary_backend
+        return self.backend
 
     def complete_each(
         self, conversations: Sequence[Sequence[Message]], params: Sequence[GenerationParams]

@@ -13,25 +13,36 @@ The student's first, un-taught answer is always produced first: it is the capabi
 On the canary arm of a student rollout (``runtime/rollout.py``), production's student is also
 asked the same first question (a shadow call: never shown, not a step of the loop), so the
 rollout controller compares the two un-taught answers on live tasks (``production_answer``).
+A role whose backend runs a canary checkpoint beside production (``HotLoadingBackend``) runs
+each task on its arm's model: a batched call is split in two, one per model.
 ``run_many`` runs each phase for all tasks as one batched backend call, so a batch of tasks
 costs a handful of batched generations rather than several calls per task.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-from pydantic import BaseModel, Field
 
 from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBackend
 from runtime.memory import LookupStats, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
-from runtime.rollout import with_canaries
+from runtime.rollout import task_arms
 from runtime.tasks import Task
+from runtime.turns import (
+    COACHED,
+    GUIDANCE,
+    PLAN,
+    PLAN_REVIEW,
+    RETRY,
+    REVIEW,
+    GenerationLimits,
+    parse_verdict,
+    withhold_answer,
+)
 from schemas.models import (
+    Arm,
     InteractionEvent,
     MemoryPolicy,
     Mode,
@@ -42,49 +53,6 @@ from schemas.models import (
     Usage,
     new_id,
 )
-
-REVIEW = (
-    "Task: {task}\n\nStudent's answer: {answer}\n\n"
-    "Is the student's final answer correct? Reply with one word: PASS or FAIL."
-)
-GUIDANCE = (
-    "Task: {task}\n\nStudent's answer, judged wrong: {answer}\n\n"
-    "Give one short hint that helps the student find the mistake. Do not state the answer."
-)
-RETRY = "A reviewer judged this answer wrong. Hint: {guidance}\n\nAnswer the task again."
-PLAN = "{task}\n\nDo not answer yet. Write a short plan (at most 3 steps) to solve this."
-PLAN_REVIEW = (
-    "Task: {task}\n\nStudent's plan: {plan}\n\n"
-    "In one sentence, point out a mistake or missing step in the plan. Do not solve the task."
-)
-COACHED = "{task}\n\nYour plan: {plan}\nReviewer's note on the plan: {note}\n\nNow answer the task."
-REDACTED = "[answer withheld]"
-VERDICT = re.compile(r"\b(PASS|FAIL|INCORRECT|CORRECT|WRONG|RIGHT)\b", re.I)
-
-
-class GenerationLimits(BaseModel):
-    answer_tokens: int = Field(96, ge=1, description="Student answers and retries.")
-    review_tokens: int = Field(8, ge=1, description="The teacher's PASS/FAIL verdict.")
-    guidance_tokens: int = Field(64, ge=1, description="The teacher's hint after a FAIL.")
-    plan_tokens: int = Field(64, ge=1, description="The student's plan and its review (coach).")
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature of every call.")
-
-
-def parse_verdict(text: str) -> str:
-    """'pass', 'fail' or 'unclear' from the first verdict word in the teacher's reply."""
-    found = VERDICT.search(text)
-    if found is None:
-        return "unclear"
-    return "pass" if found.group(1).upper() in ("PASS", "CORRECT", "RIGHT") else "fail"
-
-
-def withhold_answer(guidance: str, reference: str | None) -> tuple[str, bool]:
-    """The guidance with the reference answer (when known) removed; True if it leaked."""
-    if not reference:
-        return guidance, False
-    pattern = re.compile(rf"(?<!\w){re.escape(reference)}(?!\w)", re.I)
-    cleaned, count = pattern.subn(REDACTED, guidance)
-    return cleaned, count > 0
 
 
 @dataclass
@@ -103,6 +71,7 @@ class _Episode:
     recall: Recall = field(default_factory=Recall)
     trace_id: str = field(default_factory=new_id)
     rollouts: list[RolloutArm] = field(default_factory=list)
+    model_arms: dict[str, Arm] = field(default_factory=dict)  # roles on a canary checkpoint
     # On a student canary arm: production's student version, asked the shadow question.
     shadow: PromptVersion | None = None
     shadow_recall: Recall = field(default_factory=Recall)
@@ -166,16 +135,21 @@ class Runtime:
         # one snapshot: no task sees a mixture; a role in a canary rollout splits by trace
         production = self.prompts.snapshot(self.agent_id)
         canaries = self.prompts.canaries(self.agent_id)
+        models = {
+            role: rollout()
+            for role, backend in (("student", self.student), ("teacher", self.teacher))
+            if (rollout := getattr(backend, "rollout", None)) is not None and rollout()
+        }
         episodes = []
         for task in tasks:
             trace_id = new_id()
-            versions, arms = with_canaries(production, canaries, trace_id)
-            shadow = None
-            if any(a.role == "student" and a.arm == "canary" for a in arms):
-                shadow = production["student"]
+            arms = task_arms(production, canaries, models, trace_id)  # type: ignore[arg-type]
             episodes.append(
-                _Episode(task, versions, trace_id=trace_id, rollouts=arms, shadow=shadow)
-            )
+                _Episode(
+                    task, arms.prompts, trace_id=trace_id, rollouts=arms.rollouts,
+                    model_arms=arms.model_arms, shadow=arms.shadow,
+                )
+            )  # fmt: skip
         if self.memory is not None:
             for episode in episodes:
                 episode.recall = self._recall(episode, episode.prompts["student"])
@@ -205,7 +179,7 @@ class Runtime:
         params = GenerationParams(
             temperature=self.limits.temperature, max_tokens=max_tokens, logprobs=logprobs
         )
-        results = backend.complete([conversation(e) for e in episodes], params)
+        results = self._generate(backend, role, episodes, conversation, params)
         for episode, result in zip(episodes, results, strict=True):
             episode.steps.append(
                 Step(
@@ -220,6 +194,29 @@ class Runtime:
                 )
             )
         return results
+
+    @staticmethod
+    def _generate(
+        backend: ModelBackend,
+        role: str,
+        episodes: list[_Episode],
+        conversation: Callable[[_Episode], list[Message]],
+        params: GenerationParams,
+    ) -> list[ChatResult]:
+        """One batched call per model the episodes' arms use for ``role`` (one, unless the
+        role's backend runs a canary checkpoint), results in the episodes' order."""
+        by_arm: dict[Arm, list[int]] = {}
+        for i, episode in enumerate(episodes):
+            by_arm.setdefault(episode.model_arms.get(role, "production"), []).append(i)
+        on_arm = getattr(backend, "on_arm", None)
+        if on_arm is None or list(by_arm) == ["production"]:
+            return backend.complete([conversation(e) for e in episodes], params)
+        results: list[ChatResult | None] = [None] * len(episodes)
+        for arm, rows in by_arm.items():
+            batch = [conversation(episodes[i]) for i in rows]
+            for i, result in zip(rows, on_arm(arm).complete(batch, params), strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
 
     def _recall(self, episode: _Episode, student: PromptVersion) -> Recall:
         assert self.memory is not None
@@ -276,8 +273,10 @@ class Runtime:
             temperature=self.limits.temperature, max_tokens=self.limits.answer_tokens
         )
         conversations = [self._student_turn(e, e.task.input, shadow=True) for e in episodes]
+        on_arm = getattr(self.student, "on_arm", None)
+        production = self.student if on_arm is None else on_arm("production")
         for episode, result in zip(
-            episodes, self.student.complete(conversations, params), strict=True
+            episodes, production.complete(conversations, params), strict=True
         ):
             episode.production_answer = result.text
 
@@ -367,9 +366,9 @@ class Runtime:
 
     def _event(self, episode: _Episode) -> InteractionEvent:
         task = episode.task
-        models = {"student": self.student.model_name}
-        if any(step.role == "teacher" for step in episode.steps):
-            models["teacher"] = self.teacher.model_name
+        models = {
+            step.role: step.model for step in episode.steps if step.role in ("student", "teacher")
+        }
         metadata = {"mode_reason": episode.reason}
         if episode.probe is not None:
             metadata["probe"] = f"{episode.probe:.4f}"

@@ -1,7 +1,8 @@
 """The agent's side of a canary rollout: which version of each role a task uses.
 
-A role with a version under the ``canary`` label (``atlas.prompts.v1``, key
-``agent_id/role@canary``, carrying ``rollout_id`` and ``traffic_share``) splits its tasks: a
+A role with a version under the ``canary`` label (``atlas.prompts.v1`` for a prompt version,
+``atlas.checkpoints.v1`` for model weights; key ``agent_id/role@canary``, carrying
+``rollout_id`` and ``traffic_share``) splits its tasks: a
 task goes to the canary when :func:`unit_hash` of its trace id and the rollout id is below the
 share, else to production. The split is deterministic (a replay of the trace, or another agent
 process, assigns the same arm), independent across rollouts, and independent of the task's
@@ -14,9 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import NamedTuple, TypeVar
 
-from schemas.models import CANARY, PRODUCTION, QUEUED, Arm, PromptVersion, RolloutArm
-from schemas.topics import PROMPTS, version_key
+from schemas.models import (
+    CANARY,
+    PRODUCTION,
+    QUEUED,
+    Arm,
+    CheckpointEvent,
+    PromptVersion,
+    RolloutArm,
+    RolloutKind,
+)
+from schemas.topics import topic_of, version_key
+
+Labelled = TypeVar("Labelled", PromptVersion, CheckpointEvent)
 
 
 def unit_hash(*parts: str) -> float:
@@ -32,11 +45,14 @@ def arm_of(trace_id: str, rollout_id: str, share: float) -> Arm:
 
 
 def with_canaries(
-    production: dict[str, PromptVersion], canaries: dict[str, PromptVersion], trace_id: str
-) -> tuple[dict[str, PromptVersion], list[RolloutArm]]:
-    """The versions the task of ``trace_id`` uses, per role, and its arm in each rollout. A
-    canary of a role the agent has no production version of (nothing to compare with) or of
-    the version production already is, takes no part."""
+    production: dict[str, Labelled],
+    canaries: dict[str, Labelled],
+    trace_id: str,
+    kind: RolloutKind = "prompt",
+) -> tuple[dict[str, Labelled], list[RolloutArm]]:
+    """The versions the task of ``trace_id`` uses, per role, and its arm in each rollout of
+    ``kind``. A canary of a role the agent has no production version of (nothing to compare
+    with) or of the version production already is, takes no part."""
     versions = dict(production)
     arms: list[RolloutArm] = []
     for role, canary in sorted(canaries.items()):
@@ -55,24 +71,28 @@ def with_canaries(
                 arm=arm,
                 canary_version=canary.version,
                 production_version=current.version,
+                kind=kind,
             )
         )
     return versions, arms
 
 
-def promotion(canary: PromptVersion) -> tuple[PromptVersion, tuple[str, bytes]]:
-    """What promoting ``canary`` publishes: the same version (number, text, lineage) as
-    production, and the tombstone (topic, key) that removes its canary label; the tasks of its
-    arm ran exactly this version, so the arm's figures stay the version's."""
+def promotion(canary: Labelled) -> tuple[Labelled, tuple[str, bytes]]:
+    """What promoting ``canary`` publishes: the same version (number, text or weights,
+    lineage) as production, and the tombstone (topic, key) that removes its canary label; the
+    tasks of its arm ran exactly this version, so the arm's figures stay the version's."""
     production = canary.model_copy(
         update={"label": PRODUCTION, "rollout_id": None, "traffic_share": None}
     )
-    return production, (PROMPTS, version_key(canary.agent_id, canary.role, CANARY).encode())
+    return production, _label_key(canary, CANARY)
 
 
-def for_rollout(
-    version: PromptVersion, share: float, running: PromptVersion | None, queue: bool
-) -> PromptVersion:
+def _label_key(version: Labelled, label: str) -> tuple[str, bytes]:
+    """The (topic, key) of ``version``'s role under ``label``."""
+    return topic_of(version), version_key(version.agent_id, version.role, label).encode()
+
+
+def for_rollout(version: Labelled, share: float, running: Labelled | None, queue: bool) -> Labelled:
     """A new version as a learning job publishes it when candidates go through a canary:
     under the canary label with ``share`` and a fresh rollout id, replacing the ``running``
     canary of its role; or, with ``queue`` and a canary running, under the queued label, which
@@ -84,8 +104,42 @@ def for_rollout(
     )
 
 
-def started(queued: PromptVersion) -> tuple[PromptVersion, tuple[str, bytes]]:
+def started(queued: Labelled) -> tuple[Labelled, tuple[str, bytes]]:
     """What starting a queued candidate publishes: it as the canary (a fresh rollout id, its
     share) and the tombstone (topic, key) that removes its queued label."""
     canary = queued.model_copy(update={"label": CANARY, "rollout_id": uuid.uuid4().hex})
-    return canary, (PROMPTS, version_key(queued.agent_id, queued.role, QUEUED).encode())
+    return canary, _label_key(queued, QUEUED)
+
+
+class TaskArms(NamedTuple):
+    """Where one task runs in every rollout of its agent: the prompt version per role, the
+    arm of each role whose model runs a canary checkpoint, every arm for the event, and
+    production's student prompt when the task's student is a canary (prompt or model), whose
+    un-taught answer to the task is then asked too (``production_answer``)."""
+
+    prompts: dict[str, PromptVersion]
+    model_arms: dict[str, Arm]
+    rollouts: list[RolloutArm]
+    shadow: PromptVersion | None
+
+
+def task_arms(
+    production: dict[str, PromptVersion],
+    canaries: dict[str, PromptVersion],
+    models: dict[str, tuple[CheckpointEvent, CheckpointEvent]],
+    trace_id: str,
+) -> TaskArms:
+    """The arms of the task of ``trace_id`` in the agent's prompt rollouts (``canaries`` over
+    ``production``) and model rollouts (``models``: role -> (production, canary) checkpoints),
+    each split by its own rollout id."""
+    prompts, arms = with_canaries(production, canaries, trace_id)
+    _, model_arms = with_canaries(
+        {role: pair[0] for role, pair in models.items()},
+        {role: pair[1] for role, pair in models.items()},
+        trace_id,
+        "checkpoint",
+    )
+    arms += model_arms
+    canary_student = any(a.role == "student" and a.arm == "canary" for a in arms)
+    shadow = production.get("student") if canary_student else None
+    return TaskArms(prompts, {a.role: a.arm for a in model_arms}, arms, shadow)

@@ -200,9 +200,11 @@ def evolution_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             problems.append(f"field {field_def['name']!r} moved or removed")
             continue
         old_type, new_type = field_def["type"], new_fields[position]["type"]
-        if _same_record(old_type, new_type):
-            # a record nested inline (a ScoredTrace's interaction) evolves by the same rule
-            inner = evolution_problems(old_type, new_type)
+        old_record, new_record = _record_items(old_type), _record_items(new_type)
+        if _same_record(old_record, new_record) and _is_array(old_type) == _is_array(new_type):
+            # a record nested inline (a ScoredTrace's interaction, an InteractionEvent's
+            # rollouts' items) evolves by the same rule
+            inner = evolution_problems(old_record, new_record)
             problems += [f"in field {field_def['name']!r}: {p}" for p in inner]
         elif new_type != old_type and not _appended_symbols(old_type, new_type):
             problems.append(f"field {field_def['name']!r} changed type")
@@ -225,6 +227,17 @@ def _appended_symbols(old: Any, new: Any) -> bool:
         and {k: v for k, v in old.items() if k not in ("symbols", "doc")}
         == {k: v for k, v in new.items() if k not in ("symbols", "doc")}
     )
+
+
+def _is_array(field_type: Any) -> bool:
+    return isinstance(field_type, dict) and field_type.get("type") == "array"
+
+
+def _record_items(field_type: Any) -> Any:
+    """The record an array field holds (its items, when they are a record), else the type."""
+    if _is_array(field_type) and isinstance(field_type.get("items"), dict):
+        return field_type["items"]
+    return field_type
 
 
 def _same_record(old: Any, new: Any) -> bool:

@@ -22,6 +22,7 @@ CheckpointSource = Literal["grpo", "manual", "rollback"]
 JobKind = Literal["gepa", "grpo", "rim"]
 MemorySource = Literal["edit", "approval"]
 Arm = Literal["canary", "production"]
+RolloutKind = Literal["prompt", "checkpoint"]  # what a rollout switches
 JobState = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 TERMINAL_JOB_STATES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 
@@ -115,6 +116,7 @@ class RolloutArm(Record):
     arm: Arm
     canary_version: int
     production_version: int
+    kind: RolloutKind = "prompt"  # appended (InteractionEvent v4)
 
 
 class Step(Record):
@@ -284,13 +286,18 @@ class PromptVersion(Lineage, _PromptHead):
 
     @model_validator(mode="after")
     def _canary_has_a_rollout(self) -> PromptVersion:
-        canary, shared = self.label == CANARY, self.label in (CANARY, QUEUED)
-        if canary != (self.rollout_id is not None) or shared != (self.traffic_share is not None):
-            raise ValueError(
-                "rollout_id is set under the canary label only, traffic_share under the canary"
-                " and queued labels only"
-            )
+        check_rollout_fields(self.label, self.rollout_id, self.traffic_share)
         return self
+
+
+def check_rollout_fields(label: str, rollout_id: str | None, share: float | None) -> None:
+    """A labelled version's rollout fields agree with its label (ValueError if not)."""
+    canary, shared = label == CANARY, label in (CANARY, QUEUED)
+    if canary != (rollout_id is not None) or shared != (share is not None):
+        raise ValueError(
+            "rollout_id is set under the canary label only, traffic_share under the canary"
+            " and queued labels only"
+        )
 
 
 class _CheckpointHead(Event):
@@ -307,6 +314,16 @@ class _CheckpointHead(Event):
 
 class CheckpointEvent(Lineage, _CheckpointHead):
     schema_name: ClassVar[str] = "io.atlas_stream.CheckpointEvent"
+
+    # Appended (contract v2): labels and canary rollouts, as for prompt versions.
+    label: str = Field(PRODUCTION, pattern=LABEL_PATTERN)
+    rollout_id: str | None = None
+    traffic_share: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _canary_has_a_rollout(self) -> CheckpointEvent:
+        check_rollout_fields(self.label, self.rollout_id, self.traffic_share)
+        return self
 
 
 class RetrainTrigger(Event):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.models import Event, Id, Instant, utcnow
+from schemas.models import Event, Id, Instant, RolloutKind, utcnow
 
 RolloutStateName = Literal["running", "promoted", "rolled_back", "aborted"]
 DECIDED: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
@@ -41,6 +41,7 @@ class RolloutStatus(Event):
     right_count: int = Field(0, ge=0)
     retention: float | None = None
     retention_upper: float | None = None
+    kind: RolloutKind = "prompt"
 
     @property
     def key(self) -> str:

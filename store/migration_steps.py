@@ -407,4 +407,18 @@ MIGRATIONS += (
             " ADD COLUMN IF NOT EXISTS retention_upper Nullable(Float64)",
         ),
     ),
+    Migration(
+        15,
+        "checkpoint rollouts: checkpoints.label, rollout_id, traffic_share (CheckpointEvent"
+        " v2, as migration 10 for prompt versions) and rollout_statuses.kind (prompt or"
+        " checkpoint); rows stored before are production prompts",
+        (
+            "ALTER TABLE checkpoints"
+            " ADD COLUMN IF NOT EXISTS label LowCardinality(String) DEFAULT 'production',"
+            " ADD COLUMN IF NOT EXISTS rollout_id Nullable(String),"
+            " ADD COLUMN IF NOT EXISTS traffic_share Nullable(Float64)",
+            "ALTER TABLE rollout_statuses"
+            " ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'prompt'",
+        ),
+    ),
 )

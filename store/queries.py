@@ -276,18 +276,23 @@ def checkpoint_version(
 
 ROLLOUT_WHERE = """
 WHERE agent_id = {agent:String} AND ({role:String} = '' OR role = {role:String})
-ORDER BY updated_at DESC
 """
 
 
 def rollout_statuses(
     client: Client, agent: str, role: str = "", latest: bool = True
 ) -> list[RolloutStatus]:
-    """The agent's rollouts, newest first: each one's latest status (``latest``), else every
-    status stored (running reports over time, then the decision)."""
-    sql = select_fields(RolloutStatus, "rollout_statuses") + ROLLOUT_WHERE
-    if latest:
-        sql += "LIMIT 1 BY rollout_id\n"
+    """The agent's rollouts, newest first: each one's latest status (``latest``: its decision
+    once decided, even when a running report carries the same time, as the statuses of one
+    batch of traces can), else every status stored (running reports, then the decision)."""
+    statuses = select_fields(RolloutStatus, "rollout_statuses") + ROLLOUT_WHERE
+    if latest:  # a decision is final: it comes first among its rollout's statuses
+        sql = (
+            f"SELECT * FROM ({statuses} ORDER BY state = 'running', updated_at DESC"
+            " LIMIT 1 BY rollout_id) ORDER BY updated_at DESC"
+        )
+    else:
+        sql = f"{statuses} ORDER BY updated_at DESC, state = 'running'"
     rows = rows_as_dicts(client, sql, {"agent": agent, "role": role})
     return [RolloutStatus(**row) for row in rows]
 

@@ -39,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.models import Id, RolloutArm, ScoredTrace
+from schemas.models import Id, RolloutArm, RolloutKind, ScoredTrace
 from schemas.rollouts import RolloutStateName, RolloutStatus
 from streams.rollout_config import RolloutConfig
 from streams.rollout_stats import (
@@ -114,6 +114,7 @@ class Rollout(BaseModel):
     role: str
     canary_version: int
     production_version: int
+    kind: RolloutKind = "prompt"
     started_at: float
     last_canary_at: float | None = None  # the latest canary task's time; None: none yet
     observations: int = 0
@@ -153,6 +154,7 @@ def status_of(
         upper=min(decision.upper, 1.0),
         alpha=config.test.alpha,
         reason=reason,
+        kind=rollout.kind,
         paired_count=pairs.count,
         non_degradation=paired.non_degradation,
         non_degradation_upper=paired.non_degradation_upper,
@@ -181,6 +183,7 @@ def observe(
             role=arm.role,
             canary_version=arm.canary_version,
             production_version=arm.production_version,
+            kind=arm.kind,
             started_at=seen.at,
         )
         stats: ArmStats = getattr(rollout.arms, arm.arm)
@@ -262,6 +265,7 @@ def ended_by_operator(
         role=arm.role,
         canary_version=arm.canary_version,
         production_version=arm.production_version,
+        kind=arm.kind,
         started_at=at,
     )
     running = {k: v for k, v in book.running.items() if k != arm.rollout_id}

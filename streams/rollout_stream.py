@@ -1,6 +1,7 @@
 """The canary rollout controller as a stream (`atlas worker rollouts`): each agent's rollouts
 in a changelog-backed table, statuses to ``atlas.rollouts.v1``, and a decision's effect on the
-prompts topic, all in the batch's transaction.
+prompts topic (a prompt rollout) or the checkpoints topic (a checkpoint rollout), all in the
+batch's transaction.
 
 The reward stream sends each scored trace of a task in a rollout as a
 :class:`~streams.rollout.RolloutObservation` on ``atlas-rewards-rollout-observations``, keyed
@@ -30,13 +31,21 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from runtime.prompts import PromptSubscriber, StaticPrompts
+from runtime.follow import RoleVersionFollower
 from runtime.rollout import promotion, started
 from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.models import CANARY, QUEUED, PromptVersion
+from schemas.models import CANARY, QUEUED, CheckpointEvent, PromptVersion, RolloutKind
 from schemas.rollouts import RolloutStatus
 from schemas.signing import Signer, Verifier
-from schemas.topics import PROMPTS, ROLLOUT_OBSERVATIONS, ROLLOUTS, key_of, label_of_key
+from schemas.topics import (
+    CHECKPOINTS,
+    PROMPTS,
+    ROLLOUT_OBSERVATIONS,
+    ROLLOUTS,
+    key_of,
+    label_of_key,
+    topic_of,
+)
 from streams.engine import Batch, Handler, Table
 from streams.handlers import each_or_dead_letter
 from streams.rollout import RolloutBook, RolloutObservation, ended_by_operator, observe
@@ -44,6 +53,10 @@ from streams.rollout_config import RolloutConfig
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "rollouts"
+FOLLOWED: dict[str, tuple[str, type[Any]]] = {
+    "prompt": (PROMPTS, PromptVersion),
+    "checkpoint": (CHECKPOINTS, CheckpointEvent),
+}
 ROLLOUT_CHANGELOG = "atlas-rollouts-book-changelog"
 
 
@@ -51,18 +64,20 @@ class CanaryNotFollowed(RuntimeError):
     """A decision's canary version has not reached this worker's prompts follower yet."""
 
 
-class CanaryFollower(PromptSubscriber):
-    """The prompts topic's canary labels as the controller needs them: the current canary per
-    agent/role and the rollouts whose label was removed or replaced (ended)."""
+class CanaryFollower(RoleVersionFollower[Any]):
+    """The canary labels of the prompts topic (``kind`` prompt) or of the checkpoints topic
+    (``kind`` checkpoint) as the controller needs them: the current canary per agent/role and
+    the rollouts whose label was removed or replaced (ended)."""
 
     def __init__(
         self,
         kafka_config: dict[str, str],
         codec: AvroCodec | None = None,
         verifier: Verifier | None = None,
+        kind: RolloutKind = "prompt",
     ):
-        seeds = StaticPrompts({"student": "", "teacher": ""})
-        super().__init__(kafka_config, seeds, codec, verifier=verifier)
+        topic, event_type = FOLLOWED[kind]
+        super().__init__(kafka_config, topic, event_type, codec, verifier)
         self.ended: set[str] = set()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -79,7 +94,7 @@ class CanaryFollower(PromptSubscriber):
                 with self._lock:
                     self.ended.add(before.rollout_id or "")
 
-    def canary(self, agent_id: str, role: str, rollout_id: str) -> PromptVersion | None:
+    def canary(self, agent_id: str, role: str, rollout_id: str) -> Any:
         found = self.labelled(agent_id, CANARY).get(role)
         return found if found is not None and found.rollout_id == rollout_id else None
 
@@ -89,19 +104,30 @@ def rollout_stream(
     codec: AvroCodec,
     canaries: CanaryFollower,
     signer: Signer | None = None,
+    checkpoints: CanaryFollower | None = None,
 ) -> tuple[Table, Handler]:
-    """The controller's table (agent -> RolloutBook) and the handler of its observations."""
+    """The controller's table (agent -> RolloutBook) and the handler of its observations:
+    prompt rollouts through ``canaries``, checkpoint rollouts through ``checkpoints`` (a
+    decision on one, without it, is retried as not followed yet)."""
     books = Table(ROLLOUT_CHANGELOG, (ROLLOUT_OBSERVATIONS,))
+    followers = {"prompt": canaries, "checkpoint": checkpoints}
+
+    def follower(kind: str) -> CanaryFollower:
+        found = followers.get(kind)
+        if found is None:
+            raise CanaryNotFollowed(f"this worker follows no {kind} canaries")
+        return found
 
     def encoded(event: Any) -> tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]:
-        topic = ROLLOUTS if isinstance(event, RolloutStatus) else PROMPTS
+        topic = topic_of(event)
         key, value = key_of(event), codec.encode(event)
-        signed = [signer.header(topic, key, value)] if signer and topic == PROMPTS else None
+        signed = [signer.header(topic, key, value)] if signer and topic != ROLLOUTS else None
         return topic, key, value, signed
 
     def acts(status: RolloutStatus) -> list[tuple[str, bytes, bytes | None, Any]]:
-        """The prompts messages a decision sends: promote publishes the canary as production
-        and removes its label; rolled back or aborted removes the label."""
+        """The prompts (or checkpoints) messages a decision sends: promote publishes the
+        canary as production and removes its label; rolled back or aborted removes the label."""
+        canaries = follower(status.kind)
         canary = canaries.canary(status.agent_id, status.role, status.rollout_id)
         if canary is None:
             if status.rollout_id in canaries.ended:
@@ -130,7 +156,8 @@ def rollout_stream(
         book = RolloutBook.model_validate_json(stored) if stored else RolloutBook()
         sends: list[tuple[str, bytes, bytes | None, Any]] = []
         for arm in seen.arms:
-            if arm.rollout_id in canaries.ended and arm.rollout_id not in book.decided:
+            ended = followers.get(arm.kind)
+            if ended and arm.rollout_id in ended.ended and arm.rollout_id not in book.decided:
                 book, ended = ended_by_operator(book, seen.agent_id, arm, seen.at, config)
                 log.warning("rollout %s of %s ended by an operator", arm.rollout_id, key)
                 sends.append(encoded(ended))

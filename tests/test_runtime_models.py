@@ -9,10 +9,11 @@ import pytest
 
 from runtime.backends.base import BackendError, GenerationParams, chat
 from runtime.backends.openai_backend import OpenAIBackend
-from runtime.core import GenerationLimits, Runtime
+from runtime.core import Runtime
 from runtime.producer import EventProducer
 from runtime.prompts import StaticPrompts
 from runtime.tasks import generate
+from runtime.turns import GenerationLimits
 from schemas.codec import AvroCodec
 from schemas.models import InteractionEvent
 from schemas.topics import INTERACTIONS

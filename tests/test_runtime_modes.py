@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import pytest
 
 from runtime.backends.base import Message
-from runtime.core import Runtime, parse_verdict, withhold_answer
+from runtime.core import Runtime
 from runtime.policy import ModePolicy, ModePolicyConfig
 from runtime.prompts import StaticPrompts
 from runtime.tasks import Task
+from runtime.turns import parse_verdict, withhold_answer
 from tests.fakes import ScriptedBackend, last_user
 
 TASK = Task("Tom has 3 apples and gets 4 more. How many?", "t-1", "arithmetic", "7", "integer")

@@ -214,3 +214,24 @@ def test_messages_from_before_rim_calibration_decode_as_rim_version_0_and_gepa_j
     # a reader on the old JobKind refuses a rim trigger by name, never guesses (readers first)
     with pytest.raises(DecodeError, match="rim not found in reader symbol list"):
         AvroCodec(catalog=old_writer.catalog).decode(new, RetrainTrigger)
+
+
+def test_the_rule_reaches_records_inside_arrays() -> None:
+    """An InteractionEvent's rollouts are an array of records: a field appended to them needs
+    a default like any other, and an array turned into a bare record is a changed type."""
+    item = {"type": "record", "name": "Arm", "fields": [{"name": "role", "type": "string"}]}
+    old = {"type": "record", "name": "E", "fields": [
+        {"name": "arms", "type": {"type": "array", "items": item}}]}  # fmt: skip
+
+    def with_items(fields: list[dict[str, Any]], array: bool = True) -> dict[str, Any]:
+        record = dict(item, fields=fields)
+        kind = {"type": "array", "items": record} if array else record
+        return dict(old, fields=[{"name": "arms", "type": kind}])
+
+    role = item["fields"][0]
+    defaulted = {"name": "kind", "type": "string", "default": "prompt"}
+    assert evolution_problems(old, with_items([role, defaulted])) == []
+    assert evolution_problems(old, with_items([role, {"name": "kind", "type": "string"}])) == [
+        "in field 'arms': added field 'kind' has no default"
+    ]
+    assert evolution_problems(old, with_items([role], array=False)) == ["field 'arms' changed type"]

@@ -186,3 +186,47 @@ def test_a_prompt_versions_memory_policy_is_stored_and_read_back(store: Client) 
     )
     stored = prompt_history(store, "a", "student")
     assert [v.memory for v in stored] == [policy, MemoryPolicy()]
+
+
+def test_a_rollouts_decision_is_its_latest_status_even_at_the_same_time(store: Client) -> None:
+    """The statuses of one batch of traces can carry one time: the decision is still the
+    rollout's latest (it is final), and comes first among them in the history. Migrations 14
+    and 15 keep the non-degradation figures, the kind, and a checkpoint's canary label."""
+    from schemas.models import CheckpointEvent
+    from schemas.rollouts import RolloutStatus
+    from store.queries import checkpoint_history, rollout_statuses
+
+    at = datetime(2026, 11, 28, 1, tzinfo=UTC)
+
+    def status(rollout: str, state: str, when: datetime) -> RolloutStatus:
+        return RolloutStatus(
+            agent_id="a", role="student", rollout_id=rollout, canary_version=2,
+            production_version=1, state=state, started_at=at, updated_at=when,  # type: ignore[arg-type]
+            canary_count=20, production_count=20, lower=-0.5, upper=0.1, alpha=0.05,
+            reason=state, paired_count=20, non_degradation=0.2, non_degradation_upper=0.57,
+            right_count=10, retention=0.0, retention_upper=0.4, kind="checkpoint",
+        )  # fmt: skip
+
+    later = at + timedelta(seconds=5)
+    for stored_apart in (  # apart: in parts of their own, read in any order
+        [status("r1", "rolled_back", at)],
+        [status("r1", "running", at), status("r2", "running", later)],
+    ):
+        StoreWriter(store).write(stored_apart)
+    latest = rollout_statuses(store, "a", "student")
+    assert [(s.rollout_id, s.state) for s in latest] == [("r2", "running"), ("r1", "rolled_back")]
+    times = {"started_at", "updated_at"}  # the store's DateTime64 comes back naive
+    assert latest[1].model_dump(exclude=times) == status("r1", "rolled_back", at).model_dump(
+        exclude=times
+    )  # every figure read back
+    history = rollout_statuses(store, "a", latest=False)
+    assert [(s.rollout_id, s.state) for s in history] == [
+        ("r2", "running"), ("r1", "rolled_back"), ("r1", "running"),
+    ]  # fmt: skip
+    canary = CheckpointEvent(
+        agent_id="a", role="student", version=3, uri="file:///c", base_model="b",
+        source="grpo", label="canary", rollout_id="r3", traffic_share=0.1,
+    )  # fmt: skip
+    StoreWriter(store).write([canary])
+    [stored] = checkpoint_history(store, "a", "student")
+    assert stored.model_dump(exclude={"created_at"}) == canary.model_dump(exclude={"created_at"})

@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 
 from rim.reward import Reward, Rim
 from runtime.backends.base import ModelBackend
-from runtime.core import GenerationLimits, Runtime
+from runtime.core import Runtime
 from runtime.memory import MemorySearch, OtherInputs
 from runtime.prompts import StaticPrompts
+from runtime.turns import GenerationLimits
 from schemas.models import InteractionEvent, Lineage, MemoryPolicy, Mode
 from trainer.datasets import Example
 from trainer.demonstrations import DEMONSTRATIONS, decode

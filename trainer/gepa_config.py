@@ -86,7 +86,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from runtime.core import GenerationLimits
+from runtime.turns import GenerationLimits
 from schemas.configfile import load_config
 from schemas.models import Mode
 from trainer.datasets import DatasetConfig

@@ -36,8 +36,8 @@ from typing import Any
 from rim.reward import Rim
 from runtime.backends.base import GenerationParams, Message, ModelBackend
 from runtime.backends.local import load_tokenizer
-from runtime.core import GUIDANCE, RETRY, withhold_answer
 from runtime.tasks import Task
+from runtime.turns import GUIDANCE, RETRY, withhold_answer
 from schemas.models import InteractionEvent
 from trainer.grpo_config import GrpoConfig
 

@@ -64,7 +64,9 @@ def rollout_status(
     ] = False,
 ) -> None:
     """Each rollout of the agent, newest first: versions, state, both arms' tasks and mean
-    reward, the always-valid bounds on canary minus production, and why it stands there."""
+    reward, the always-valid bounds on canary minus production, the share of production's
+    right answers the canary kept on its own tasks (of how many: production's shadow answers),
+    and why it stands there."""
     from store.client import connect
     from store.queries import rollout_statuses
 
@@ -74,7 +76,7 @@ def rollout_status(
     statuses = rollout_statuses(connect(settings.store()), agent, role, latest=not history)
     table = Table(
         "role", "rollout", "canary", "prod.", "state", "canary n", "canary mean", "prod. n",
-        "prod. mean", "difference", "updated", "reason",
+        "prod. mean", "difference", "right kept (n)", "updated", "reason",
     )  # fmt: skip
     for s in statuses:
         table.add_row(
@@ -88,6 +90,7 @@ def rollout_status(
             str(s.production_count),
             "" if s.production_mean is None else f"{s.production_mean:.3f}",
             f"[{s.lower:+.3f}, {s.upper:+.3f}]",
+            "" if s.retention is None else f"{s.retention:.3f} ({s.right_count})",
             f"{s.updated_at:%Y-%m-%d %H:%M:%S}",
             s.reason[:80],
         )

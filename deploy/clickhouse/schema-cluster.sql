@@ -350,3 +350,12 @@ CREATE OR REPLACE VIEW latest_traces ON CLUSTER 'atlas' AS SELECT * FROM scored_
 ALTER TABLE rollout_statuses_local ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS paired_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS non_degradation Nullable(Float64), ADD COLUMN IF NOT EXISTS non_degradation_upper Nullable(Float64), ADD COLUMN IF NOT EXISTS right_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS retention Nullable(Float64), ADD COLUMN IF NOT EXISTS retention_upper Nullable(Float64);
 
 ALTER TABLE rollout_statuses ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS paired_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS non_degradation Nullable(Float64), ADD COLUMN IF NOT EXISTS non_degradation_upper Nullable(Float64), ADD COLUMN IF NOT EXISTS right_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS retention Nullable(Float64), ADD COLUMN IF NOT EXISTS retention_upper Nullable(Float64);
+
+-- migration 15: checkpoint rollouts: checkpoints.label, rollout_id, traffic_share (CheckpointEvent v2, as migration 10 for prompt versions) and rollout_statuses.kind (prompt or checkpoint); rows stored before are production prompts
+ALTER TABLE checkpoints_local ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS label LowCardinality(String) DEFAULT 'production', ADD COLUMN IF NOT EXISTS rollout_id Nullable(String), ADD COLUMN IF NOT EXISTS traffic_share Nullable(Float64);
+
+ALTER TABLE checkpoints ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS label LowCardinality(String) DEFAULT 'production', ADD COLUMN IF NOT EXISTS rollout_id Nullable(String), ADD COLUMN IF NOT EXISTS traffic_share Nullable(Float64);
+
+ALTER TABLE rollout_statuses_local ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'prompt';
+
+ALTER TABLE rollout_statuses ON CLUSTER 'atlas' ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'prompt';

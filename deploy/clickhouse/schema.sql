@@ -276,3 +276,8 @@ ALTER TABLE scored_traces ADD COLUMN IF NOT EXISTS production_answer Nullable(St
 CREATE OR REPLACE VIEW latest_traces AS SELECT * FROM scored_traces FINAL ORDER BY trace_id, revision DESC LIMIT 1 BY trace_id;
 
 ALTER TABLE rollout_statuses ADD COLUMN IF NOT EXISTS paired_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS non_degradation Nullable(Float64), ADD COLUMN IF NOT EXISTS non_degradation_upper Nullable(Float64), ADD COLUMN IF NOT EXISTS right_count Int64 DEFAULT 0, ADD COLUMN IF NOT EXISTS retention Nullable(Float64), ADD COLUMN IF NOT EXISTS retention_upper Nullable(Float64);
+
+-- migration 15: checkpoint rollouts: checkpoints.label, rollout_id, traffic_share (CheckpointEvent v2, as migration 10 for prompt versions) and rollout_statuses.kind (prompt or checkpoint); rows stored before are production prompts
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS label LowCardinality(String) DEFAULT 'production', ADD COLUMN IF NOT EXISTS rollout_id Nullable(String), ADD COLUMN IF NOT EXISTS traffic_share Nullable(Float64);
+
+ALTER TABLE rollout_statuses ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'prompt';
