@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from atlas.commands.common import publish_as_learner
 from atlas.settings import Settings
 
 if TYPE_CHECKING:
     from runtime.prompts import StaticPrompts
-    from schemas.models import CheckpointEvent, PromptVersion, RetrainTrigger
+    from schemas.models import CheckpointEvent, PromptVersion, RetrainTrigger, RolloutKind
 
 
 class ActionRefused(ValueError):
@@ -171,7 +171,7 @@ def request_retrain(
     return trigger
 
 
-def label_prompt(
+def label_version(
     settings: Settings,
     agent: str,
     role: str,
@@ -179,19 +179,18 @@ def label_prompt(
     version: int | None,
     share: float,
     remove: bool,
+    kind: RolloutKind = "prompt",
 ) -> str:
-    """Put ``label`` on stored prompt version ``version`` of the agent's ``role`` (a canary
-    takes ``share`` of its tasks under a new rollout id), or remove the label (a tombstone);
-    published by the learner. Production is not a label one sets, and one canary runs per
-    agent/role at a time. Returns what was done, in words."""
+    """Put ``label`` on stored prompt version (``kind`` checkpoint: checkpoint) ``version``
+    of the agent's ``role`` (a canary takes ``share`` of its tasks under a new rollout id), or
+    remove the label (a tombstone); published by the learner. Production is not a label one
+    sets, and one canary runs per agent/role at a time. Returns what was done, in words."""
     import re
     import uuid
 
-    from runtime.prompts import current_labels
     from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
-    from schemas.topics import PROMPTS, version_key
+    from schemas.topics import CHECKPOINTS, PROMPTS, version_key
     from store.client import connect
-    from store.queries import prompt_version
 
     if not re.fullmatch(LABEL_PATTERN, label):
         raise ActionRefused(
@@ -199,26 +198,31 @@ def label_prompt(
             " starting with a letter",
             "--label",
         )
+    moves = (
+        "`atlas checkpoints rollback`"
+        if kind == "checkpoint"
+        else "`atlas prompts set` and `rollback`"
+    )
     if label == PRODUCTION:
-        raise ActionRefused(
-            "production is what agents use: it moves with `atlas prompts set` and `rollback`",
-            "--label",
-        )
-    labels = current_labels(settings.kafka_config(), agent, settings.codec())
+        raise ActionRefused(f"production is what agents use: it moves with {moves}", "--label")
+    labels = version_labels(settings, agent, kind)
+    topic = CHECKPOINTS if kind == "checkpoint" else PROMPTS
     if remove:
         if version is not None:
             raise ActionRefused("--remove takes no --version", "--version")
         if (role, label) not in labels:
-            raise ActionRefused(f"{agent}/{role} has no version labelled {label}")
-        publish_as_learner(settings, [], [(PROMPTS, version_key(agent, role, label).encode())])
-        return f"removed label {label} from {agent}/{role} v{labels[(role, label)].version}"
+            raise ActionRefused(f"{agent}/{role} has no {kind} labelled {label}")
+        publish_as_learner(settings, [], [(topic, version_key(agent, role, label).encode())])
+        return f"removed label {label} from {agent}/{role} {kind} v{labels[(role, label)].version}"
     if version is None:
         raise ActionRefused("give the --version to label", "--version")
     production = labels.get((role, PRODUCTION))
-    if label == CANARY and (production is None or production.version == version):
+    # a checkpoint's production may be the base model (version 0); a prompt's seed is no version
+    in_production = production.version if production else (0 if kind == "checkpoint" else None)
+    if label == CANARY and in_production in (None, version):
         raise ActionRefused(
             f"a canary needs another version in production to be compared with ({agent}/{role}"
-            f" runs {'its seed' if production is None else f'v{production.version}'})",
+            f" runs {'its seed' if in_production is None else f'v{in_production}'})",
             "--version",
         )
     running = labels.get((role, CANARY)) if label == CANARY else None
@@ -227,9 +231,9 @@ def label_prompt(
             f"{agent}/{role} has a canary already (v{running.version}, rollout"
             f" {running.rollout_id}): one at a time; remove it first with --remove"
         )
-    stored = prompt_version(connect(settings.store()), agent, role, version)
+    stored = _stored_version(connect(settings.store()), kind, agent, role, version)
     if stored is None:
-        raise ActionRefused(f"no stored version {version} of {agent}/{role}")
+        raise ActionRefused(f"no stored {kind} version {version} of {agent}/{role}")
     rollout = (
         {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
         if label == CANARY
@@ -238,4 +242,22 @@ def label_prompt(
     labelled = stored.model_copy(update={"label": label, **rollout})
     publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
     what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
-    return f"labelled {agent}/{role} v{version} {label}{what}"
+    return f"labelled {agent}/{role} {kind} v{version} {label}{what}"
+
+
+def version_labels(settings: Settings, agent: str, kind: RolloutKind) -> dict[tuple[str, str], Any]:
+    """Every label of the agent's roles on the prompts (or checkpoints) topic now."""
+    if kind == "prompt":
+        from runtime.prompts import current_labels
+
+        return current_labels(settings.kafka_config(), agent, settings.codec())
+    from runtime.checkpoints import checkpoint_labels
+
+    return checkpoint_labels(settings.kafka_config(), agent, settings.codec())
+
+
+def _stored_version(client: Any, kind: RolloutKind, agent: str, role: str, version: int) -> Any:
+    from store.queries import checkpoint_version, prompt_version
+
+    found = checkpoint_version if kind == "checkpoint" else prompt_version
+    return found(client, agent, role, version)

@@ -23,7 +23,6 @@ from runtime.prompts import (
     newest_versions,
     next_versions,
 )
-from runtime.rollout import for_rollout
 from schemas.codec import AvroCodec
 from schemas.models import CANARY, PRODUCTION, Lineage, PromptVersion, RetrainTrigger
 from trainer.datasets import DatasetConfig
@@ -156,11 +155,7 @@ class GepaJob:
             current, texts, "gepa", shots, lineage, newest=newest_versions(labels)
         )
         share = self.config.canary_share
-        if share > 0:
-            queue = self.config.when_canary_runs == "queue"
-            versions = [
-                for_rollout(v, share, labels.get((v.role, CANARY)), queue) for v in versions
-            ]
+        versions = [self.config.as_published(v, labels.get((v.role, CANARY))) for v in versions]
         summary = ", ".join(
             f"{v.role} v{v.version}"
             + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")

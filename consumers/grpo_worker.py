@@ -32,11 +32,11 @@ from consumers.learning_job import Material, Publication, Trained, run_learning_
 from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
-from runtime.checkpoints import CARD, current_checkpoints, sha256_of, verify
+from runtime.checkpoints import CARD, checkpoint_labels, current_checkpoints, sha256_of, verify
 from runtime.prompts import StaticPrompts, current_prompts
 from runtime.turns import GenerationLimits
 from schemas.codec import AvroCodec
-from schemas.models import CheckpointEvent, Lineage, RetrainTrigger, under
+from schemas.models import CANARY, PRODUCTION, CheckpointEvent, Lineage, RetrainTrigger, under
 from trainer.datasets import DatasetConfig, Example
 from trainer.evaluation import Measure, OnBatch, PromptEvaluator, Scored, compare_on_heldout
 from trainer.grpo_config import GrpoConfig
@@ -276,7 +276,9 @@ class GrpoJob:
     ) -> Publication:
         ctx, role = self.ctx, self.config.role
         parent = result.parent.version if result.parent else 0
-        version = parent + 1
+        labels = checkpoint_labels(ctx.kafka_config, result.agent_id, ctx.codec)
+        # numbered after every labelled version too (a canary or a queued one is no parent)
+        version = max([parent, *(e.version for (r, _), e in labels.items() if r == role)]) + 1
         provenance = lineage.model_dump()
         target = under(ctx.checkpoint_root, result.agent_id, role, f"v{version}")
         digests = publish_files(
@@ -301,7 +303,10 @@ class GrpoJob:
             source="grpo",
             **provenance,
         )
-        return Publication([event], f"{role} checkpoint v{version}", version)
+        event = self.config.as_published(event, labels.get((role, CANARY)))
+        share = f" as {event.label} on {self.config.canary_share:.0%} of tasks"
+        summary = f"{role} checkpoint v{version}" + ("" if event.label == PRODUCTION else share)
+        return Publication([event], summary, version)
 
 
 def run_grpo_job(trigger: RetrainTrigger, reporter: JobReporter, ctx: GrpoJobContext) -> None:

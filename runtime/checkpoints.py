@@ -57,6 +57,14 @@ def current_checkpoints(
     return {role: event for role, event in found.items() if event is not None}
 
 
+def checkpoint_labels(
+    kafka_config: dict[str, str], agent_id: str, codec: AvroCodec | None = None
+) -> dict[tuple[str, str], CheckpointEvent]:
+    """Every label of the agent's roles on the checkpoints topic now: (role, label) -> event."""
+    with CheckpointFollower(kafka_config, codec=codec).start() as follower:
+        return follower.labels(agent_id)
+
+
 class CheckpointRollback(NamedTuple):
     restored: int  # the version whose weights serve again
     event: CheckpointEvent  # the new version that publishes them

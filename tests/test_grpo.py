@@ -23,6 +23,7 @@ from runtime.backends.local import SMOLLM2_NAME
 from runtime.checkpoints import (
     CheckpointFollower,
     HotLoadingBackend,
+    checkpoint_labels,
     current_checkpoints,
     verify,
 )
@@ -157,8 +158,11 @@ def test_a_tiny_grpo_run_from_trigger_to_a_hot_loaded_checkpoint(
     assert job.state == "SUCCEEDED", job.message
     assert job.metrics["train_zero_stage"] == 2.0 and job.metrics["train_step"] == 2.0
     assert "train_reward" in job.metrics and "train_kl" in job.metrics
-    checkpoint = current_checkpoints(kafka, extraction_agent, ["student"]).get("student")
+    # what passed the gate goes out as a canary (configs/grpo.yaml canary_share 0.1)
+    assert current_checkpoints(kafka, extraction_agent, ["student"]) == {}
+    checkpoint = checkpoint_labels(kafka, extraction_agent).get(("student", "canary"))
     assert checkpoint is not None and checkpoint.version == 1 == job.result_version
+    assert checkpoint.traffic_share == 0.1 and checkpoint.rollout_id
     assert checkpoint.job_id == job.job_id and checkpoint.source == "grpo"
     folder = verify(checkpoint)
     assert {"model.safetensors", "tokenizer.json"} <= set(checkpoint.sha256)
@@ -168,11 +172,15 @@ def test_a_tiny_grpo_run_from_trigger_to_a_hot_loaded_checkpoint(
 
     with CheckpointFollower(kafka).start() as follower:
         backend = HotLoadingBackend(
-            LocalBackend(model_dir, max_batch=4), follower, extraction_agent, "student"
-        )
+            LocalBackend(model_dir, max_batch=4), follower, extraction_agent, "student",
+            lambda canary: LocalBackend(canary, max_batch=4),
+        )  # fmt: skip
         backend.between_tasks()
-        assert backend.version == 1 and backend.backend.model_dir == folder
-        assert backend.model_name.endswith("@v1")
+        rollout = backend.rollout()  # the canary runs beside production, the base model
+        assert rollout is not None and [e.version for e in rollout] == [0, 1]
+        canary = backend.on_arm("canary")
+        assert canary.model_dir == folder and canary.model_name.endswith("@v1")  # type: ignore[attr-defined]
+        assert backend.version is None and backend.backend.model_dir == model_dir
 
 
 def test_a_run_rigged_to_get_worse_is_rejected_and_nothing_is_published(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,6 +22,7 @@ from runtime.backends.base import ModelBackend
 from runtime.core import Runtime
 from runtime.memory import MemorySearch, OtherInputs
 from runtime.prompts import StaticPrompts
+from runtime.rollout import Labelled, for_rollout
 from runtime.turns import GenerationLimits
 from schemas.models import InteractionEvent, Lineage, MemoryPolicy, Mode
 from trainer.datasets import Example
@@ -121,6 +123,26 @@ class GateConfig(BaseModel):
     tolerance: float = Field(
         1e-6, ge=0, description="Reward differences below this count as a tie, not a loss."
     )
+
+
+class CanaryPublishing(BaseModel):
+    """How a learning job publishes what passed its gate: a canary on a share of live traffic
+    (``runtime/rollout.py``), which `atlas worker rollouts` promotes or rolls back, or (share
+    0) straight to production. A base of each job's config."""
+
+    canary_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of tasks a passed candidate gets as a canary; 0: none."
+    )
+    when_canary_runs: Literal["replace", "queue"] = Field(
+        "replace", description="What a new candidate does to a running canary of its role."
+    )
+
+    def as_published(self, version: Labelled, running: Labelled | None) -> Labelled:
+        """``version`` under the label it goes out with: a canary (replacing ``running``, the
+        role's canary now, or queued behind it), or production when the share is 0."""
+        if self.canary_share <= 0:
+            return version
+        return for_rollout(version, self.canary_share, running, self.when_canary_runs == "queue")
 
 
 @dataclass(frozen=True)

@@ -82,20 +82,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from runtime.turns import GenerationLimits
 from schemas.configfile import load_config
 from schemas.models import Mode
 from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, DemonstrationConfig
-from trainer.evaluation import GateConfig
+from trainer.evaluation import CanaryPublishing, GateConfig
 from trainer.overrides import with_params
 
 
-class GepaConfig(BaseModel):
+class GepaConfig(CanaryPublishing):
     """One GEPA job. ``configs/gepa.yaml`` holds the defaults; a trigger may override the
     budget and (through its params) any scalar here. The module docstring documents each
     field."""
@@ -117,12 +116,6 @@ class GepaConfig(BaseModel):
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
-    canary_share: float = Field(
-        0.1, ge=0, lt=1, description="Share of tasks a passed candidate gets as a canary; 0: none."
-    )
-    when_canary_runs: Literal["replace", "queue"] = Field(
-        "replace", description="What a new candidate does to a running canary of its role."
-    )
 
     def optimized_components(
         self, reflection: bool = True, demonstrations: bool = False

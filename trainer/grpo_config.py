@@ -77,6 +77,12 @@ The held-out gate
     checkpoint need not beat production on average, only not be worse; ``min_non_degradation``
     0.97 of examples no worse, ``min_retention`` 0.9 of what production gets right (reward at
     least ``success_reward`` 0.5) kept right, differences under ``tolerance`` 1e-6 are ties.
+``canary_share`` (default 0.1) and ``when_canary_runs`` (default ``replace``)
+    A checkpoint that passed the gate is published as a canary on this share of the agent's
+    tasks (``atlas.checkpoints.v1`` label ``canary``): agents that follow checkpoints load it
+    beside production, and `atlas worker rollouts` promotes it or rolls it back from live
+    rewards; 0 publishes it straight to production. ``replace`` or ``queue`` a running canary
+    of the role, as for GEPA.
 """
 
 from __future__ import annotations
@@ -85,15 +91,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from schemas.configfile import load_config
 from trainer.datasets import DatasetConfig
-from trainer.evaluation import GateConfig
+from trainer.evaluation import CanaryPublishing, GateConfig
 from trainer.overrides import with_params
 
 
-class GrpoConfig(BaseModel):
+class GrpoConfig(CanaryPublishing):
     """One GRPO job; ``configs/grpo.yaml`` holds the defaults, a trigger's params override.
     The module docstring documents each field."""
 

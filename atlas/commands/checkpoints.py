@@ -1,4 +1,4 @@
-"""`atlas checkpoints`: published model checkpoints: list, roll back.
+"""`atlas checkpoints`: published model checkpoints: list, label (a canary), roll back.
 
 A rollback publishes a new version, a child of the current one, that serves earlier weights;
 it is published by the learner in a transaction (signed when this host has the key).
@@ -18,10 +18,13 @@ from atlas.commands.common import (
     clear_errors,
     console,
     get_settings,
+    labels_on,
     version_cells,
 )
 
-app = typer.Typer(help="Published model checkpoints: list, roll back.", no_args_is_help=True)
+app = typer.Typer(
+    help="Published model checkpoints: list, label (a canary), roll back.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -31,29 +34,68 @@ def checkpoints_list(
     agent: AgentOption,
     role: Annotated[str, typer.Option(help="One role.")] = "",
 ) -> None:
-    """Every stored checkpoint of the agent, with lineage and held-out figures; the one in
-    use now is marked."""
-    from runtime.checkpoints import current_checkpoints
+    """Every stored checkpoint of the agent, with lineage, held-out figures and the labels on
+    it now (production: what agents load, marked *; canary with its share)."""
+    from runtime.checkpoints import checkpoint_labels
+    from schemas.models import PRODUCTION
     from store.client import connect
     from store.queries import checkpoint_history
 
     settings = get_settings(ctx)
     table = Table(
-        "role", "version", "parent", "source", "created", "held-out", "prev.", "job", "uri"
-    )
+        "role", "version", "parent", "source", "created", "held-out", "prev.", "labels", "job",
+        "uri",
+    )  # fmt: skip
     history = checkpoint_history(connect(settings.store()), agent, role)
-    live = (  # one read of the checkpoints topic for every row
-        current_checkpoints(
-            settings.kafka_config(), agent, {c.role for c in history}, settings.codec()
-        )
-        if history
-        else {}
-    )
+    labels = {}
+    if history:  # one read of the checkpoints topic for every row
+        labels = checkpoint_labels(settings.kafka_config(), agent, settings.codec())
     for c in history:
-        in_use = c.role in live and live[c.role].version == c.version
-        table.add_row(*version_cells(c, in_use), c.job_id or "", c.uri)
+        on = labels_on(labels, c)  # type: ignore[arg-type]
+        table.add_row(*version_cells(c, PRODUCTION in on), ", ".join(on), c.job_id or "", c.uri)
     console.print(table)
-    console.print("* = in use now; version 0 is the base model")
+    console.print("* = in use now (production); version 0 is the base model")
+
+
+@app.command("label")
+@clear_errors
+def checkpoints_label(
+    ctx: typer.Context,
+    agent: AgentOption,
+    label: Annotated[
+        str,
+        typer.Option(
+            help="canary (a share of live traffic, compared with production by the rollout's"
+            " test) or a bookmark of your own (staging, ...): lower case, digits, '-', '_'."
+        ),
+    ],
+    role: RoleOption = "student",
+    version: Annotated[
+        int | None, typer.Option(help="The stored checkpoint to label (not with --remove).")
+    ] = None,
+    share: Annotated[
+        float,
+        typer.Option(min=0.001, max=0.5, help="canary only: the share of tasks it gets."),
+    ] = 0.1,
+    remove: Annotated[bool, typer.Option(help="Remove the label (a tombstone).")] = False,
+) -> None:
+    """Put a label on a stored checkpoint, or remove one. Labels live on the checkpoints topic
+    (key agent/role@label): agents that follow checkpoints (`atlas agent run
+    --follow-checkpoints`) load a canary beside production and run --share of their tasks on
+    it (an arm per task from a hash of its trace id and the rollout id, recorded in each
+    InteractionEvent); `atlas worker rollouts` then promotes or rolls it back from live
+    rewards. Production is not a label you set: it moves with `atlas checkpoints rollback`
+    and with what a GRPO job publishes. One canary per agent/role at a time."""
+    from atlas.actions import ActionRefused, label_version
+
+    check_role(role)
+    try:
+        done = label_version(
+            get_settings(ctx), agent, role, label, version, share, remove, "checkpoint"
+        )
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    console.print(done, highlight=False)
 
 
 @app.command("rollback")

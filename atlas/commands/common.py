@@ -187,6 +187,18 @@ def version_cells(version: PromptVersion | CheckpointEvent, in_use: bool) -> lis
     ]
 
 
+def labels_on(
+    labels: dict[tuple[str, str], PromptVersion | CheckpointEvent],
+    version: PromptVersion | CheckpointEvent,
+) -> list[str]:
+    """The labels on ``version`` now (from a replay of its topic), a canary with its share."""
+    return sorted(
+        name if x.traffic_share is None else f"{name} {x.traffic_share:.1%}"
+        for (role, name), x in labels.items()
+        if role == version.role and x.version == version.version
+    )
+
+
 def policy_line(policy: MemoryPolicy) -> str:
     """A memory policy in one line, for people."""
     if not policy.enabled:

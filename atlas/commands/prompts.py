@@ -24,6 +24,7 @@ from atlas.commands.common import (
     console,
     err,
     get_settings,
+    labels_on,
     policy_line,
     publish_as_learner,
     version_cells,
@@ -78,11 +79,7 @@ def prompts_list(
         "text",
     )
     for v in prompt_history(connect(settings.store()), agent, role):
-        on = sorted(
-            name if x.traffic_share is None else f"{name} {x.traffic_share:.1%}"
-            for (r, name), x in labels.items()
-            if r == v.role and x.version == v.version
-        )
+        on = labels_on(labels, v)  # type: ignore[arg-type]
         live = PRODUCTION in on
         non_degradation = "" if v.non_degradation is None else f"{v.non_degradation:.3f}"
         text = v.text[:50].replace("\n", " ")
@@ -238,11 +235,11 @@ def prompts_label(
     tasks (an arm per task from a hash of its trace id and the rollout id, recorded in each
     InteractionEvent); other labels are bookmarks. Production is not a label you set: it moves
     with `atlas prompts set` and `rollback`. One canary per agent/role at a time."""
-    from atlas.actions import label_prompt
+    from atlas.actions import label_version
 
     check_role(role)
     try:
-        done = label_prompt(get_settings(ctx), agent, role, label, version, share, remove)
+        done = label_version(get_settings(ctx), agent, role, label, version, share, remove)
     except ActionRefused as exc:
         raise typer.BadParameter(str(exc), param_hint=exc.param) from None
     console.print(done, highlight=False)

@@ -100,15 +100,15 @@ def _retrain(settings: Settings, v: dict[str, Any]) -> str:
 
 
 def _label(settings: Settings, v: dict[str, Any]) -> str:
-    from atlas.actions import label_prompt
+    from atlas.actions import label_version
 
-    return label_prompt(settings, v["agent"], v["role"], v["label"], v["to"], v["share"], False)
+    return label_version(settings, v["agent"], v["role"], v["label"], v["to"], v["share"], False)
 
 
 def _unlabel(settings: Settings, v: dict[str, Any]) -> str:
-    from atlas.actions import label_prompt
+    from atlas.actions import label_version
 
-    return label_prompt(settings, v["agent"], v["role"], v["label"], None, v["share"], True)
+    return label_version(settings, v["agent"], v["role"], v["label"], None, v["share"], True)
 
 
 def _share_text(v: dict[str, Any]) -> str:
