@@ -206,14 +206,15 @@ def label_version(
     if label == PRODUCTION:
         raise ActionRefused(f"production is what agents use: it moves with {moves}", "--label")
     labels = version_labels(settings, agent, kind)
+    named = "checkpoint " if kind == "checkpoint" else ""  # prompts: the versions by default
     topic = CHECKPOINTS if kind == "checkpoint" else PROMPTS
     if remove:
         if version is not None:
             raise ActionRefused("--remove takes no --version", "--version")
         if (role, label) not in labels:
-            raise ActionRefused(f"{agent}/{role} has no {kind} labelled {label}")
+            raise ActionRefused(f"{agent}/{role} has no {named or 'version '}labelled {label}")
         publish_as_learner(settings, [], [(topic, version_key(agent, role, label).encode())])
-        return f"removed label {label} from {agent}/{role} {kind} v{labels[(role, label)].version}"
+        return f"removed label {label} from {agent}/{role} {named}v{labels[(role, label)].version}"
     if version is None:
         raise ActionRefused("give the --version to label", "--version")
     production = labels.get((role, PRODUCTION))
@@ -233,7 +234,7 @@ def label_version(
         )
     stored = _stored_version(connect(settings.store()), kind, agent, role, version)
     if stored is None:
-        raise ActionRefused(f"no stored {kind} version {version} of {agent}/{role}")
+        raise ActionRefused(f"no stored {named}version {version} of {agent}/{role}")
     rollout = (
         {"rollout_id": uuid.uuid4().hex, "traffic_share": share}
         if label == CANARY
@@ -242,7 +243,7 @@ def label_version(
     labelled = stored.model_copy(update={"label": label, **rollout})
     publish_as_learner(settings, [labelled.model_validate(labelled.model_dump())])
     what = f" on {share:.1%} of tasks (rollout {rollout['rollout_id']})" if label == CANARY else ""
-    return f"labelled {agent}/{role} {kind} v{version} {label}{what}"
+    return f"labelled {agent}/{role} {named}v{version} {label}{what}"
 
 
 def version_labels(settings: Settings, agent: str, kind: RolloutKind) -> dict[tuple[str, str], Any]:

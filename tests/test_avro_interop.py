@@ -310,9 +310,10 @@ def interaction_datum(agent: str, trace_id: str, n: int, at_ms: int) -> dict[str
         "memory_held_back": [] if n % 2 else [f"entry-{n + 1}"],
         "rollouts": [
             {"role": "student", "rollout_id": "java-rollout", "arm": arm, "canary_version": 2,
-             "production_version": 1}
+             "production_version": 1, "kind": "prompt"}
             for arm in (["canary"] if n % 3 == 0 else ["production"] if n % 3 == 1 else [])
         ],
+        "production_answer": {"string": answer} if n % 3 == 0 else None,
     }  # fmt: skip
 
 
@@ -368,7 +369,7 @@ def test_java_encoded_events_are_scored_and_stored(
     def latest() -> dict[str, tuple[Any, ...]]:
         rows = store.query(
             "SELECT trace_id, revision, feedback_count, human_score, task_id, final_answer,"
-            " memory_entries, memory_held_back, rollouts FROM latest_traces"
+            " memory_entries, memory_held_back, rollouts, production_reward FROM latest_traces"
             " WHERE agent_id = {a:String}",
             parameters={"a": agent},
         ).result_rows
@@ -395,7 +396,11 @@ def test_java_encoded_events_are_scored_and_stored(
 
     rows = latest()
     for i, trace in enumerate(traces):
-        _, feedback_count, human, task_id, answer, entries, held_back, rollouts = rows[trace]
+        _, feedback_count, human, task_id, answer, entries, held_back, rollouts, shadow = rows[
+            trace
+        ]
+        # production's shadow answer (the reference, on the canary's tasks) is scored too
+        assert shadow == (1.0 if i % 3 == 0 else None)
         arm = ["canary", "production", None][i % 3]
         assert rollouts == (
             []

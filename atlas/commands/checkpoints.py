@@ -13,7 +13,11 @@ from rich.table import Table
 
 from atlas.commands.common import (
     AgentOption,
+    LabelledVersionOption,
+    LabelOption,
+    RemoveOption,
     RoleOption,
+    ShareOption,
     check_role,
     clear_errors,
     console,
@@ -62,22 +66,11 @@ def checkpoints_list(
 def checkpoints_label(
     ctx: typer.Context,
     agent: AgentOption,
-    label: Annotated[
-        str,
-        typer.Option(
-            help="canary (a share of live traffic, compared with production by the rollout's"
-            " test) or a bookmark of your own (staging, ...): lower case, digits, '-', '_'."
-        ),
-    ],
+    label: LabelOption,
     role: RoleOption = "student",
-    version: Annotated[
-        int | None, typer.Option(help="The stored checkpoint to label (not with --remove).")
-    ] = None,
-    share: Annotated[
-        float,
-        typer.Option(min=0.001, max=0.5, help="canary only: the share of tasks it gets."),
-    ] = 0.1,
-    remove: Annotated[bool, typer.Option(help="Remove the label (a tombstone).")] = False,
+    version: LabelledVersionOption = None,
+    share: ShareOption = 0.1,
+    remove: RemoveOption = False,
 ) -> None:
     """Put a label on a stored checkpoint, or remove one. Labels live on the checkpoints topic
     (key agent/role@label): agents that follow checkpoints (`atlas agent run

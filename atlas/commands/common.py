@@ -127,6 +127,21 @@ SinceOption = Annotated[Window, since_option("Data window ending now: 30m, 24h, 
 AgentOption = Annotated[str, typer.Option("--agent", help="The agent's id.")]
 RoleOption = Annotated[str, typer.Option(help="student or teacher.")]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+# `prompts label` and `checkpoints label`
+LabelOption = Annotated[
+    str,
+    typer.Option(
+        help="canary (a share of live traffic, compared with production by the rollout's"
+        " test) or a bookmark of your own (staging, ...): lower case, digits, '-', '_'."
+    ),
+]
+LabelledVersionOption = Annotated[
+    int | None, typer.Option(help="The stored version to label (not with --remove).")
+]
+ShareOption = Annotated[
+    float, typer.Option(min=0.001, max=0.5, help="canary only: the share of tasks it gets.")
+]
+RemoveOption = Annotated[bool, typer.Option(help="Remove the label (a tombstone).")]
 HostOption = Annotated[
     str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless a network needs it.")
 ]

@@ -16,7 +16,11 @@ from atlas.actions import ActionRefused, current_versions
 from atlas.commands.common import (
     DAY,
     AgentOption,
+    LabelledVersionOption,
+    LabelOption,
+    RemoveOption,
     RoleOption,
+    ShareOption,
     SinceOption,
     Window,
     check_role,
@@ -213,22 +217,11 @@ def prompts_rollback(
 def prompts_label(
     ctx: typer.Context,
     agent: AgentOption,
-    label: Annotated[
-        str,
-        typer.Option(
-            help="canary (a share of live traffic, compared with production by the rollout's"
-            " test) or a bookmark of your own (staging, ...): lower case, digits, '-', '_'."
-        ),
-    ],
+    label: LabelOption,
     role: RoleOption = "student",
-    version: Annotated[
-        int | None, typer.Option(help="The stored version to label (not with --remove).")
-    ] = None,
-    share: Annotated[
-        float,
-        typer.Option(min=0.001, max=0.5, help="canary only: the share of tasks it gets."),
-    ] = 0.1,
-    remove: Annotated[bool, typer.Option(help="Remove the label (a tombstone).")] = False,
+    version: LabelledVersionOption = None,
+    share: ShareOption = 0.1,
+    remove: RemoveOption = False,
 ) -> None:
     """Put a label on a stored prompt version, or remove one. Labels live on the prompts topic
     (key agent/role@label), so agents follow them live: a canary takes --share of the agent's
