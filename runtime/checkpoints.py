@@ -214,8 +214,9 @@ class HotLoadingBackend(MixedBackend):
         log.info("%s/%s now runs checkpoint v%d", self.agent_id, self.role, latest.version)
 
     def _follow_canary(self, wanted: CheckpointEvent | None) -> None:
-        if wanted is None or wanted.rollout_id is None:
-            self.canary = self.canary_backend = None  # ended: its memory is freed
+        if wanted is None or wanted.rollout_id is None or wanted.version == self.version:
+            # ended, or promoted (production runs it: its label's removal is on its way)
+            self.canary = self.canary_backend = None  # its memory is freed
             return
         if self.canary is not None and self.canary.rollout_id == wanted.rollout_id:
             return

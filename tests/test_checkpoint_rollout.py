@@ -103,9 +103,11 @@ def test_an_agent_runs_each_task_on_its_arms_checkpoint_and_swaps_on_promotion(
     promoted, (topic, label_key) = promotion(canary)
     assert topic == CHECKPOINTS
     publish(follower, promoted, key_of(promoted))
+    events = runtime.run_many([TASK] * 8, "auto")  # before the label's removal arrives
+    assert len(loaded) == 1 and student.canary_backend is None  # swapped in, not loaded again
     publish(follower, None, label_key)
-    events = runtime.run_many([TASK] * 8, "auto")
-    assert [e.final_answer for e in events] == ["5"] * 8 and production.loads == []
+    events += runtime.run_many([TASK] * 8, "auto")
+    assert [e.final_answer for e in events] == ["5"] * 16 and production.loads == []
     assert all(e.rollouts == [] for e in events)  # the canary's model is production's now
     assert student.version == 1 and student.model_name == "base@v1"
     assert student.canary_backend is None
