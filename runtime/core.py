@@ -28,7 +28,7 @@ from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBa
 from runtime.memory import LookupStats, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
-from runtime.rollout import task_arms
+from runtime.rollout import complete_on_arms, model_on_arm, task_arms
 from runtime.tasks import Task
 from runtime.turns import (
     COACHED,
@@ -179,7 +179,8 @@ class Runtime:
         params = GenerationParams(
             temperature=self.limits.temperature, max_tokens=max_tokens, logprobs=logprobs
         )
-        results = self._generate(backend, role, episodes, conversation, params)
+        arms = [e.model_arms.get(role, "production") for e in episodes]  # checkpoint rollouts
+        results = complete_on_arms(backend, arms, [conversation(e) for e in episodes], params)
         for episode, result in zip(episodes, results, strict=True):
             episode.steps.append(
                 Step(
@@ -194,29 +195,6 @@ class Runtime:
                 )
             )
         return results
-
-    @staticmethod
-    def _generate(
-        backend: ModelBackend,
-        role: str,
-        episodes: list[_Episode],
-        conversation: Callable[[_Episode], list[Message]],
-        params: GenerationParams,
-    ) -> list[ChatResult]:
-        """One batched call per model the episodes' arms use for ``role`` (one, unless the
-        role's backend runs a canary checkpoint), results in the episodes' order."""
-        by_arm: dict[Arm, list[int]] = {}
-        for i, episode in enumerate(episodes):
-            by_arm.setdefault(episode.model_arms.get(role, "production"), []).append(i)
-        on_arm = getattr(backend, "on_arm", None)
-        if on_arm is None or list(by_arm) == ["production"]:
-            return backend.complete([conversation(e) for e in episodes], params)
-        results: list[ChatResult | None] = [None] * len(episodes)
-        for arm, rows in by_arm.items():
-            batch = [conversation(episodes[i]) for i in rows]
-            for i, result in zip(rows, on_arm(arm).complete(batch, params), strict=True):
-                results[i] = result
-        return results  # type: ignore[return-value]
 
     def _recall(self, episode: _Episode, student: PromptVersion) -> Recall:
         assert self.memory is not None
@@ -273,8 +251,7 @@ class Runtime:
             temperature=self.limits.temperature, max_tokens=self.limits.answer_tokens
         )
         conversations = [self._student_turn(e, e.task.input, shadow=True) for e in episodes]
-        on_arm = getattr(self.student, "on_arm", None)
-        production = self.student if on_arm is None else on_arm("production")
+        production = model_on_arm(self.student, "production")
         for episode, result in zip(
             episodes, production.complete(conversations, params), strict=True
         ):
@@ -366,9 +343,10 @@ class Runtime:
 
     def _event(self, episode: _Episode) -> InteractionEvent:
         task = episode.task
-        models = {
-            step.role: step.model for step in episode.steps if step.role in ("student", "teacher")
-        }
+        arms = episode.model_arms
+        models = {"student": model_on_arm(self.student, arms.get("student")).model_name}
+        if any(step.role == "teacher" for step in episode.steps):
+            models["teacher"] = model_on_arm(self.teacher, arms.get("teacher")).model_name
         metadata = {"mode_reason": episode.reason}
         if episode.probe is not None:
             metadata["probe"] = f"{episode.probe:.4f}"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import NamedTuple, TypeVar
 
+from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBackend
 from schemas.models import (
     CANARY,
     PRODUCTION,
@@ -143,3 +145,33 @@ def task_arms(
     canary_student = any(a.role == "student" and a.arm == "canary" for a in arms)
     shadow = production.get("student") if canary_student else None
     return TaskArms(prompts, {a.role: a.arm for a in model_arms}, arms, shadow)
+
+
+def model_on_arm(backend: ModelBackend, arm: Arm | None) -> ModelBackend:
+    """The model ``backend`` runs ``arm``'s tasks on: the canary checkpoint's beside
+    production in a checkpoint rollout (``HotLoadingBackend.on_arm``), else ``backend``."""
+    on_arm = getattr(backend, "on_arm", None)
+    return backend if on_arm is None else on_arm(arm or "production")
+
+
+def complete_on_arms(
+    backend: ModelBackend,
+    arms: Sequence[Arm],
+    conversations: Sequence[Sequence[Message]],
+    params: GenerationParams,
+) -> list[ChatResult]:
+    """Each conversation completed on its arm's model: one batched call per model the arms
+    use (one, unless ``backend`` runs a canary checkpoint), results in order."""
+    if getattr(backend, "on_arm", None) is None or set(arms) <= {"production"}:
+        return backend.complete(conversations, params)
+    rows: dict[Arm, list[int]] = {}
+    for i, arm in enumerate(arms):
+        rows.setdefault(arm, []).append(i)
+    results: list[ChatResult | None] = [None] * len(conversations)
+    for arm, indices in rows.items():
+        batch = [conversations[i] for i in indices]
+        for i, result in zip(
+            indices, model_on_arm(backend, arm).complete(batch, params), strict=True
+        ):
+            results[i] = result
+    return results  # type: ignore[return-value]
