@@ -189,8 +189,9 @@ def label_version(
     import uuid
 
     from schemas.models import CANARY, LABEL_PATTERN, PRODUCTION
-    from schemas.topics import CHECKPOINTS, PROMPTS, version_key
+    from schemas.topics import ROLLOUT_EVENTS, topic_of, version_key
     from store.client import connect
+    from store.queries import stored_version
 
     if not re.fullmatch(LABEL_PATTERN, label):
         raise ActionRefused(
@@ -207,7 +208,7 @@ def label_version(
         raise ActionRefused(f"production is what agents use: it moves with {moves}", "--label")
     labels = version_labels(settings, agent, kind)
     named = "checkpoint " if kind == "checkpoint" else ""  # prompts: the versions by default
-    topic = CHECKPOINTS if kind == "checkpoint" else PROMPTS
+    topic = topic_of(ROLLOUT_EVENTS[kind])
     if remove:
         if version is not None:
             raise ActionRefused("--remove takes no --version", "--version")
@@ -232,7 +233,7 @@ def label_version(
             f"{agent}/{role} has a canary already (v{running.version}, rollout"
             f" {running.rollout_id}): one at a time; remove it first with --remove"
         )
-    stored = _stored_version(connect(settings.store()), kind, agent, role, version)
+    stored = stored_version(connect(settings.store()), ROLLOUT_EVENTS[kind], agent, role, version)
     if stored is None:
         raise ActionRefused(f"no stored {named}version {version} of {agent}/{role}")
     rollout = (
@@ -255,10 +256,3 @@ def version_labels(settings: Settings, agent: str, kind: RolloutKind) -> dict[tu
     from runtime.checkpoints import checkpoint_labels
 
     return checkpoint_labels(settings.kafka_config(), agent, settings.codec())
-
-
-def _stored_version(client: Any, kind: RolloutKind, agent: str, role: str, version: int) -> Any:
-    from store.queries import checkpoint_version, prompt_version
-
-    found = checkpoint_version if kind == "checkpoint" else prompt_version
-    return found(client, agent, role, version)

@@ -24,7 +24,7 @@ from runtime.prompts import (
     next_versions,
 )
 from schemas.codec import AvroCodec
-from schemas.models import CANARY, PRODUCTION, Lineage, PromptVersion, RetrainTrigger
+from schemas.models import CANARY, Lineage, PromptVersion, RetrainTrigger
 from trainer.datasets import DatasetConfig
 from trainer.demonstrations import DEMONSTRATIONS, decode, encode
 from trainer.evaluation import (
@@ -154,12 +154,11 @@ class GepaJob:
         versions = next_versions(
             current, texts, "gepa", shots, lineage, newest=newest_versions(labels)
         )
-        share = self.config.canary_share
         versions = [self.config.as_published(v, labels.get((v.role, CANARY))) for v in versions]
         summary = ", ".join(
             f"{v.role} v{v.version}"
             + (f" with {len(v.demonstrations)} demonstrations" if v.demonstrations else "")
-            + ("" if v.label == PRODUCTION else f" as {v.label} on {share:.0%} of tasks")
+            + self.config.published_as(v)
             for v in versions
         )
         return Publication(versions, summary, max(v.version for v in versions))

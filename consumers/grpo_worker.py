@@ -33,10 +33,10 @@ from rim.reward import Rim
 from runtime.backends.base import ModelBackend
 from runtime.backends.local import LocalBackend
 from runtime.checkpoints import CARD, checkpoint_labels, current_checkpoints, sha256_of, verify
-from runtime.prompts import StaticPrompts, current_prompts
+from runtime.prompts import StaticPrompts, current_prompts, newest_versions
 from runtime.turns import GenerationLimits
 from schemas.codec import AvroCodec
-from schemas.models import CANARY, PRODUCTION, CheckpointEvent, Lineage, RetrainTrigger, under
+from schemas.models import CANARY, CheckpointEvent, Lineage, RetrainTrigger, under
 from trainer.datasets import DatasetConfig, Example
 from trainer.evaluation import Measure, OnBatch, PromptEvaluator, Scored, compare_on_heldout
 from trainer.grpo_config import GrpoConfig
@@ -278,7 +278,7 @@ class GrpoJob:
         parent = result.parent.version if result.parent else 0
         labels = checkpoint_labels(ctx.kafka_config, result.agent_id, ctx.codec)
         # numbered after every labelled version too (a canary or a queued one is no parent)
-        version = max([parent, *(e.version for (r, _), e in labels.items() if r == role)]) + 1
+        version = max(parent, newest_versions(labels).get(role, 0)) + 1
         provenance = lineage.model_dump()
         target = under(ctx.checkpoint_root, result.agent_id, role, f"v{version}")
         digests = publish_files(
@@ -304,8 +304,7 @@ class GrpoJob:
             **provenance,
         )
         event = self.config.as_published(event, labels.get((role, CANARY)))
-        share = f" as {event.label} on {self.config.canary_share:.0%} of tasks"
-        summary = f"{role} checkpoint v{version}" + ("" if event.label == PRODUCTION else share)
+        summary = f"{role} checkpoint v{version}{self.config.published_as(event)}"
         return Publication([event], summary, version)
 
 

@@ -28,7 +28,7 @@ from runtime.backends.base import ChatResult, GenerationParams, Message, ModelBa
 from runtime.memory import LookupStats, MemorySearch, Recall, recall
 from runtime.policy import ModePolicy
 from runtime.prompts import PromptProvider
-from runtime.rollout import complete_on_arms, model_on_arm, task_arms
+from runtime.rollout import complete_on_arms, model_on_arm, model_rollout, task_arms
 from runtime.tasks import Task
 from runtime.turns import (
     COACHED,
@@ -136,9 +136,9 @@ class Runtime:
         production = self.prompts.snapshot(self.agent_id)
         canaries = self.prompts.canaries(self.agent_id)
         models = {
-            role: rollout()
+            role: pair
             for role, backend in (("student", self.student), ("teacher", self.teacher))
-            if (rollout := getattr(backend, "rollout", None)) is not None and rollout()
+            if (pair := model_rollout(backend)) is not None
         }
         episodes = []
         for task in tasks:

@@ -147,6 +147,13 @@ def task_arms(
     return TaskArms(prompts, {a.role: a.arm for a in model_arms}, arms, shadow)
 
 
+def model_rollout(backend: ModelBackend) -> tuple[CheckpointEvent, CheckpointEvent] | None:
+    """(production, canary) checkpoints while ``backend`` runs a canary checkpoint beside
+    production (``HotLoadingBackend.rollout``), else None."""
+    rollout = getattr(backend, "rollout", None)
+    return None if rollout is None else rollout()
+
+
 def model_on_arm(backend: ModelBackend, arm: Arm | None) -> ModelBackend:
     """The model ``backend`` runs ``arm``'s tasks on: the canary checkpoint's beside
     production in a checkpoint rollout (``HotLoadingBackend.on_arm``), else ``backend``."""

@@ -119,6 +119,13 @@ TOPICS: dict[str, TopicContract] = {
 TOPIC_OF_EVENT: dict[type[Event], str] = {c.event_type: c.name for c in TOPICS.values()}
 
 
+# What a rollout of each kind (RolloutKind) switches, each on its own topic.
+ROLLOUT_EVENTS: dict[str, type[PromptVersion] | type[CheckpointEvent]] = {
+    "prompt": PromptVersion,
+    "checkpoint": CheckpointEvent,
+}
+
+
 def topic_of(event: Event | type[Event]) -> str:
     event_type = event if isinstance(event, type) else type(event)
     return TOPIC_OF_EVENT[event_type]

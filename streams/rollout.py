@@ -45,6 +45,7 @@ from streams.rollout_config import RolloutConfig
 from streams.rollout_stats import (
     ArmStats,
     Decision,
+    Degradation,
     PairStats,
     RolloutState,
     decide,
@@ -132,11 +133,10 @@ class RolloutBook(BaseModel):
 
 
 def status_of(
-    agent_id: str, rollout_id: str, rollout: Rollout, decision: Decision, state: RolloutStateName,
-    reason: str, config: RolloutConfig, at: float,
+    agent_id: str, rollout_id: str, rollout: Rollout, decision: Decision, paired: Degradation,
+    state: RolloutStateName, reason: str, alpha: float, at: float,
 ) -> RolloutStatus:  # fmt: skip
     arms, pairs = rollout.arms, rollout.pairs
-    paired = degradation(pairs, config.non_degradation, config.test)
     return RolloutStatus(
         agent_id=agent_id,
         role=rollout.role,
@@ -152,7 +152,7 @@ def status_of(
         production_mean=arms.production.mean,
         lower=max(decision.lower, -1.0),
         upper=min(decision.upper, 1.0),
-        alpha=config.test.alpha,
+        alpha=alpha,
         reason=reason,
         kind=rollout.kind,
         paired_count=pairs.count,
@@ -199,7 +199,8 @@ def observe(
             }
         )
         decision = decide(arms, test)
-        state, reason = _verdict(decision, rollout.pairs, config)
+        paired = degradation(rollout.pairs, config.non_degradation, test)
+        state, reason = _verdict(decision, paired)
         if state == "running" and seen.at - rollout.started_at > config.max_duration_s:
             quiet = seen.at - (rollout.last_canary_at or rollout.started_at)
             why = (
@@ -212,15 +213,15 @@ def observe(
             running.pop(arm.rollout_id, None)
             decided[arm.rollout_id] = state
             statuses.append(
-                status_of(seen.agent_id, arm.rollout_id, rollout, decision, state, reason,
-                          config, seen.at)
+                status_of(seen.agent_id, arm.rollout_id, rollout, decision, paired, state,
+                          reason, test.alpha, seen.at)
             )  # fmt: skip
             continue
         running[arm.rollout_id] = rollout
         if rollout.observations % config.report_every == 0:
             statuses.append(
-                status_of(seen.agent_id, arm.rollout_id, rollout, decision, "running", reason,
-                          config, seen.at)
+                status_of(seen.agent_id, arm.rollout_id, rollout, decision, paired, "running",
+                          reason, test.alpha, seen.at)
             )  # fmt: skip
     while len(decided) > DECIDED_KEPT:
         del decided[next(iter(decided))]
@@ -242,13 +243,10 @@ def _paired(
     return pairs.counted(canary, production, config.non_degradation)
 
 
-def _verdict(
-    decision: Decision, pairs: PairStats, config: RolloutConfig
-) -> tuple[RolloutStateName, str]:
+def _verdict(decision: Decision, paired: Degradation) -> tuple[RolloutStateName, str]:
     """The rollout's state and why: the sequential test's verdict, unless the paired tasks
     show the canary degrading (rolled back, whatever the means say) or hold its promotion."""
     state: RolloutStateName = VERDICT_STATE.get(decision.verdict, "running")
-    paired = degradation(pairs, config.non_degradation, config.test)
     if paired.rollback is not None and state != "rolled_back":
         return "rolled_back", f"{paired.rollback}; {decision.reason}"
     if state == "promoted" and paired.hold is not None:
@@ -272,8 +270,9 @@ def ended_by_operator(
     decided = {**book.decided, arm.rollout_id: "aborted"}
     why = "ended by an operator (the canary label was removed) before a decision"
     decision = decide(rollout.arms, config.test)
+    paired = degradation(rollout.pairs, config.non_degradation, config.test)
     status = status_of(
-        agent_id, arm.rollout_id, rollout, decision, "aborted", f"{why}: {decision.reason}",
-        config, at,
+        agent_id, arm.rollout_id, rollout, decision, paired, "aborted",
+        f"{why}: {decision.reason}", config.test.alpha, at,
     )  # fmt: skip
     return book.model_copy(update={"running": running, "decided": decided}), status

@@ -34,12 +34,11 @@ from confluent_kafka import Message
 from runtime.follow import RoleVersionFollower
 from runtime.rollout import promotion, started
 from schemas.codec import AvroCodec, RegistryUnavailable
-from schemas.models import CANARY, QUEUED, CheckpointEvent, PromptVersion, RolloutKind
+from schemas.models import CANARY, QUEUED, RolloutKind
 from schemas.rollouts import RolloutStatus
 from schemas.signing import Signer, Verifier
 from schemas.topics import (
-    CHECKPOINTS,
-    PROMPTS,
+    ROLLOUT_EVENTS,
     ROLLOUT_OBSERVATIONS,
     ROLLOUTS,
     key_of,
@@ -53,10 +52,6 @@ from streams.rollout_config import RolloutConfig
 
 log = logging.getLogger(__name__)
 PROCESSOR_NAME = "rollouts"
-FOLLOWED: dict[str, tuple[str, type[Any]]] = {
-    "prompt": (PROMPTS, PromptVersion),
-    "checkpoint": (CHECKPOINTS, CheckpointEvent),
-}
 ROLLOUT_CHANGELOG = "atlas-rollouts-book-changelog"
 
 
@@ -76,8 +71,8 @@ class CanaryFollower(RoleVersionFollower[Any]):
         verifier: Verifier | None = None,
         kind: RolloutKind = "prompt",
     ):
-        topic, event_type = FOLLOWED[kind]
-        super().__init__(kafka_config, topic, event_type, codec, verifier)
+        event_type = ROLLOUT_EVENTS[kind]
+        super().__init__(kafka_config, topic_of(event_type), event_type, codec, verifier)
         self.ended: set[str] = set()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:

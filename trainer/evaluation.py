@@ -24,7 +24,15 @@ from runtime.memory import MemorySearch, OtherInputs
 from runtime.prompts import StaticPrompts
 from runtime.rollout import Labelled, for_rollout
 from runtime.turns import GenerationLimits
-from schemas.models import InteractionEvent, Lineage, MemoryPolicy, Mode
+from schemas.models import (
+    PRODUCTION,
+    CheckpointEvent,
+    InteractionEvent,
+    Lineage,
+    MemoryPolicy,
+    Mode,
+    PromptVersion,
+)
 from trainer.datasets import Example
 from trainer.demonstrations import DEMONSTRATIONS, decode
 
@@ -143,6 +151,13 @@ class CanaryPublishing(BaseModel):
         if self.canary_share <= 0:
             return version
         return for_rollout(version, self.canary_share, running, self.when_canary_runs == "queue")
+
+    def published_as(self, version: PromptVersion | CheckpointEvent) -> str:
+        """How :meth:`as_published` sent ``version`` out, for a job's summary ("" for
+        production)."""
+        if version.label == PRODUCTION:
+            return ""
+        return f" as {version.label} on {self.canary_share:.0%} of tasks"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from atlas.commands.common import (
     clear_errors,
     console,
     get_settings,
+    label_command,
     labels_on,
     version_cells,
 )
@@ -79,16 +80,7 @@ def checkpoints_label(
     InteractionEvent); `atlas worker rollouts` then promotes or rolls it back from live
     rewards. Production is not a label you set: it moves with `atlas checkpoints rollback`
     and with what a GRPO job publishes. One canary per agent/role at a time."""
-    from atlas.actions import ActionRefused, label_version
-
-    check_role(role)
-    try:
-        done = label_version(
-            get_settings(ctx), agent, role, label, version, share, remove, "checkpoint"
-        )
-    except ActionRefused as exc:
-        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
-    console.print(done, highlight=False)
+    label_command(ctx, agent, role, label, version, share, remove, "checkpoint")
 
 
 @app.command("rollback")

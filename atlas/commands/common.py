@@ -24,7 +24,7 @@ from runtime.producer import ProducerError
 from schemas.codec import DecodeError, RegistryUnavailable, SchemaError
 from schemas.configfile import ConfigError, validation_summary
 from schemas.limits import LimitError
-from schemas.models import CheckpointEvent, Event, MemoryPolicy, PromptVersion
+from schemas.models import CheckpointEvent, Event, MemoryPolicy, PromptVersion, RolloutKind
 from store.client import StoreUnavailable
 
 console = Console()
@@ -200,6 +200,22 @@ def version_cells(version: PromptVersion | CheckpointEvent, in_use: bool) -> lis
         f"{version.created_at:%Y-%m-%d %H:%M}",
         *(_figure(f) for f in (version.heldout_reward, version.baseline_reward)),
     ]
+
+
+def label_command(
+    ctx: typer.Context, agent: str, role: str, label: str, version: int | None, share: float,
+    remove: bool, kind: RolloutKind,
+) -> None:  # fmt: skip
+    """What `prompts label` and `checkpoints label` do: the action (``atlas/actions.py``), its
+    refusal as a usage error (exit 2), what it did in words."""
+    from atlas.actions import ActionRefused, label_version
+
+    check_role(role)
+    try:
+        done = label_version(get_settings(ctx), agent, role, label, version, share, remove, kind)
+    except ActionRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    console.print(done, highlight=False)
 
 
 def labels_on(

@@ -28,6 +28,7 @@ from atlas.commands.common import (
     console,
     err,
     get_settings,
+    label_command,
     labels_on,
     policy_line,
     publish_as_learner,
@@ -228,11 +229,4 @@ def prompts_label(
     tasks (an arm per task from a hash of its trace id and the rollout id, recorded in each
     InteractionEvent); other labels are bookmarks. Production is not a label you set: it moves
     with `atlas prompts set` and `rollback`. One canary per agent/role at a time."""
-    from atlas.actions import label_version
-
-    check_role(role)
-    try:
-        done = label_version(get_settings(ctx), agent, role, label, version, share, remove)
-    except ActionRefused as exc:
-        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
-    console.print(done, highlight=False)
+    label_command(ctx, agent, role, label, version, share, remove, "prompt")

@@ -66,9 +66,9 @@ def end_canary(settings: Settings, agent: str, role: str, kind: RolloutKind = "p
     """Remove the agent/role's canary label (a tombstone, as the learner): its rollout ends
     unpromoted, and agents run every task on production from their next one."""
     from schemas.models import CANARY
-    from schemas.topics import CHECKPOINTS, PROMPTS, version_key
+    from schemas.topics import ROLLOUT_EVENTS, topic_of, version_key
 
-    topic = CHECKPOINTS if kind == "checkpoint" else PROMPTS
+    topic = topic_of(ROLLOUT_EVENTS[kind])
     publish_as_learner(settings, [], [(topic, version_key(agent, role, CANARY).encode())])
 
 
