@@ -6,7 +6,8 @@ other process: the most one worker can do on one core, whatever the plumbing aro
 (`benchmarks/pipeline.py` prints the same lines beside the stages it measures.)
 
 * reward: decode an interaction (Avro + validation), the programmatic judges over a batch,
-  apply the judgement to a fresh trace state, encode the scored trace and the state: the
+  apply the judgement to a fresh trace state, encode the scored trace (reusing the
+  interaction's bytes, as the worker does) and the state: the
   reward worker's per-event work for a new trace, without transactions, state-table reads or
   the policy and memory outputs (so a floor of its cost, not all of it);
 * sink: decode a scored trace and turn it into its rows (the store's insert is measured
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from atlas.commands.workers import batch_friendly_gc
 from atlas.settings import PROJECT_CONFIGS
 from rim.config import build_rim, load_rim_config
 from schemas.codec import AvroCodec
@@ -71,8 +73,11 @@ def reward_floor(events: int) -> dict[str, float]:
                 processor.on_interaction(e, None, j) for e, j in zip(decoded, judged, strict=True)
             ]
         with parts.part("encode"):
-            for outcome in outcomes:
-                codec.encode(outcome.scored)
+            for data, event, outcome in zip(
+                payload[start : start + BATCH], decoded, outcomes, strict=True
+            ):
+                body = codec.current_body(data, InteractionEvent)  # as the worker reuses it
+                codec.encode_reusing(outcome.scored, "interaction", event, body)
                 outcome.state.to_bytes()
     return parts.per_event_us(events)
 
@@ -91,7 +96,9 @@ def sink_floor(events: int) -> dict[str, float]:
 
 
 def floor_lines(events: int) -> list[str]:
-    """One line per stage: its in-process ceiling in events/s and where the time goes."""
+    """One line per stage: its in-process ceiling in events/s and where the time goes, with
+    the garbage collector tuned as in the workers."""
+    batch_friendly_gc()
     lines = []
     for stage, parts in (("reward", reward_floor(events)), ("sink", sink_floor(events))):
         total = sum(parts.values())

@@ -20,7 +20,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from runtime.backends.base import GenerationParams, Message, ModelBackend, complete_each
-from runtime.tasks import FAMILIES, Task, is_bare, is_correct, last_integer
+from runtime.tasks import FAMILIES, is_bare_value, last_integer, matches_reference
 from schemas.models import InteractionEvent, JudgeScore
 
 
@@ -32,10 +32,10 @@ class Judge(Protocol):
         ...
 
 
-def _task_of(trace: InteractionEvent, answer_format: str | None = None) -> Task:
-    family = trace.task_family or ""
-    fmt = answer_format or (FAMILIES[family][1] if family in FAMILIES else "text")
-    return Task(trace.task_input, trace.task_id, trace.task_family, trace.reference, fmt)
+def _format_of(trace: InteractionEvent) -> str:
+    """The shape of a bare answer to the trace's task: its family's, else free text."""
+    family = FAMILIES.get(trace.task_family or "")
+    return family[1] if family is not None else "text"
 
 
 class ReferenceMatchJudge:
@@ -51,12 +51,12 @@ class ReferenceMatchJudge:
     def _score(self, trace: InteractionEvent) -> JudgeScore:
         if trace.reference is None:
             return JudgeScore(judge=self.name, rationale="no reference: abstained")
-        task = _task_of(trace)
-        if task.answer_format == "integer" and self.tolerance > 0:
+        answer_format = _format_of(trace)
+        if answer_format == "integer" and self.tolerance > 0:
             found = last_integer(trace.final_answer)
             ok = found is not None and abs(float(found) - float(trace.reference)) <= self.tolerance
         else:
-            ok = is_correct(task, trace.final_answer)
+            ok = matches_reference(trace.reference, answer_format, trace.final_answer)
         rationale = "matches the reference" if ok else f"expected {trace.reference}"
         return JudgeScore(judge=self.name, score=1.0 if ok else 0.0, rationale=rationale)
 
@@ -75,16 +75,16 @@ class FormatJudge:
     def judge(self, traces: Sequence[InteractionEvent]) -> list[JudgeScore]:
         scores = []
         for trace in traces:
-            task = _task_of(trace)
-            if task.answer_format == "text":
+            answer_format = _format_of(trace)
+            if answer_format == "text":
                 scores.append(JudgeScore(judge=self.name, rationale="free text: abstained"))
                 continue
-            bare = is_bare(task, trace.final_answer)
+            bare = is_bare_value(answer_format, trace.final_answer)
             scores.append(
                 JudgeScore(
                     judge=self.name,
                     score=1.0 if bare else 0.0,
-                    rationale="bare answer" if bare else f"not a bare {task.answer_format}",
+                    rationale="bare answer" if bare else f"not a bare {answer_format}",
                 )
             )
         return scores

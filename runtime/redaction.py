@@ -127,6 +127,10 @@ def load_redaction_config(config_dir: Path) -> RedactionConfig:
     return config
 
 
+SHORT_TEXT_CHARS = 256
+SHORT_TEXTS_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class Redaction:
     """A redacted text and how many of each kind it held (``DROPPED``: replaced whole)."""
@@ -153,6 +157,10 @@ class Redactor:
             **PRIORITY,
             **{p.kind: 50 + i for i, p in enumerate(self.config.patterns)},
         }
+        # Short texts recur (judges' rationales, tool names, canned replies): each is scanned
+        # once per SHORT_TEXTS_KEPT distinct ones. A redaction depends on the text and the
+        # policy alone (a pattern that timed out keeps its text dropped, failing closed).
+        self._short: dict[tuple[str, Policy], Redaction] = {}
 
     @classmethod
     def from_config_dir(cls, config_dir: Path) -> Redactor:
@@ -188,6 +196,16 @@ class Redactor:
             return Redaction(value)
         if policy == "drop" or len(value) > self.config.max_chars:
             return Redaction(self.config.drop_marker, {DROPPED: 1})
+        if len(value) > SHORT_TEXT_CHARS:
+            return self._scanned(value)
+        known = self._short.get((value, policy))
+        if known is None:
+            if len(self._short) >= SHORT_TEXTS_KEPT:
+                self._short.clear()
+            known = self._short[(value, policy)] = self._scanned(value)
+        return known
+
+    def _scanned(self, value: str) -> Redaction:
         try:
             return _replaced(value, self.spans(value))
         except TimeoutError:

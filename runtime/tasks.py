@@ -51,6 +51,8 @@ CITIES = [
     "Toronto",
     "Chicago",
 ]
+CITY_SET = frozenset(CITIES)
+
 ITEMS = [
     "a blue lamp",
     "two chairs",
@@ -150,22 +152,36 @@ def last_integer(text: str) -> str | None:
     return found[-1] if found else None
 
 
+# One pass finds every city an answer names (no city's name is a word of another's).
+CITY_NAMES = re.compile(r"\b(?:" + "|".join(map(re.escape, CITIES)) + r")\b")
+BARE = {"integer": re.compile(r"-?\d+"), "word": re.compile(r"[A-Za-z]+")}
+
+
 def is_correct(task: Task, answer: str) -> bool:
     """The project's one scoring rule: last integer for numbers; for words, the reference is
     the only candidate named."""
     if task.reference is None:
         raise ValueError(f"task {task.task_id or task.input[:40]!r} has no reference answer")
-    if task.answer_format == "integer":
-        return last_integer(answer) == task.reference
-    if task.answer_format == "word" and task.reference in CITIES:
-        named = {city for city in CITIES if re.search(rf"\b{city}\b", answer)}
-        return named == {task.reference}
-    return " ".join(answer.lower().split()).strip(" .") == task.reference.lower().strip()
+    return matches_reference(task.reference, task.answer_format, answer)
+
+
+def matches_reference(reference: str, answer_format: str, answer: str) -> bool:
+    """``is_correct`` for a reference and an answer format (the judges score each trace with
+    it, without building a Task)."""
+    if answer_format == "integer":
+        return last_integer(answer) == reference
+    if answer_format == "word" and reference in CITY_SET:
+        return set(CITY_NAMES.findall(answer)) == {reference}
+    return " ".join(answer.lower().split()).strip(" .") == reference.lower().strip()
 
 
 def is_bare(task: Task, answer: str) -> bool:
     """The whole answer is the bare value (a number or one word), nothing else."""
+    return is_bare_value(task.answer_format, answer)
+
+
+def is_bare_value(answer_format: str, answer: str) -> bool:
+    """``is_bare`` for an answer format: "integer" wants a number, any other one word."""
     stripped = answer.strip().rstrip(".").strip()
-    if task.answer_format == "integer":
-        return bool(re.fullmatch(r"-?\d+", stripped))
-    return bool(re.fullmatch(r"[A-Za-z]+", stripped))
+    pattern = BARE["integer" if answer_format == "integer" else "word"]
+    return pattern.fullmatch(stripped) is not None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fastavro
@@ -102,6 +103,16 @@ def _a(name: str) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
+@dataclass(frozen=True)
+class _Split:
+    """A record schema cut around one of its fields: the fields before it, those after."""
+
+    head: dict[str, Any]
+    head_fields: list[str]
+    tail: dict[str, Any]
+    tail_fields: list[str]
+
+
 class AvroCodec:
     def __init__(
         self,
@@ -120,6 +131,7 @@ class AvroCodec:
         self._serializers: dict[str, Any] = {}
         self._parsed: dict[int, dict[str, Any]] = {}
         self._deserializers: dict[str, Any] = {}
+        self._splits: dict[tuple[str, str], _Split] = {}
         if registry_url:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -155,6 +167,66 @@ class AvroCodec:
             data = body.getvalue()
         check_fields(record, len(data), self.limits, type(event).__name__)
         return data
+
+    def current_body(self, data: bytes, event_type: type[Event]) -> bytes | None:
+        """The Avro body of ``data`` (a message ``decode`` read as ``event_type``) when it is in
+        the single-object format under ``event_type``'s current schema, so that it can be
+        copied as is into an event that holds it (``encode_reusing``); None otherwise (a
+        registry's format, an older writer schema, or this codec writes through a registry)."""
+        fingerprint = self._fingerprints[event_type.schema_name]
+        if self._registry is None and data[:2] == SINGLE_OBJECT_MAGIC and data[2:10] == fingerprint:
+            return data[10:]
+        return None
+
+    def encode_reusing(
+        self, event: Event, field: str, held: Event | None, body: bytes | None
+    ) -> bytes:
+        """``encode(event)``, where ``event.<field>`` is ``held`` and ``body`` is ``held``'s
+        Avro body under its current schema (``current_body``): the body is copied instead of
+        encoded again. Avro writes a record as its fields one after another, so the result is
+        the same datum in the same format: the fields before ``field``, the body, the fields
+        after it. Anything else (``event.<field>`` is not ``held``: redacted or replaced; a
+        registry; an event large enough that each field's size must be checked) is encoded
+        whole, with ``encode``'s checks and errors; so is an event without a ``body``."""
+        if body is None or self._registry is not None or getattr(event, field) is not held:
+            return self.encode(event)
+        split = self._split(event.schema_name, field)
+        record = event.model_dump(exclude={field})
+        body_out = io.BytesIO()
+        body_out.write(SINGLE_OBJECT_MAGIC + self._fingerprints[event.schema_name])
+        try:
+            head = {name: record[name] for name in split.head_fields}
+            fastavro.schemaless_writer(body_out, split.head, head, strict=True)
+            body_out.write(body)
+            tail = {name: record[name] for name in split.tail_fields}
+            fastavro.schemaless_writer(body_out, split.tail, tail, strict=True)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from exc
+        data = body_out.getvalue()
+        return data if len(data) <= self.limits.max_field_bytes else self.encode(event)
+
+    def _split(self, name: str, field: str) -> _Split:
+        """The current schema of ``name`` as two records around its record field ``field``."""
+        split = self._splits.get((name, field))
+        if split is None:
+            schema = self.catalog.current[name]
+            fields = schema["fields"]
+            at = [f["name"] for f in fields].index(field)
+            named: dict[str, Any] = {}  # the named types the whole schema defines
+            fastavro.schema.parse_schema(schema, named_schemas=named)
+
+            def part(suffix: str, part_fields: list[dict[str, Any]]) -> dict[str, Any]:
+                record = {"type": "record", "name": schema["name"] + suffix, "fields": part_fields}
+                return fastavro.schema.parse_schema(record, named_schemas=dict(named))
+
+            head, tail = fields[:at], fields[at + 1 :]
+            split = self._splits[(name, field)] = _Split(
+                part("Head", head),
+                [f["name"] for f in head],
+                part("Tail", tail),
+                [f["name"] for f in tail],
+            )
+        return split
 
     def decode(self, data: bytes, event_type: type[E]) -> E:
         if not data:

@@ -9,7 +9,6 @@ range) a retried batch is dropped by ClickHouse instead of written twice.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.insert import InsertContext
+from pydantic import TypeAdapter
 
 from schemas.alerts import Alert
 from schemas.models import (
@@ -30,8 +30,13 @@ from schemas.models import (
     PromptVersion,
     RetrainTrigger,
     ScoredTrace,
+    Step,
 )
 from schemas.rollouts import RolloutStatus
+
+# A trace's steps as the JSON of steps_json, written by pydantic's serializer (a third of
+# json.dumps' time per trace; readers parse it, so its spacing is free).
+STEPS_JSON = TypeAdapter(list[Step])
 
 SCORED_TRACE_COLUMNS = [
     "trace_id",
@@ -140,7 +145,7 @@ def _scored_trace_row(trace: ScoredTrace, stored_at: datetime) -> list[Any]:
         event.mode,
         {ref.role: ref.version for ref in event.prompt_versions},
         event.models,
-        json.dumps([step.model_dump() for step in event.steps]),
+        STEPS_JSON.dump_json(event.steps).decode(),
         event.final_answer,
         event.baseline_answer,
         trace.reward,

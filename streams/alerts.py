@@ -47,9 +47,10 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import repeat
+from operator import itemgetter, sub
 from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -169,14 +170,38 @@ class Figures(NamedTuple):
     message: str
 
 
+def sorted_median(ordered: Sequence[float]) -> float:
+    """The median of values already in ascending order (``statistics.median`` less its sort)."""
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def robust_scale(values: Sequence[float], floor: float) -> tuple[float, float, float]:
     """(median, MAD, scale) of ``values``: scale is 1.4826 x MAD, or when that is 0 1.2533 x
-    the mean absolute deviation from the median, and at least ``floor``."""
-    median = statistics.median(values)
-    deviations = [abs(v - median) for v in values]
-    mad = statistics.median(deviations)
-    scale = MAD_TO_SIGMA * mad if mad > 0 else MEANAD_TO_SIGMA * statistics.fmean(deviations)
+    the mean absolute deviation from the median, and at least ``floor``. Every pass over the
+    values runs in C (this runs once per observed trace, over the whole baseline)."""
+    ordered = sorted(values)
+    median = sorted_median(ordered)
+    deviations = sorted(map(abs, map(sub, ordered, repeat(median))))
+    mad = sorted_median(deviations)
+    if mad > 0:
+        scale = MAD_TO_SIGMA * mad
+    else:
+        scale = MEANAD_TO_SIGMA * math.fsum(deviations) / len(deviations)
     return median, mad, max(scale, floor)
+
+
+def _position(
+    window: list[tuple[str, int, float]] | list[tuple[str, int, bool]], trace_id: str
+) -> int | None:
+    """Where ``trace_id`` sits in a window of (trace_id, revision, value), None if absent."""
+    try:
+        return list(map(itemgetter(0), window)).index(trace_id)
+    except ValueError:
+        return None
+
+
+REWARD = itemgetter(2)  # of a window's (trace_id, revision, reward)
 
 
 class AlertDetector:
@@ -189,8 +214,8 @@ class AlertDetector:
         config = self.config.reward_drop
         if len(state.baseline) < config.min_baseline or len(state.recent) < config.recent_window:
             return None
-        median, mad, scale = robust_scale([r for *_, r in state.baseline], config.mad_floor)
-        recent = statistics.median([r for *_, r in state.recent])
+        median, mad, scale = robust_scale(list(map(REWARD, state.baseline)), config.mad_floor)
+        recent = sorted_median(sorted(map(REWARD, state.recent)))
         threshold = median - config.k * scale
         return Figures(
             recent < threshold,
@@ -208,12 +233,12 @@ class AlertDetector:
         """Put the trace's reward in the windows: True for a new trace, False for a newer
         revision of one held, None if ignored."""
         for window in (state.recent, state.baseline):
-            for i, (trace_id, revision, _) in enumerate(window):
-                if trace_id == seen.trace_id:
-                    if seen.revision <= revision:
-                        return None  # a replay
-                    window[i] = (trace_id, seen.revision, seen.reward)
-                    return False
+            i = _position(window, seen.trace_id)
+            if i is not None:
+                if seen.revision <= window[i][1]:
+                    return None  # a replay
+                window[i] = (seen.trace_id, seen.revision, seen.reward)
+                return False
         if seen.revision > 1:
             return None  # a re-score of a trace older than the windows (or of one not seen)
         state.recent.append((seen.trace_id, seen.revision, seen.reward))
@@ -238,12 +263,12 @@ class AlertDetector:
         if not all(math.isfinite(v) for v in (seen.judge_score, seen.human_score)):
             return None
         agree = (seen.judge_score >= config.threshold) == (seen.human_score >= config.threshold)
-        for i, (trace_id, revision, _) in enumerate(state.agreement):
-            if trace_id == seen.trace_id:
-                if seen.revision <= revision:
-                    return None
-                state.agreement[i] = (trace_id, seen.revision, agree)
-                return False
+        i = _position(state.agreement, seen.trace_id)
+        if i is not None:
+            if seen.revision <= state.agreement[i][1]:
+                return None
+            state.agreement[i] = (seen.trace_id, seen.revision, agree)
+            return False
         state.agreement.append((seen.trace_id, seen.revision, agree))
         del state.agreement[: max(0, len(state.agreement) - config.window)]
         return True

@@ -146,14 +146,18 @@ def create_stream(
             )
         return decoded
 
-    def apply(batch: Batch, message: Message, outcome: Outcome) -> None:
+    def apply(
+        batch: Batch, message: Message, outcome: Outcome, source: InteractionEvent | None = None
+    ) -> None:
         """Write the outcome's state and send what it says. Everything that can fail
-        (encoding) happens before the state is written."""
+        (encoding) happens before the state is written. ``source``: the interaction
+        ``message`` holds, whose bytes the ScoredTrace reuses where it holds it unchanged."""
         key = outcome.trace_id.encode()
         sends = []
         if outcome.scored is not None:
             trace = outcome.scored
-            sends.append((REWARDS, key, codec.encode(trace)))
+            body = codec.current_body(message.value() or b"", InteractionEvent) if source else None
+            sends.append((REWARDS, key, codec.encode_reusing(trace, "interaction", source, body)))
             if policy is not None:
                 seen = Observation(trace.agent_id, trace.revision, trace.reward)
                 sends.append((POLICY_OBSERVATIONS, trace.agent_id.encode(), seen.to_bytes()))
@@ -253,7 +257,7 @@ def create_stream(
             if isinstance(judgement, Exception):
                 raise judgement
             state = state_of(message.partition(), item.trace_id.encode())
-            apply(batch, message, processor.on_interaction(item, state, judgement))
+            apply(batch, message, processor.on_interaction(item, state, judgement), item)
 
         for message, item in zip(messages, decoded, strict=True):
             handle(batch, message, lambda m=message, i=item: scored(m, i))

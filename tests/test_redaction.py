@@ -12,6 +12,8 @@ import pytest
 from rim.judges import FormatJudge, ReferenceMatchJudge
 from runtime.redaction import (
     DROPPED,
+    SHORT_TEXT_CHARS,
+    SHORT_TEXTS_KEPT,
     RedactionConfig,
     Redactor,
     load_redaction_config,
@@ -114,6 +116,26 @@ def test_policies_off_mask_drop_per_agent() -> None:
     dropped = redactor.redact(text, "secret")
     assert dropped.text == "<REDACTED>" and dropped.counts == {DROPPED: 1}
     assert redactor.redact("", "secret").text == ""
+
+
+def test_short_texts_are_scanned_once_and_the_memory_of_them_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redactor = Redactor()
+    scans: list[str] = []
+    scan = redactor.spans
+    monkeypatch.setattr(redactor, "spans", lambda text: scans.append(text) or scan(text))
+    for _ in range(3):
+        assert redactor.redact("mail x@y.com").text == "mail <EMAIL>"
+        assert redactor.redact("mail x@y.com").counts == {"EMAIL": 1}
+    assert scans == ["mail x@y.com"]
+    long = "x@y.com " * (SHORT_TEXT_CHARS // 8 + 1)  # long texts are scanned every time
+    redactor.redact(long), redactor.redact(long)
+    assert scans.count(long) == 2
+    for i in range(SHORT_TEXTS_KEPT + 1):
+        redactor.redact(f"text {i}")
+    assert len(redactor._short) <= SHORT_TEXTS_KEPT
+    assert redactor.redact("mail x@y.com", policy="drop").counts == {DROPPED: 1}
 
 
 def test_yaml_config_custom_patterns_and_bare_off(tmp_path: Path) -> None:

@@ -65,6 +65,10 @@ def test_reference_match_numbers_words_and_abstain() -> None:
     city = trace("It goes to Paris.", "Paris", "extraction")
     both = trace("Paris or Rome", "Paris", "extraction")
     assert [s.score for s in judge.judge([city, both])] == [1.0, 0.0]
+    # whole words only; naming the reference twice is still naming it alone
+    words = ["Parisian Rome", "Paris, then Paris again", "Romeo in Paris", "nowhere", "paris"]
+    scored = judge.judge([trace(w, "Paris", "extraction") for w in words])
+    assert [s.score for s in scored] == [0.0, 1.0, 1.0, 0.0, 0.0]
 
 
 def test_format_judge() -> None:

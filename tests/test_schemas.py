@@ -23,7 +23,7 @@ from schemas.codec import (
 )
 from schemas.limits import EventLimits, LimitError
 from schemas.models import FeedbackEvent, InteractionEvent, ScoredTrace
-from tests.factories import interaction, one_of_each
+from tests.factories import interaction, one_of_each, scored
 
 
 def _avro_record_fields(schema: Any) -> dict[str, Any] | None:
@@ -248,3 +248,60 @@ def test_contracts_that_share_a_type_agree_on_it() -> None:
     [kind_in_trigger] = [f["type"] for f in trigger["fields"] if f["name"] == "kind"]
     [kind_in_status] = [f["type"] for f in status["fields"] if f["name"] == "kind"]
     assert kind_in_trigger["symbols"] == kind_in_status["symbols"] == ["gepa", "grpo", "rim"]
+
+
+def _decoded_interactions(codec: AvroCodec, n: int) -> list[tuple[InteractionEvent, bytes]]:
+    rng = random.Random(11)
+    return [(codec.decode(d, InteractionEvent), d) for d in map(codec.encode, _some(rng, n))]
+
+
+def _some(rng: random.Random, n: int) -> list[InteractionEvent]:
+    events = [interaction(rng) for _ in range(n)]
+    # the optional fields both ways: absent, and present (empty and not)
+    events[0] = events[0].model_copy(update={"task_family": None, "reference": None})
+    events[1] = events[1].model_copy(update={"baseline_answer": "", "metadata": {}})
+    return events
+
+
+def test_a_scored_trace_reusing_its_interactions_bytes_is_the_same_message() -> None:
+    """The reward worker copies the interaction's body into the ScoredTrace instead of
+    encoding it again (``encode_reusing``): the bytes must be those ``encode`` writes."""
+    codec, rng = AvroCodec(), random.Random(12)
+    for event, data in _decoded_interactions(codec, 50):
+        trace = scored(event, rng)
+        body = codec.current_body(data, InteractionEvent)
+        assert body == data[10:]
+        reused = codec.encode_reusing(trace, "interaction", event, body)
+        assert reused == codec.encode(trace)
+        assert codec.decode(reused, ScoredTrace) == trace
+
+
+def test_reusing_bytes_falls_back_to_encoding_whenever_they_may_not_match() -> None:
+    codec, rng = AvroCodec(), random.Random(13)
+    (event, data), (other, _) = _decoded_interactions(codec, 2)
+    body = codec.current_body(data, InteractionEvent)
+    # the trace holds another interaction (a redacted copy, a replay without its marker)
+    changed = scored(event.model_copy(update={"final_answer": "[EMAIL]"}), rng)
+    assert codec.encode_reusing(changed, "interaction", event, body) == codec.encode(changed)
+    assert b"[EMAIL]" in codec.encode_reusing(changed, "interaction", event, body)
+    # no body (the message was in a registry's format)
+    plain = scored(other, rng)
+    assert codec.encode_reusing(plain, "interaction", other, None) == codec.encode(plain)
+    # a body an older writer schema wrote is never copied into a current message
+    writers = SchemaCatalog.load().writers
+    current = codec.encode(event)[2:10]
+    older = next(
+        (fp, s)
+        for fp, s in writers.items()
+        if s["name"].endswith("InteractionEvent") and fp != current
+    )
+    old_data = SINGLE_OBJECT_MAGIC + older[0]
+    body_out = io.BytesIO()
+    fastavro.schemaless_writer(body_out, fastavro.parse_schema(older[1]), event.model_dump())
+    assert codec.current_body(old_data + body_out.getvalue(), InteractionEvent) is None
+    # over the field cap: each field is checked, with encode's error
+    limits = EventLimits(max_field_bytes=1024, max_message_bytes=100_000)
+    small = AvroCodec(limits=limits)
+    big = scored(event, rng).model_copy(update={"rationale": "x" * 2000})
+    with pytest.raises(LimitError, match="rationale"):
+        small.encode_reusing(big, "interaction", event, body)
