@@ -124,7 +124,7 @@ class ClickHouseSink:
         topics: Sequence[str] = DEFAULT_TOPICS,
         group_id: str = "atlas-sink",
         batch_size: int = 5000,
-        linger_s: float = 0.02,
+        linger_s: float = 0.005,
         max_backoff_s: float = 30.0,
         codec: AvroCodec | None = None,
         redactor: Redactor | None = None,
