@@ -187,7 +187,8 @@ class AvroCodec:
         the same datum in the same format: the fields before ``field``, the body, the fields
         after it. Anything else (``event.<field>`` is not ``held``: redacted or replaced; a
         registry; an event large enough that each field's size must be checked) is encoded
-        whole, with ``encode``'s checks and errors; so is an event without a ``body``."""
+        whole, with ``encode``'s checks and errors; so is an event without a ``body``. The
+        caller must not have changed ``held`` in place since ``body`` was decoded into it."""
         if body is None or self._registry is not None or getattr(event, field) is not held:
             return self.encode(event)
         split = self._split(event.schema_name, field)
@@ -203,7 +204,8 @@ class AvroCodec:
         except (ValueError, TypeError) as exc:
             raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from exc
         data = body_out.getvalue()
-        return data if len(data) <= self.limits.max_field_bytes else self.encode(event)
+        small = len(data) <= min(self.limits.max_field_bytes, self.limits.max_message_bytes)
+        return data if small else self.encode(event)
 
     def _split(self, name: str, field: str) -> _Split:
         """The current schema of ``name`` as two records around its record field ``field``."""

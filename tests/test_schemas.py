@@ -305,3 +305,9 @@ def test_reusing_bytes_falls_back_to_encoding_whenever_they_may_not_match() -> N
     big = scored(event, rng).model_copy(update={"rationale": "x" * 2000})
     with pytest.raises(LimitError, match="rationale"):
         small.encode_reusing(big, "interaction", event, body)
+    # and over the message cap, however the two caps are set
+    tight = AvroCodec(limits=EventLimits(max_field_bytes=100_000, max_message_bytes=4096))
+    with pytest.raises(LimitError, match="message limit"):
+        tight.encode_reusing(
+            big.model_copy(update={"rationale": "y" * 5000}), "interaction", event, body
+        )
