@@ -32,7 +32,7 @@ from schemas.topics import ALERT_OBSERVATIONS, ALERTS, TRIGGERS
 from streams.alert_webhook import WebhookNotifier
 from streams.alerts import AlertDetector, AlertState, observation_of
 from streams.engine import Batch, Handler, Table
-from streams.handlers import each_or_dead_letter
+from streams.handlers import BatchStates, each_or_dead_letter
 from streams.retrain_policy import RetrainPolicyConfig
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,11 @@ def alerts_stream(
                 sends.append((TRIGGERS, alert.agent_id.encode(), codec.encode(trigger)))
         return sends
 
+    def load(stored: bytes | None) -> AlertState:
+        return AlertState.model_validate_json(stored) if stored else AlertState()
+
     def observe_one(
-        pending: dict[tuple[int, bytes], AlertState],
+        pending: BatchStates[AlertState],
         queued: list[Alert],
         message: Message,
         batch: Batch,
@@ -87,18 +90,15 @@ def alerts_stream(
         everything that can fail (reading, encoding) happens before anything is sent."""
         key, partition = message.key() or b"", message.partition()
         seen = observation_of(key, message.value() or b"")
-        state = pending.get((partition, key))
-        if state is None:
-            stored = states.get(partition, key)
-            state = AlertState.model_validate_json(stored) if stored else AlertState()
+        state = pending.get(partition, key)
         before = state.snapshot()
         try:
             state, alerts, _ = detector.observe(state, seen)
             sends = alert_sends(alerts)
         except Exception:
-            pending[(partition, key)] = before  # never half a change (observe never raises)
+            pending.set(partition, key, before)  # never half a change (observe never raises)
             raise
-        pending[(partition, key)] = state
+        pending.set(partition, key, state)
         for topic, output_key, value in sends:
             batch.send(topic, output_key, value)
         for alert in alerts:
@@ -109,12 +109,11 @@ def alerts_stream(
 
     def observe(messages: Sequence[Message], batch: Batch) -> None:
         """Each observation against its key's state; each state written once per batch."""
-        pending: dict[tuple[int, bytes], AlertState] = {}
+        pending = BatchStates(states, load, lambda state: state.model_dump_json().encode())
         queued: list[Alert] = []
         one = functools.partial(observe_one, pending, queued)
         each_or_dead_letter(one, codec, PROCESSOR_NAME)(messages, batch)
-        for (partition, key), state in pending.items():
-            batch.put(states, partition, key, state.model_dump_json().encode())
+        pending.write(batch)
         if notifier is not None:
             for alert in queued:
                 notifier.notify(alert)

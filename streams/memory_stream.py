@@ -34,7 +34,7 @@ from schemas.codec import AvroCodec
 from schemas.models import MemoryEntry, memory_key, utcnow
 from schemas.topics import MEMORY, MEMORY_CANDIDATES
 from streams.engine import Batch, Handler, Table
-from streams.handlers import each_or_dead_letter
+from streams.handlers import BatchStates, each_or_dead_letter
 from streams.memory import MemoryProcessor, MemoryState
 from streams.memory_retirement import MemoryUse, Retirement, memory_message, record_use
 
@@ -48,6 +48,9 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
     entry, for its retirement) and the handler of its candidates and uses."""
     states = Table(MEMORY_CHANGELOG, (MEMORY_CANDIDATES,))
     role = processor.config.role
+
+    def load(stored: bytes | None) -> MemoryState:
+        return MemoryState.model_validate_json(stored) if stored else MemoryState()
 
     def text_key(agent_id: str, entry_id: str) -> bytes:
         return b"entry\x00" + memory_key(agent_id, role, entry_id).encode()
@@ -84,12 +87,7 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
         retired = [retired_entry(partition, use.agent_id, r) for r in retirements]
         return new, retired, reason
 
-    def remember_one(
-        pending: dict[tuple[int, bytes], MemoryState],
-        changed: set[tuple[int, bytes]],
-        message: Message,
-        batch: Batch,
-    ) -> None:
+    def remember_one(pending: BatchStates[MemoryState], message: Message, batch: Batch) -> None:
         """One candidate decided (or one use counted) against its agent's state, as this batch
         left it (``pending``). Everything that can fail (reading, deciding, encoding) happens
         before anything is written or sent."""
@@ -97,10 +95,7 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
         candidate = memory_message(message.value() or b"")
         if key != candidate.agent_id.encode():
             raise ValueError(f"key {key[:80]!r} differs from the agent {candidate.agent_id!r}")
-        state = pending.get((partition, key))
-        if state is None:
-            stored = states.get(partition, key)
-            state = MemoryState.model_validate_json(stored) if stored else MemoryState()
+        state = pending.get(partition, key)
         entries: list[MemoryEntry] = []
         removed: list[str] = []
         if isinstance(candidate, MemoryUse):
@@ -120,9 +115,8 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
             texts += [
                 (text_key(e.agent_id, e.entry_id), e.model_dump_json().encode()) for e in entries
             ]
-        pending[(partition, key)] = new_state
         if new_state is not state:
-            changed.add((partition, key))
+            pending.set(partition, key, new_state)
         for text, value in texts:
             batch.put(states, partition, text, value)
         for output_key, output in sends:
@@ -148,11 +142,9 @@ def memory_stream(processor: MemoryProcessor, codec: AvroCodec) -> tuple[Table, 
         """Each message against its agent's state; each state written once per batch: every
         scored trace sends a use, and a state of 200 entries is tens of KB of JSON to parse
         and write."""
-        pending: dict[tuple[int, bytes], MemoryState] = {}
-        changed: set[tuple[int, bytes]] = set()
-        one = functools.partial(remember_one, pending, changed)
+        pending = BatchStates(states, load, lambda state: state.model_dump_json().encode())
+        one = functools.partial(remember_one, pending)
         each_or_dead_letter(one, codec, PROCESSOR_NAME)(messages, batch)
-        for partition, key in changed:
-            batch.put(states, partition, key, pending[(partition, key)].model_dump_json().encode())
+        pending.write(batch)
 
     return states, remember

@@ -13,14 +13,16 @@ policy fails on is dead-lettered here, and the stream goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 
 from confluent_kafka import Message
 
 from schemas.codec import AvroCodec
 from schemas.topics import POLICY_OBSERVATIONS, TRIGGERS
 from streams.engine import Batch, Handler, Table
-from streams.handlers import each_or_dead_letter
+from streams.handlers import BatchStates, each_or_dead_letter
 from streams.retrain_policy import AgentRewardState, Observation, RetrainPolicy
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,17 @@ def policy_stream(policy: RetrainPolicy, codec: AvroCodec) -> tuple[Table, Handl
     """The policy's table and the handler of its observations."""
     states = Table(AGENTS_CHANGELOG, (POLICY_OBSERVATIONS,))
 
-    def observe_one(message: Message, batch: Batch) -> None:
+    def load(stored: bytes | None) -> AgentRewardState:
+        return AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
+
+    def observe_one(pending: BatchStates[AgentRewardState], message: Message, batch: Batch) -> None:
         """The agent's state moved on by one observation, and the trigger that sends.
-        Everything that can need the registry happens before the state is written."""
+        Everything that can fail (reading, encoding) happens before the state changes."""
         key, partition = message.key() or b"", message.partition()
         seen = Observation.from_message(key, message.value() or b"")
-        stored = states.get(partition, key)
-        state = AgentRewardState.model_validate_json(stored) if stored else AgentRewardState()
-        state, trigger = policy.observe(state, seen)
+        state, trigger = policy.observe(pending.get(partition, key), seen)
         published = None if trigger is None else codec.encode(trigger)
-        batch.put(states, partition, key, state.model_dump_json().encode())
+        pending.set(partition, key, state)
         if trigger is not None and published is not None:
             log.warning(
                 "retrain trigger %s for %s: %s",
@@ -51,4 +54,11 @@ def policy_stream(policy: RetrainPolicy, codec: AvroCodec) -> tuple[Table, Handl
             )
             batch.send(TRIGGERS, trigger.agent_id.encode(), published)
 
-    return states, each_or_dead_letter(observe_one, codec, PROCESSOR_NAME)
+    def observe(messages: Sequence[Message], batch: Batch) -> None:
+        """Each observation against its agent's state; each state written once per batch."""
+        pending = BatchStates(states, load, lambda state: state.model_dump_json().encode())
+        one = functools.partial(observe_one, pending)
+        each_or_dead_letter(one, codec, PROCESSOR_NAME)(messages, batch)
+        pending.write(batch)
+
+    return states, observe

@@ -9,8 +9,12 @@ import pytest
 
 from atlas.settings import PROJECT_CONFIGS
 from rim.config import build_rim, load_rim_config
+from schemas.codec import AvroCodec
 from schemas.models import ScoredTrace
+from schemas.topics import DEADLETTER, POLICY_OBSERVATIONS, TRIGGERS
 from store.queries import TrainingTrace
+from streams.engine import Batch
+from streams.policy_stream import AGENTS_CHANGELOG, policy_stream
 from streams.retrain_policy import (
     AgentRewardState,
     Observation,
@@ -18,7 +22,7 @@ from streams.retrain_policy import (
     RetrainPolicyConfig,
 )
 from tests.factories import interaction, scored
-from tests.fakes import ScriptedTaskWorld
+from tests.fakes import Msg, ScriptedTaskWorld
 from trainer.datasets import DatasetConfig, build_splits, split_of
 from trainer.evaluation import GateConfig, PromptEvaluator, gate
 from trainer.gepa_config import GepaConfig
@@ -176,3 +180,35 @@ def test_a_policy_observation_round_trips_and_garbage_is_refused() -> None:
     ]:
         with pytest.raises(ValueError, match="not a policy observation"):
             Observation.from_message(key, value)
+
+
+def test_the_policy_stream_writes_each_agents_state_once_per_batch_as_one_by_one() -> None:
+    """A batch of observations moves each agent's state as observing them one by one does,
+    writes it to the changelog once, sends the trigger it fires, and dead-letters a bad
+    observation without stopping the rest."""
+    config = RetrainPolicyConfig(window=5, every_n_traces=8, cooldown_s=0)
+    table, handle = policy_stream(RetrainPolicy(config), AvroCodec())
+    table.partitions[0] = {}
+    seen = [Observation(agent, 1, 0.1 * (i % 7)) for i in range(20) for agent in ("a", "b")]
+    messages = [
+        Msg(o.to_bytes(), o.agent_id.encode(), i, POLICY_OBSERVATIONS) for i, o in enumerate(seen)
+    ]
+    messages.insert(3, Msg(b"[1, NaN]", b"a", 99, POLICY_OBSERVATIONS))
+    batch = Batch()
+    handle(messages, batch)  # type: ignore[arg-type]
+    by_topic: dict[str, list[bytes | None]] = {}
+    for output in batch.outputs:
+        by_topic.setdefault(output.topic, []).append(output.key)
+    assert sorted(by_topic[AGENTS_CHANGELOG]) == [b"a", b"b"]  # one entry per agent
+    assert by_topic[DEADLETTER] == [POLICY_OBSERVATIONS.encode()]
+    policy, triggers = RetrainPolicy(config), 0
+    for agent in ("a", "b"):
+        state = AgentRewardState()
+        for observation in (o for o in seen if o.agent_id == agent):
+            state, trigger = policy.observe(state, observation)
+            triggers += trigger is not None
+        stored = AgentRewardState.model_validate_json(table.get(0, agent.encode()) or b"")
+        assert stored.model_dump(exclude={"last_trigger_at"}) == state.model_dump(
+            exclude={"last_trigger_at"}
+        )
+    assert triggers == len(by_topic[TRIGGERS]) == 6  # 3 per agent: every 8 new traces

@@ -151,6 +151,36 @@ def test_get_is_read_only_and_settings_never_outlive_their_request(
     client.command(f"DROP TABLE {table}")
 
 
+def test_an_inserts_settings_hold_for_it_alone_and_each_request_gets_its_database(
+    store_target: StoreTarget,
+) -> None:
+    """An insert's settings travel in its own SETTINGS clause: they act (a repeated
+    deduplication token writes nothing), never stick to the shared session, and values are
+    quoted, not run; requests that alternate databases each run in the one they name."""
+    table = f"probe_{uuid.uuid4().hex[:8]}"
+    other = f"db_{uuid.uuid4().hex[:8]}"
+    client = connect(store_target)
+    client.command(
+        f"CREATE TABLE {table} (a Int64) ENGINE = MergeTree ORDER BY a"
+        " SETTINGS non_replicated_deduplication_window = 100"
+    )
+    token = "t', max_execution_time = '9"  # a quote in a value stays inside the value
+    for rows in ([[1], [2]], [[3], [4]]):  # other rows: only the token drops the second
+        client.insert(table, rows, settings={"insert_deduplication_token": token})
+    assert client.query(f"SELECT count() FROM {table}").result_rows == [(2,)]
+    assert client.query("SELECT getSetting('insert_deduplication_token')").result_rows == [("",)]
+    client.command(f"CREATE DATABASE {other}")
+    try:
+        for database in (other, "default", other):
+            status, _, body = _request(
+                store_target, "POST", {"database": database, "query": "SELECT currentDatabase()"}
+            )
+            assert (status, body.strip()) == (200, database.encode())
+    finally:
+        client.command(f"DROP DATABASE {other}")
+        client.command(f"DROP TABLE {table}")
+
+
 def test_a_statement_is_stopped_at_the_execution_limit(store_target: StoreTarget) -> None:
     status, _, body = _request(
         store_target,
