@@ -67,11 +67,6 @@ DEFAULT_TOPICS = (
 )  # fmt: skip
 PROCESSOR_NAME = "sink"
 RETENTION_ALARM_SHARE = 0.5  # say so loudly once the oldest held event is this far to expiry
-# The longest a fetch waits at the broker for data. With librdkafka's 500 ms, scored traces
-# that a reward-worker transaction had made readable waited for the sink's fetch: at 1,000
-# events/s the median scored -> stored fell from 80 to 41 ms with 50 ms; an idle broker spends
-# 0.085 instead of 0.05 of a core answering the extra fetches (25 ms: 35 ms and 0.11 core).
-FETCH_WAIT_MS = 50
 
 
 @dataclass
@@ -158,7 +153,6 @@ class ClickHouseSink:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "max.poll.interval.ms": 600_000,
-                "fetch.wait.max.ms": FETCH_WAIT_MS,
             }
         )
         self._dead = DeadLetterProducer(

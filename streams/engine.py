@@ -55,10 +55,6 @@ from streams.transactions import MAX_BACKOFF_S, TransactionStuck, Transactor
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[Message], Batch], None]
-# The longest a fetch waits at the broker for data (librdkafka: 500 ms); the side processors'
-# observations are written in transactions, like the scored traces the sink reads: measured
-# together with the sink's (``consumers/sink.py``).
-FETCH_WAIT_MS = 50
 
 
 @dataclass
@@ -136,7 +132,6 @@ class StreamEngine:
                 "partition.assignment.strategy": "range",
                 "session.timeout.ms": 20_000,
                 "heartbeat.interval.ms": 3_000,
-                "fetch.wait.max.ms": FETCH_WAIT_MS,
                 "max.poll.interval.ms": int(self.max_poll_interval_s * 1000),
             }
         )
